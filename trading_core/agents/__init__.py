@@ -1,0 +1,1 @@
+"""Reinforcement-learning agents and their packaging for the model registry."""

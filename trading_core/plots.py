@@ -1,0 +1,27 @@
+"""Figures rendered to PNG bytes (shown in the Dagster UI and logged to MLflow)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def equity_curve_png(curves: dict[str, pd.Series], title: str) -> bytes:
+    """Line chart of several equity curves on one date axis."""
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    for label, curve in curves.items():
+        axis.plot(curve.index, curve.to_numpy(), label=label, linewidth=1.4)
+    axis.set_title(title)
+    axis.set_ylabel("portfolio value")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.autofmt_xdate()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()

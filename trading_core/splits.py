@@ -1,0 +1,98 @@
+"""Dated train / validation / test splits with no overlap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class DateSplit:
+    """Inclusive date ranges of the three periods."""
+
+    train_start: pd.Timestamp
+    train_end: pd.Timestamp
+    validation_start: pd.Timestamp
+    validation_end: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+
+    def __post_init__(self) -> None:
+        bounds = [
+            self.train_start,
+            self.train_end,
+            self.validation_start,
+            self.validation_end,
+            self.test_start,
+            self.test_end,
+        ]
+        if any(b > a for a, b in zip(bounds[1:], bounds[:-1], strict=True)) or not (
+            self.train_end < self.validation_start and self.validation_end < self.test_start
+        ):
+            raise ValueError(f"split periods must be ordered and must not overlap: {self.as_dict()}")
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: value.date().isoformat() for name, value in self.__dict__.items()}
+
+
+def make_date_split(
+    dates: pd.Series | pd.DatetimeIndex,
+    train_end: str | None = None,
+    validation_end: str | None = None,
+    train_fraction: float = 0.7,
+    validation_fraction: float = 0.15,
+) -> DateSplit:
+    """Split the distinct dates into three consecutive periods.
+
+    Explicit ``train_end`` / ``validation_end`` dates win; otherwise the fractions of distinct dates are used.
+
+    :param dates: dates of the feature panel
+    :param train_end: last training date (inclusive)
+    :param validation_end: last validation date (inclusive); the test period runs from the next date to the end
+    :param train_fraction: share of dates for training when ``train_end`` is not given
+    :param validation_fraction: share of dates for validation when ``validation_end`` is not given
+    """
+    unique = pd.DatetimeIndex(pd.Series(dates).drop_duplicates().sort_values())
+    if len(unique) < 3:
+        raise ValueError(f"need at least 3 distinct dates to split, got {len(unique)}")
+    if not 0 < train_fraction < 1 or not 0 < validation_fraction < 1 - train_fraction:
+        raise ValueError("fractions must satisfy 0 < train < 1 and 0 < validation < 1 - train")
+    train_last = (
+        unique[unique <= pd.Timestamp(train_end)][-1]
+        if train_end
+        else unique[max(int(len(unique) * train_fraction) - 1, 0)]
+    )
+    validation_last = (
+        unique[unique <= pd.Timestamp(validation_end)][-1]
+        if validation_end
+        else unique[min(int(len(unique) * (train_fraction + validation_fraction)) - 1, len(unique) - 2)]
+    )
+    after_train = unique[unique > train_last]
+    after_validation = unique[unique > validation_last]
+    if len(after_train) == 0 or len(after_validation) == 0:
+        raise ValueError(
+            f"split leaves an empty period: train ends {train_last.date()}, validation ends "
+            f"{validation_last.date()}, data ends {unique[-1].date()}"
+        )
+    return DateSplit(
+        train_start=unique[0],
+        train_end=train_last,
+        validation_start=after_train[0],
+        validation_end=validation_last,
+        test_start=after_validation[0],
+        test_end=unique[-1],
+    )
+
+
+def apply_split(features: pd.DataFrame, split: DateSplit) -> dict[str, pd.DataFrame]:
+    """Cut a features frame into ``train``, ``validation`` and ``test`` frames by the split's dates."""
+    periods = {
+        "train": (split.train_start, split.train_end),
+        "validation": (split.validation_start, split.validation_end),
+        "test": (split.test_start, split.test_end),
+    }
+    return {
+        name: features[(features["date"] >= start) & (features["date"] <= end)].reset_index(drop=True)
+        for name, (start, end) in periods.items()
+    }
