@@ -1,0 +1,1 @@
+"""Dagster Definitions, jobs, schedules and the command-line entry point of the pipeline."""

@@ -1,0 +1,157 @@
+"""``make run``: materialize the whole asset graph on the configured data and print a readable summary.
+
+Runs are recorded in the Dagster instance under the state home, so ``dagster dev`` and ``mlflow ui`` on the
+same folder show exactly what this command produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from resources.state_home import STATE_HOME_ENV, StateHome
+
+
+
+def _format_metrics_table(report) -> list[str]:
+    rows = [
+        ("total return", "total_return", "{:+.1%}"),
+        ("annual return", "annual_return", "{:+.1%}"),
+        ("Sharpe", "sharpe", "{:.2f}"),
+        ("Sortino", "sortino", "{:.2f}"),
+        ("Calmar", "calmar", "{:.2f}"),
+        ("max drawdown", "max_drawdown", "{:.1%}"),
+        ("win rate", "win_rate", "{:.1%}"),
+        ("VaR95 (1 day)", "var_95", "{:.2%}"),
+    ]
+    agent, bench = report.metrics.as_dict(), report.benchmark_metrics.as_dict()
+    lines = [f"    {'metric':<16}{'agent':>12}{'buy & hold':>14}"]
+    lines += [f"    {label:<16}{fmt.format(agent[key]):>12}{fmt.format(bench[key]):>14}" for label, key, fmt in rows]
+    return lines
+
+
+def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
+    """A plain-text summary of a full-pipeline run and whether anything other than the gate failed."""
+    from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
+
+    def output(name: str):
+        try:
+            return result.output_for_node(name)
+        except Exception:  # noqa: BLE001 - a step that did not run has no output
+            return None
+
+    lines = ["", "=" * 78, "RL trading pipeline — run summary", "=" * 78]
+    raw = output("raw_daily_bars")
+    validated = output("validated_daily_bars")
+    if raw is not None:
+        lines.append(f"Data source : {raw.source}")
+        lines.append(f"Location    : {raw.location}")
+    if validated is not None:
+        lines.append(f"Tickers     : {', '.join(sorted(validated['tic'].unique()))}")
+        lines.append(
+            f"Date range  : {validated['date'].min().date()} .. {validated['date'].max().date()} "
+            f"({validated['date'].nunique()} sessions, {len(validated)} bars)"
+        )
+    splits = output("dataset_splits")
+    if splits is not None:
+        s = splits.split
+        lines.append(
+            f"Periods     : train {s.train_start.date()}..{s.train_end.date()} | validation "
+            f"{s.validation_start.date()}..{s.validation_end.date()} | test {s.test_start.date()}..{s.test_end.date()}"
+        )
+
+    evaluations = result.get_asset_check_evaluations()
+    data_checks = [e for e in evaluations if e.asset_key.to_user_string() == "validated_daily_bars"]
+    gate_checks = [e for e in evaluations if e.asset_key.to_user_string() == "backtest"]
+    passed = sum(e.passed for e in data_checks)
+    lines.append("")
+    lines.append(f"Data checks : {passed} passed, {len(data_checks) - passed} failed")
+    for e in data_checks:
+        if not e.passed:
+            lines.append(f"  [{e.severity.value}] {e.check_name}: {e.description}")
+
+    agent = output("trained_agent")
+    version = output("registered_model")
+    report = output("backtest")
+    champion = output("champion_model")
+    if agent is not None:
+        lines.append("")
+        lines.append(
+            f"Training    : {agent.algorithm}, seed {agent.seed}, {agent.ppo_config.total_timesteps} timesteps, "
+            f"MLflow run {agent.run_id}"
+        )
+    if version is not None:
+        aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
+        lines.append(f"Model       : {version.name} version {version.version}, aliases: {', '.join(aliases)}")
+    if report is not None:
+        lines.append(f"Backtest    : out of sample, after costs ({report.trades} trades, costs {report.total_cost:,.0f})")
+        lines += _format_metrics_table(report)
+        lines.append("")
+        lines.append(f"Promotion gate ({sum(e.passed for e in gate_checks)}/{len(gate_checks)} checks passed):")
+        for gate in report.gate:
+            lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
+        if champion is not None:
+            lines.append(f"Verdict     : PROMOTED — version {version.version} now holds alias '{CHAMPION_ALIAS}'")
+        else:
+            lines.append(
+                f"Verdict     : NOT PROMOTED — version {report.version} keeps alias '{CHALLENGER_ALIAS}' only; "
+                f"'{CHAMPION_ALIAS}' is unchanged"
+            )
+
+    def gate_failure(event) -> bool:
+        error = event.event_specific_data.error
+        return event.step_key == "backtest" and error is not None and error.cls_name == "DagsterAssetCheckFailedError"
+
+    failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not gate_failure(e)]
+    gate_only = report is not None and not failed_steps
+    if failed_steps:
+        lines.append("")
+        lines.append(f"FAILED steps: {', '.join(failed_steps)} (see the Dagster UI for details)")
+        for e in result.all_events:
+            if e.event_type_value == "STEP_FAILURE" and not gate_failure(e):
+                info = e.event_specific_data.error
+                lines.append(f"  {e.step_key}: {info.message.strip().splitlines()[-1] if info else ''}")
+
+    home_export = f"{STATE_HOME_ENV}={home.root}"
+    lines += [
+        "",
+        "Open the UIs on the same stores:",
+        f"  Dagster : DAGSTER_HOME={home.dagster_home} {home_export} .venv/bin/dagster dev -w workspace.yaml"
+        "   (or: make dagster-ui)",
+        f"  MLflow  : .venv/bin/mlflow ui --backend-store-uri {tracking_uri} "
+        f"--default-artifact-root {home.mlflow_artifact_root} --port 5000   (or: make mlflow-ui)",
+        "=" * 78,
+    ]
+    return "\n".join(lines), gate_only or (report is not None and champion is not None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--timesteps", type=int, default=None, help="PPO training budget (default 20000)")
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default 42)")
+    args = parser.parse_args(argv)
+
+    home = StateHome.from_env().prepare()
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import defs
+
+    run_config = {}
+    training = {k: v for k, v in (("total_timesteps", args.timesteps), ("seed", args.seed)) if v is not None}
+    if training:
+        run_config = {"ops": {"trained_agent": {"config": training}}}
+    instance = DagsterInstance.get()
+    job = defs.get_job_def("full_pipeline")
+    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or home.mlflow_tracking_uri
+    summary, ok = summarize(result, home, tracking_uri)
+    print(summary)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""MLflow: a per-Dagster-run tracking resource (dagster-mlflow) and a model-registry resource."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from dagster_mlflow.resources import CONFIG_SCHEMA as DAGSTER_MLFLOW_CONFIG_SCHEMA
+from dagster_mlflow.resources import MlFlow
+from pydantic import Field
+
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+
+
+def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: str) -> str:
+    """Create the experiment with its artifacts under ``artifact_root`` unless it exists; return its id."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(experiment_name, artifact_location=f"{artifact_root}/{experiment_name}")
+
+
+@dg.resource(
+    config_schema={
+        **DAGSTER_MLFLOW_CONFIG_SCHEMA,
+        "artifact_root": dg.Field(str, description="where the experiment keeps artifacts (a file:// URI)"),
+    },
+    description="dagster-mlflow's run-per-Dagster-run MLflow tracking, with the experiment's artifact root set.",
+)
+def mlflow_run(context):
+    """dagster-mlflow's ``MlFlow`` resource, after making sure the experiment stores artifacts in the state home.
+
+    With a sqlite backend MLflow would otherwise put artifacts in ``./mlruns`` of whatever folder the process
+    runs in.
+    """
+    config = context.resource_config
+    ensure_experiment(config["mlflow_tracking_uri"], config["experiment_name"], config["artifact_root"])
+    tracking = MlFlow(context)
+    yield tracking
+    tracking.cleanup_on_error()
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A model version in the registry."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+
+
+class MlflowRegistryResource(dg.ConfigurableResource):
+    """Registers, aliases and loads model versions; logs evaluation results to existing runs."""
+
+    tracking_uri: str = Field(description="MLflow tracking and registry URI")
+    artifact_root: str = Field(description="artifact root for experiments this resource creates")
+    experiment_name: str = Field(default="rl_trading", description="MLflow experiment of the pipeline")
+    model_name: str = Field(default="rl_trading_agent", description="registered model name of trading agents")
+
+    def _client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> RegisteredVersion:
+        """Create a new version of :attr:`model_name` from a logged model."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:
+            client.get_registered_model(self.model_name)
+        except MlflowException:
+            client.create_registered_model(
+                self.model_name, description="PPO trading agents trained by the Dagster pipeline"
+            )
+        version = client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags)
+        return RegisteredVersion(self.model_name, str(version.version), run_id, model_uri)
+
+    def set_alias(self, version: str, alias: str) -> None:
+        self._client().set_registered_model_alias(self.model_name, alias, version)
+
+    def version_for_alias(self, alias: str) -> str | None:
+        """The version holding ``alias``, or ``None`` when no version holds it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self._client().get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
+        client = self._client()
+        for key, value in tags.items():
+            client.set_model_version_tag(self.model_name, version, key, value)
+
+    def load_policy(self, version: str):
+        """Load a registered agent through its pyfunc flavour and return the underlying SB3 policy."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        pyfunc_model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+        return pyfunc_model.unwrap_python_model().model
+
+    def log_evaluation(
+        self,
+        run_id: str,
+        metrics: dict[str, float],
+        files: dict[str, bytes],
+        tables: dict[str, dict] | None = None,
+    ) -> None:
+        """Add metrics, files and JSON tables to an existing run (the run that trained the model)."""
+        client = self._client()
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, float(value))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in files.items():
+                path = Path(folder) / name
+                path.write_bytes(content)
+                client.log_artifact(run_id, str(path), artifact_path="evaluation")
+            for name, table in (tables or {}).items():
+                path = Path(folder) / name
+                path.write_text(json.dumps(table, indent=2, default=str))
+                client.log_artifact(run_id, str(path), artifact_path="evaluation")

@@ -1,0 +1,1 @@
+"""Dagster assets and asset checks, one module per pipeline stage; each calls into ``trading_core``."""

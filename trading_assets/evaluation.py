@@ -1,0 +1,160 @@
+"""Stage 5: out-of-sample backtest of the registered version and the promotion gate on it.
+
+The gate criteria are blocking asset checks on ``backtest``: when one fails, ``champion_model`` does not run and
+the version keeps only its ``challenger`` alias.
+"""
+
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, RegisteredVersion
+from trading_assets.features import DatasetSplits
+from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.training import TrainedAgent
+from trading_core.backtest import backtest_policy
+from trading_core.metrics import PerformanceMetrics
+from trading_core.plots import equity_curve_png
+from trading_core.promotion import GateResult, PromotionThresholds, evaluate_gate
+
+PREVIOUS_ALIAS = "previous"
+GATE_CHECKS = {
+    "min_sharpe": "out-of-sample Sharpe after costs at least the configured minimum",
+    "max_drawdown": "out-of-sample max drawdown at most the configured limit",
+    "max_var_95": "out-of-sample one-day VaR95 at most the configured share of the portfolio",
+    "beats_buy_and_hold": "out-of-sample Sharpe above equal-weight buy-and-hold",
+}
+
+
+class PromotionSettings(dg.Config):
+    """Thresholds of the promotion gate (roadmap targets by default)."""
+
+    min_sharpe: float = 1.0
+    max_drawdown: float = 0.15
+    max_var_95: float = 0.02
+    must_beat_buy_and_hold: bool = True
+
+
+@dataclass(frozen=True)
+class BacktestReport:
+    """What the test period showed for one registered version."""
+
+    model_name: str
+    version: str
+    equity: pd.Series
+    benchmark_equity: pd.Series
+    metrics: PerformanceMetrics
+    benchmark_metrics: PerformanceMetrics
+    total_cost: float
+    trades: int
+    gate: tuple[GateResult, ...]
+
+    @property
+    def promotable(self) -> bool:
+        return all(result.passed for result in self.gate)
+
+
+@dg.asset(
+    group_name="evaluation",
+    compute_kind="backtest",
+    check_specs=[
+        dg.AssetCheckSpec(name=name, asset="backtest", description=text, blocking=True)
+        for name, text in GATE_CHECKS.items()
+    ],
+)
+def backtest(
+    context: dg.AssetExecutionContext,
+    config: PromotionSettings,
+    registered_model: RegisteredVersion,
+    trained_agent: TrainedAgent,
+    dataset_splits: DatasetSplits,
+    model_registry: MlflowRegistryResource,
+):
+    """Equity of the registered version over the unseen test period after costs, against equal-weight buy-and-hold."""
+    policy = model_registry.load_policy(registered_model.version)
+    result = backtest_policy(policy, dataset_splits.test, trained_agent.env_config)
+    thresholds = PromotionThresholds(
+        config.min_sharpe, config.max_drawdown, config.max_var_95, config.must_beat_buy_and_hold
+    )
+    gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, thresholds))
+    report = BacktestReport(
+        model_name=registered_model.name,
+        version=registered_model.version,
+        equity=result.equity,
+        benchmark_equity=result.benchmark_equity,
+        metrics=result.metrics,
+        benchmark_metrics=result.benchmark_metrics,
+        total_cost=result.total_cost,
+        trades=result.trades,
+        gate=gate,
+    )
+    png = equity_curve_png(
+        {f"{registered_model.name} v{registered_model.version}": result.equity, "equal-weight buy and hold": result.benchmark_equity},
+        f"Out-of-sample test {dataset_splits.split.test_start.date()} .. {dataset_splits.split.test_end.date()}",
+    )
+    comparison = [
+        {"metric": key, "agent": value, "buy_and_hold": result.benchmark_metrics.as_dict()[key]}
+        for key, value in result.metrics.as_dict().items()
+    ]
+    model_registry.log_evaluation(
+        registered_model.run_id,
+        metrics={
+            **{f"test_{k}": v for k, v in result.metrics.as_dict().items()},
+            **{f"test_buy_and_hold_{k}": v for k, v in result.benchmark_metrics.as_dict().items()},
+            "test_total_cost": result.total_cost,
+        },
+        files={"test_equity_curve.png": png},
+        tables={"promotion_gate.json": {r.name: r.__dict__ for r in gate}},
+    )
+    verdict = "promotable" if report.promotable else "rejected: " + "; ".join(r.description for r in gate if not r.passed)
+    model_registry.set_version_tags(registered_model.version, {"promotion_gate": verdict})
+    context.log.info(f"{registered_model.name} v{registered_model.version}: {verdict}")
+
+    yield dg.Output(
+        report,
+        metadata={
+            "model": f"{registered_model.name} v{registered_model.version}",
+            "sharpe": dg.MetadataValue.float(result.metrics.sharpe),
+            "max_drawdown": dg.MetadataValue.float(result.metrics.max_drawdown),
+            "buy_and_hold_sharpe": dg.MetadataValue.float(result.benchmark_metrics.sharpe),
+            "total_cost": dg.MetadataValue.float(result.total_cost),
+            "trades": result.trades,
+            "metrics": markdown_table(comparison),
+            "equity_curve": png_metadata(png),
+        },
+    )
+    for gate_result in gate:
+        yield dg.AssetCheckResult(
+            check_name=gate_result.name,
+            passed=gate_result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=gate_result.description,
+            metadata={"value": float(gate_result.value), "threshold": float(gate_result.threshold)},
+        )
+    if not config.must_beat_buy_and_hold:
+        yield dg.AssetCheckResult(
+            check_name="beats_buy_and_hold", passed=True, description="not required by the promotion settings"
+        )
+
+
+@dg.asset(group_name="evaluation", compute_kind="mlflow")
+def champion_model(
+    context: dg.AssetExecutionContext,
+    backtest: BacktestReport,
+    registered_model: RegisteredVersion,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output[dict]:
+    """The registry version holding alias ``champion``, moved here only when every gate check passed."""
+    if not backtest.promotable:
+        # Also guards materializations that run without the blocking checks upstream in the same run.
+        failed = "; ".join(r.description for r in backtest.gate if not r.passed)
+        raise dg.Failure(description=f"version {backtest.version} failed the promotion gate: {failed}")
+    former = model_registry.version_for_alias(CHAMPION_ALIAS)
+    if former and former != registered_model.version:
+        model_registry.set_alias(former, PREVIOUS_ALIAS)
+    model_registry.set_alias(registered_model.version, CHAMPION_ALIAS)
+    context.log.info(f"{registered_model.name} v{registered_model.version} is now {CHAMPION_ALIAS} (was v{former})")
+    champion = {"model_name": registered_model.name, "version": registered_model.version, "previous": former}
+    return dg.Output(champion, metadata={k: str(v) for k, v in champion.items()})

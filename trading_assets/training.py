@@ -1,0 +1,158 @@
+"""Stage 4: train the agent, log it to MLflow and register it."""
+
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+
+from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistryResource, RegisteredVersion
+from trading_assets.features import DatasetSplits
+from trading_assets.metadata import markdown_table
+from trading_core.agents.pyfunc import SB3_ARTIFACT_KEY, StableBaselinesPolicy
+from trading_core.agents.training import PPOConfig, train_ppo
+from trading_core.backtest import backtest_policy
+from trading_core.data.schema import frame_fingerprint
+from trading_core.environment import TradingEnvConfig, make_stock_trading_env
+from trading_core.metrics import PerformanceMetrics
+from trading_core.provenance import code_version, pinned_requirements
+
+MODEL_REQUIREMENTS = ("stable-baselines3", "torch", "gymnasium", "numpy", "pandas", "cloudpickle")
+
+
+class TrainingSettings(dg.Config):
+    """Agent, budget and environment settings of a training run."""
+
+    seed: int = 42
+    total_timesteps: int = 20_000
+    learning_rate: float = 2.5e-4
+    n_steps: int = 2048
+    batch_size: int = 128
+    ent_coef: float = 0.01
+    initial_amount: float = 100_000.0
+    hmax: int = 100
+    cost_pct: float = 0.001
+
+
+@dataclass(frozen=True)
+class TrainedAgent:
+    """Where a trained agent was logged and how it was trained."""
+
+    run_id: str
+    model_uri: str
+    algorithm: str
+    seed: int
+    env_config: TradingEnvConfig
+    ppo_config: PPOConfig
+    data_sha256: str
+    validation_metrics: PerformanceMetrics
+
+
+@dg.asset(group_name="training", compute_kind="stable_baselines3", required_resource_keys={"mlflow"})
+def trained_agent(
+    context: dg.AssetExecutionContext, config: TrainingSettings, dataset_splits: DatasetSplits
+) -> dg.Output[TrainedAgent]:
+    """A PPO agent trained on FinRL's StockTradingEnv over the training period, logged to MLflow."""
+    tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
+    env_config = TradingEnvConfig(initial_amount=config.initial_amount, hmax=config.hmax, cost_pct=config.cost_pct)
+    ppo_config = PPOConfig(
+        total_timesteps=config.total_timesteps,
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        ent_coef=config.ent_coef,
+    )
+    started = time.perf_counter()
+    model = train_ppo(dataset_splits.train, env_config, ppo_config, seed=config.seed, report=context.log.info)
+    training_seconds = time.perf_counter() - started
+    validation = backtest_policy(model, dataset_splits.validation, env_config)
+
+    data_hash = frame_fingerprint(dataset_splits.train)
+    split = dataset_splits.split.as_dict()
+    tracking.log_params(
+        {
+            "algorithm": "PPO",
+            "seed": config.seed,
+            **{f"ppo_{k}": v for k, v in ppo_config.as_dict().items()},
+            **{f"env_{k}": v for k, v in env_config.as_dict().items()},
+            "tickers": ",".join(dataset_splits.tickers),
+            "feature_columns": ",".join(dataset_splits.feature_columns),
+        }
+    )
+    tracking.set_tags(
+        {
+            "data_sha256": data_hash,
+            "code_version": code_version(),
+            "dagster_asset": "trained_agent",
+            **{f"data_{k}": v for k, v in split.items()},
+        }
+    )
+    tracking.log_metrics(
+        {"training_seconds": training_seconds, **{f"validation_{k}": v for k, v in validation.metrics.as_dict().items()}}
+    )
+    env = make_stock_trading_env(dataset_splits.test.head(len(dataset_splits.tickers) * 2), env_config)
+    observation, _ = env.reset(seed=config.seed)
+    example = pd.DataFrame([np.asarray(observation, dtype=np.float32)]).rename(columns=lambda i: f"obs_{i}")
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(folder) / "ppo_agent.zip"
+        model.save(weights)
+        model_info = mlflow.pyfunc.log_model(
+            name="agent",
+            python_model=StableBaselinesPolicy(),
+            artifacts={SB3_ARTIFACT_KEY: str(weights)},
+            signature=mlflow.models.infer_signature(example, model.predict(example.to_numpy(), deterministic=True)[0]),
+            input_example=example,
+            pip_requirements=pinned_requirements(MODEL_REQUIREMENTS),
+        )
+    run_id = tracking.active_run().info.run_id
+    tracking.end_run()
+
+    agent = TrainedAgent(
+        run_id=run_id,
+        model_uri=model_info.model_uri,
+        algorithm="PPO",
+        seed=config.seed,
+        env_config=env_config,
+        ppo_config=ppo_config,
+        data_sha256=data_hash,
+        validation_metrics=validation.metrics,
+    )
+    return dg.Output(
+        agent,
+        metadata={
+            "mlflow_run_id": run_id,
+            "model_uri": model_info.model_uri,
+            "training_seconds": dg.MetadataValue.float(round(training_seconds, 1)),
+            "total_timesteps": config.total_timesteps,
+            "seed": config.seed,
+            "data_sha256": data_hash,
+            "validation_metrics": markdown_table([validation.metrics.as_dict()]),
+        },
+    )
+
+
+@dg.asset(group_name="training", compute_kind="mlflow")
+def registered_model(
+    trained_agent: TrainedAgent, dataset_splits: DatasetSplits, model_registry: MlflowRegistryResource
+) -> dg.Output[RegisteredVersion]:
+    """The trained agent as a new version in the MLflow model registry, aliased ``challenger``."""
+    version = model_registry.register(
+        trained_agent.model_uri,
+        trained_agent.run_id,
+        tags={
+            "algorithm": trained_agent.algorithm,
+            "seed": str(trained_agent.seed),
+            "data_sha256": trained_agent.data_sha256,
+            "test_period": f"{dataset_splits.split.test_start.date()}..{dataset_splits.split.test_end.date()}",
+        },
+    )
+    model_registry.set_alias(version.version, CHALLENGER_ALIAS)
+    return dg.Output(
+        version,
+        metadata={"model_name": version.name, "version": version.version, "alias": CHALLENGER_ALIAS, "run_id": version.run_id},
+    )

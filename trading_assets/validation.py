@@ -1,0 +1,81 @@
+"""Stage 2: the Great Expectations suite and calendar rules as blocking asset checks on validated bars.
+
+The asset runs every rule, reports each as an asset check, and stores nothing when a blocking rule fails: the
+previously stored validated bars stay as they were and nothing downstream runs.
+"""
+
+
+import dagster as dg
+
+from resources.market_data import RawBars
+from trading_assets.metadata import frame_metadata, markdown_table
+from trading_core.data.validation import (
+    RULES,
+    DataValidationError,
+    ValidationConfig,
+    blocking_failures,
+    to_validated_bars,
+    validate_daily_bars,
+)
+
+
+class ValidationSettings(dg.Config):
+    """Thresholds of the data rules."""
+
+    min_completeness: float = 0.99
+    outlier_abs_return: float = 0.25
+    calendar: str = "XNYS"
+
+
+VALIDATION_CHECKS = [
+    dg.AssetCheckSpec(
+        name=name,
+        asset="validated_daily_bars",
+        description=text,
+        blocking=severity == "ERROR",
+    )
+    for name, (severity, text) in RULES.items()
+]
+
+
+@dg.asset(group_name="validation", compute_kind="great_expectations", check_specs=VALIDATION_CHECKS)
+def validated_daily_bars(context: dg.AssetExecutionContext, config: ValidationSettings, raw_daily_bars: RawBars):
+    """Bars that passed every blocking data rule, typed and sorted by date and ticker."""
+    outcomes = validate_daily_bars(
+        raw_daily_bars.frame,
+        ValidationConfig(config.min_completeness, config.outlier_abs_return, config.calendar),
+    )
+    failures = blocking_failures(outcomes)
+    if not failures:
+        validated = to_validated_bars(raw_daily_bars.frame)
+        metadata = frame_metadata(validated)
+        metadata["source"] = dg.MetadataValue.text(raw_daily_bars.source)
+        metadata["rules"] = markdown_table(
+            [{"rule": o.name, "passed": o.passed, "severity": o.severity, "result": o.description} for o in outcomes]
+        )
+        yield dg.Output(validated, metadata=metadata)
+    for outcome in outcomes:
+        metadata: dict[str, dg.MetadataValue] = {
+            "source": dg.MetadataValue.text(raw_daily_bars.location),
+            "failing_rows": dg.MetadataValue.int(outcome.failing_count),
+        }
+        if outcome.column:
+            metadata["column"] = dg.MetadataValue.text(outcome.column)
+        if outcome.examples:
+            metadata["examples"] = dg.MetadataValue.text("\n".join(outcome.examples))
+        for key, value in outcome.details.items():
+            metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict) else dg.MetadataValue.float(
+                float(value)
+            )
+        yield dg.AssetCheckResult(
+            check_name=outcome.name,
+            passed=outcome.passed,
+            severity=dg.AssetCheckSeverity.ERROR if outcome.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+            description=f"{raw_daily_bars.location}: {outcome.description}",
+            metadata=metadata,
+        )
+    if failures:
+        error = DataValidationError(raw_daily_bars.location, failures)
+        context.log.error(str(error))
+        raise dg.Failure(description=str(error), metadata={"failed_rules": ", ".join(f.name for f in failures)})
+
