@@ -1,0 +1,60 @@
+"""Shared fixtures: real market data from ../shared/data, sliced small for fast tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RL_TRADING_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+DOW30_FILE = SHARED_DATA / "dow30_daily_2009_2021.csv.gz"
+VIX_FILE = SHARED_DATA / "vix_index_daily_2005_2021.csv.gz"
+SLICE_TICKERS = ["AAPL", "JPM", "KO", "MSFT"]
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real market data {path} not found (set RL_TRADING_SHARED_DATA to the shared/data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def dow30_file() -> Path:
+    return _require(DOW30_FILE)
+
+
+@pytest.fixture(scope="session")
+def vix_file() -> Path:
+    return _require(VIX_FILE)
+
+
+@pytest.fixture(scope="session")
+def dow30_bars(dow30_file: Path) -> pd.DataFrame:
+    """Every Dow-30 bar as read from the file (dates as text)."""
+    from trading_core.data.files import read_bars_file
+
+    return read_bars_file(dow30_file)
+
+
+@pytest.fixture(scope="session")
+def slice_bars(dow30_bars: pd.DataFrame) -> pd.DataFrame:
+    """Four tickers, 2015-2019, validated and typed: a small real panel for fast tests."""
+    from trading_core.data.schema import select_window
+    from trading_core.data.validation import to_validated_bars
+
+    return to_validated_bars(select_window(dow30_bars, SLICE_TICKERS, "2015-01-01", "2019-12-31"))
+
+
+@pytest.fixture()
+def slice_csv(tmp_path: Path, dow30_bars: pd.DataFrame) -> Path:
+    """The small real slice written as a CSV file in the long format."""
+    from trading_core.data.schema import select_window
+
+    path = tmp_path / "bars.csv"
+    select_window(dow30_bars, SLICE_TICKERS, "2015-01-01", "2019-12-31").to_csv(path, index=False)
+    return path
