@@ -39,7 +39,9 @@ def market_data_for(env: str) -> MarketDataResource:
         )
     if env == "alpaca":
         return MarketDataResource(
-            source="alpaca", alpaca_url_override=os.environ.get("RL_TRADING_ALPACA_DATA_URL") or None, **window
+            source="alpaca",
+            alpaca_url_override=os.environ.get("RL_TRADING_ALPACA_DATA_URL") or None,
+            **window,
         )
     raise ValueError(f"RL_TRADING_ENV must be local, file or alpaca, got {env!r}")
 

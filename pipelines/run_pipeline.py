@@ -13,7 +13,6 @@ import sys
 from resources.state_home import STATE_HOME_ENV, StateHome
 
 
-
 def _format_metrics_table(report) -> list[str]:
     rows = [
         ("total return", "total_return", "{:+.1%}"),
@@ -27,7 +26,9 @@ def _format_metrics_table(report) -> list[str]:
     ]
     agent, bench = report.metrics.as_dict(), report.benchmark_metrics.as_dict()
     lines = [f"    {'metric':<16}{'agent':>12}{'buy & hold':>14}"]
-    lines += [f"    {label:<16}{fmt.format(agent[key]):>12}{fmt.format(bench[key]):>14}" for label, key, fmt in rows]
+    lines += [
+        f"    {label:<16}{fmt.format(agent[key]):>12}{fmt.format(bench[key]):>14}" for label, key, fmt in rows
+    ]
     return lines
 
 
@@ -85,14 +86,20 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
         lines.append(f"Model       : {version.name} version {version.version}, aliases: {', '.join(aliases)}")
     if report is not None:
-        lines.append(f"Backtest    : out of sample, after costs ({report.trades} trades, costs {report.total_cost:,.0f})")
+        lines.append(
+            f"Backtest    : out of sample, after costs ({report.trades} trades, costs {report.total_cost:,.0f})"
+        )
         lines += _format_metrics_table(report)
         lines.append("")
-        lines.append(f"Promotion gate ({sum(e.passed for e in gate_checks)}/{len(gate_checks)} checks passed):")
+        lines.append(
+            f"Promotion gate ({sum(e.passed for e in gate_checks)}/{len(gate_checks)} checks passed):"
+        )
         for gate in report.gate:
             lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
         if champion is not None:
-            lines.append(f"Verdict     : PROMOTED — version {version.version} now holds alias '{CHAMPION_ALIAS}'")
+            lines.append(
+                f"Verdict     : PROMOTED — version {version.version} now holds alias '{CHAMPION_ALIAS}'"
+            )
         else:
             lines.append(
                 f"Verdict     : NOT PROMOTED — version {report.version} keeps alias '{CHALLENGER_ALIAS}' only; "
@@ -101,9 +108,15 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
 
     def gate_failure(event) -> bool:
         error = event.event_specific_data.error
-        return event.step_key == "backtest" and error is not None and error.cls_name == "DagsterAssetCheckFailedError"
+        return (
+            event.step_key == "backtest"
+            and error is not None
+            and error.cls_name == "DagsterAssetCheckFailedError"
+        )
 
-    failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not gate_failure(e)]
+    failed_steps = [
+        e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not gate_failure(e)
+    ]
     gate_only = report is not None and not failed_steps
     if failed_steps:
         lines.append("")
@@ -145,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if training:
         run_config = {"ops": {"trained_agent": {"config": training}}}
     instance = DagsterInstance.get()
-    job = defs.get_job_def("full_pipeline")
+    job = defs.resolve_job_def("full_pipeline")
     result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or home.mlflow_tracking_uri
     summary, ok = summarize(result, home, tracking_uri)

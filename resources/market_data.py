@@ -44,14 +44,22 @@ class MarketDataResource(dg.ConfigurableResource):
 
     source: Literal["sample", "csv", "alpaca"] = Field(default="sample", description="where bars come from")
     path: str | None = Field(default=None, description="CSV or Parquet file for source=csv")
-    tickers: list[str] = Field(default_factory=list, description="tickers to keep; empty means the source's set")
+    tickers: list[str] = Field(
+        default_factory=list, description="tickers to keep; empty means the source's set"
+    )
     start_date: str | None = Field(default=None, description="first date (inclusive), YYYY-MM-DD")
     end_date: str | None = Field(default=None, description="last date (inclusive), YYYY-MM-DD")
-    alpaca_url_override: str | None = Field(default=None, description="base URL of an Alpaca-compatible data API")
+    alpaca_url_override: str | None = Field(
+        default=None, description="base URL of an Alpaca-compatible data API"
+    )
     alpaca_feed: str = Field(default="iex", description="Alpaca data feed (iex or sip)")
-    vix_path: str | None = Field(default=None, description="optional CSV of daily VIX (date, close) joined as a feature")
+    vix_path: str | None = Field(
+        default=None, description="optional CSV of daily VIX (date, close) joined as a feature"
+    )
     max_retries: int = Field(default=4, description="retries of a failed Alpaca request")
-    retry_wait_seconds: float = Field(default=1.0, description="first wait between retries; doubles each time")
+    retry_wait_seconds: float = Field(
+        default=1.0, description="first wait between retries; doubles each time"
+    )
 
     def load_daily_bars(self) -> RawBars:
         """Fetch bars from the configured source, filtered to the configured tickers and dates."""
@@ -117,7 +125,10 @@ class MarketDataResource(dg.ConfigurableResource):
             raise ValueError(f"Alpaca returned no bars for {self.tickers} from {self.start_date}")
         frame = pd.DataFrame(
             {
-                "date": pd.to_datetime(frame["timestamp"]).dt.tz_convert("America/New_York").dt.tz_localize(None).dt.normalize(),
+                "date": pd.to_datetime(frame["timestamp"])
+                .dt.tz_convert("America/New_York")
+                .dt.tz_localize(None)
+                .dt.normalize(),
                 "tic": frame["symbol"].astype(str),
                 "open": frame["open"].astype(float),
                 "high": frame["high"].astype(float),

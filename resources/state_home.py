@@ -64,8 +64,6 @@ class StateHome:
         dagster_yaml = self.dagster_home / "dagster.yaml"
         if not dagster_yaml.exists():
             dagster_yaml.write_text(
-                _DAGSTER_YAML.format(
-                    storage=self.dagster_home / "storage", artifacts=self.dagster_home
-                )
+                _DAGSTER_YAML.format(storage=self.dagster_home / "storage", artifacts=self.dagster_home)
             )
         return self

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Importing the Definitions prepares the state home: keep tests out of the user's project-local folder.
+os.environ["RL_TRADING_HOME"] = tempfile.mkdtemp(prefix="rl_trading_test_home_")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RL_TRADING_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -19,7 +22,9 @@ SLICE_TICKERS = ["AAPL", "JPM", "KO", "MSFT"]
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real market data {path} not found (set RL_TRADING_SHARED_DATA to the shared/data folder)")
+        pytest.skip(
+            f"real market data {path} not found (set RL_TRADING_SHARED_DATA to the shared/data folder)"
+        )
     return path
 
 

@@ -31,10 +31,14 @@ def test_features_hold_finrl_indicators_turbulence_and_vix_without_gaps(full_fea
 
 
 @pytest.mark.parametrize("cut_index", [300, 700, 1000])
-def test_no_lookahead_truncated_history_gives_identical_features(full_features, slice_bars, vix_series, cut_index):
+def test_no_lookahead_truncated_history_gives_identical_features(
+    full_features, slice_bars, vix_series, cut_index
+):
     dates = np.sort(slice_bars["date"].unique())
     cutoff = dates[cut_index]
-    truncated = build_features(slice_bars[slice_bars["date"] <= cutoff], vix=vix_series[vix_series.index <= cutoff])
+    truncated = build_features(
+        slice_bars[slice_bars["date"] <= cutoff], vix=vix_series[vix_series.index <= cutoff]
+    )
     columns = feature_columns_of(full_features)
     full_rows = full_features[full_features["date"] <= cutoff].reset_index(drop=True)
     pd.testing.assert_frame_equal(full_rows[["date", "tic", *columns]], truncated[["date", "tic", *columns]])

@@ -38,7 +38,10 @@ def test_metrics_match_empyrical_on_real_equity(real_equity):
 @given(st.lists(st.floats(-0.08, 0.08), min_size=30, max_size=300), st.integers(0, 2**31 - 1))
 def test_metrics_match_empyrical_on_random_paths(returns, seed):
     noise = np.random.default_rng(seed).normal(0, 1e-4, len(returns))  # avoid constant series
-    equity = pd.Series(100.0 * np.cumprod(1 + np.asarray(returns) + noise), index=pd.bdate_range("2020-01-01", periods=len(returns)))
+    equity = pd.Series(
+        100.0 * np.cumprod(1 + np.asarray(returns) + noise),
+        index=pd.bdate_range("2020-01-01", periods=len(returns)),
+    )
     if (daily_returns(equity) < 0).sum() == 0:
         return
     assert_matches_empyrical(equity)

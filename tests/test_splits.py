@@ -31,7 +31,12 @@ def test_explicit_dates_win_over_fractions():
 
 def test_overlapping_periods_are_rejected():
     with pytest.raises(ValueError, match="must not overlap"):
-        DateSplit(*(pd.Timestamp(d) for d in ["2015-01-01", "2016-01-01", "2015-06-01", "2016-06-01", "2016-07-01", "2017-01-01"]))
+        DateSplit(
+            *(
+                pd.Timestamp(d)
+                for d in ["2015-01-01", "2016-01-01", "2015-06-01", "2016-06-01", "2016-07-01", "2017-01-01"]
+            )
+        )
 
 
 def test_split_past_the_data_is_rejected():

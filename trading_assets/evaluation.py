@@ -4,7 +4,6 @@ The gate criteria are blocking asset checks on ``backtest``: when one fails, ``c
 the version keeps only its ``challenger`` alias.
 """
 
-
 from dataclasses import dataclass
 
 import dagster as dg
@@ -91,7 +90,10 @@ def backtest(
         gate=gate,
     )
     png = equity_curve_png(
-        {f"{registered_model.name} v{registered_model.version}": result.equity, "equal-weight buy and hold": result.benchmark_equity},
+        {
+            f"{registered_model.name} v{registered_model.version}": result.equity,
+            "equal-weight buy and hold": result.benchmark_equity,
+        },
         f"Out-of-sample test {dataset_splits.split.test_start.date()} .. {dataset_splits.split.test_end.date()}",
     )
     comparison = [
@@ -108,7 +110,11 @@ def backtest(
         files={"test_equity_curve.png": png},
         tables={"promotion_gate.json": {r.name: r.__dict__ for r in gate}},
     )
-    verdict = "promotable" if report.promotable else "rejected: " + "; ".join(r.description for r in gate if not r.passed)
+    verdict = (
+        "promotable"
+        if report.promotable
+        else "rejected: " + "; ".join(r.description for r in gate if not r.passed)
+    )
     model_registry.set_version_tags(registered_model.version, {"promotion_gate": verdict})
     context.log.info(f"{registered_model.name} v{registered_model.version}: {verdict}")
 
@@ -155,6 +161,8 @@ def champion_model(
     if former and former != registered_model.version:
         model_registry.set_alias(former, PREVIOUS_ALIAS)
     model_registry.set_alias(registered_model.version, CHAMPION_ALIAS)
-    context.log.info(f"{registered_model.name} v{registered_model.version} is now {CHAMPION_ALIAS} (was v{former})")
+    context.log.info(
+        f"{registered_model.name} v{registered_model.version} is now {CHAMPION_ALIAS} (was v{former})"
+    )
     champion = {"model_name": registered_model.name, "version": registered_model.version, "previous": former}
     return dg.Output(champion, metadata={k: str(v) for k, v in champion.items()})

@@ -1,6 +1,5 @@
 """Stage 3: causal technical features and the dated train / validation / test split."""
 
-
 from dataclasses import dataclass
 
 import dagster as dg

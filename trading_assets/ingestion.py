@@ -1,6 +1,5 @@
 """Stage 1: raw market bars from the market-data resource."""
 
-
 import dagster as dg
 
 from resources.market_data import MarketDataResource, RawBars

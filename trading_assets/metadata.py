@@ -1,6 +1,5 @@
 """Metadata shown in the Dagster UI for frames and figures."""
 
-
 import base64
 
 import dagster as dg
@@ -21,7 +20,9 @@ def frame_metadata(frame: pd.DataFrame, preview_rows: int = 5) -> dict[str, dg.M
         metadata["first_date"] = dg.MetadataValue.text(frame["date"].min().date().isoformat())
         metadata["last_date"] = dg.MetadataValue.text(frame["date"].max().date().isoformat())
         metadata["dates"] = dg.MetadataValue.int(frame["date"].nunique())
-    metadata["preview"] = dg.MetadataValue.md(frame.head(preview_rows).to_markdown(index=False, floatfmt=".4g"))
+    metadata["preview"] = dg.MetadataValue.md(
+        frame.head(preview_rows).to_markdown(index=False, floatfmt=".4g")
+    )
     return metadata
 
 

@@ -1,6 +1,5 @@
 """Stage 4: train the agent, log it to MLflow and register it."""
 
-
 import tempfile
 import time
 from dataclasses import dataclass
@@ -59,7 +58,9 @@ def trained_agent(
 ) -> dg.Output[TrainedAgent]:
     """A PPO agent trained on FinRL's StockTradingEnv over the training period, logged to MLflow."""
     tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
-    env_config = TradingEnvConfig(initial_amount=config.initial_amount, hmax=config.hmax, cost_pct=config.cost_pct)
+    env_config = TradingEnvConfig(
+        initial_amount=config.initial_amount, hmax=config.hmax, cost_pct=config.cost_pct
+    )
     ppo_config = PPOConfig(
         total_timesteps=config.total_timesteps,
         learning_rate=config.learning_rate,
@@ -93,7 +94,10 @@ def trained_agent(
         }
     )
     tracking.log_metrics(
-        {"training_seconds": training_seconds, **{f"validation_{k}": v for k, v in validation.metrics.as_dict().items()}}
+        {
+            "training_seconds": training_seconds,
+            **{f"validation_{k}": v for k, v in validation.metrics.as_dict().items()},
+        }
     )
     env = make_stock_trading_env(dataset_splits.test.head(len(dataset_splits.tickers) * 2), env_config)
     observation, _ = env.reset(seed=config.seed)
@@ -105,7 +109,9 @@ def trained_agent(
             name="agent",
             python_model=StableBaselinesPolicy(),
             artifacts={SB3_ARTIFACT_KEY: str(weights)},
-            signature=mlflow.models.infer_signature(example, model.predict(example.to_numpy(), deterministic=True)[0]),
+            signature=mlflow.models.infer_signature(
+                example, model.predict(example.to_numpy(), deterministic=True)[0]
+            ),
             input_example=example,
             pip_requirements=pinned_requirements(MODEL_REQUIREMENTS),
         )
@@ -154,5 +160,10 @@ def registered_model(
     model_registry.set_alias(version.version, CHALLENGER_ALIAS)
     return dg.Output(
         version,
-        metadata={"model_name": version.name, "version": version.version, "alias": CHALLENGER_ALIAS, "run_id": version.run_id},
+        metadata={
+            "model_name": version.name,
+            "version": version.version,
+            "alias": CHALLENGER_ALIAS,
+            "run_id": version.run_id,
+        },
     )

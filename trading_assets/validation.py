@@ -4,7 +4,6 @@ The asset runs every rule, reports each as an asset check, and stores nothing wh
 previously stored validated bars stay as they were and nothing downstream runs.
 """
 
-
 import dagster as dg
 
 from resources.market_data import RawBars
@@ -39,7 +38,9 @@ VALIDATION_CHECKS = [
 
 
 @dg.asset(group_name="validation", compute_kind="great_expectations", check_specs=VALIDATION_CHECKS)
-def validated_daily_bars(context: dg.AssetExecutionContext, config: ValidationSettings, raw_daily_bars: RawBars):
+def validated_daily_bars(
+    context: dg.AssetExecutionContext, config: ValidationSettings, raw_daily_bars: RawBars
+):
     """Bars that passed every blocking data rule, typed and sorted by date and ticker."""
     outcomes = validate_daily_bars(
         raw_daily_bars.frame,
@@ -51,7 +52,10 @@ def validated_daily_bars(context: dg.AssetExecutionContext, config: ValidationSe
         metadata = frame_metadata(validated)
         metadata["source"] = dg.MetadataValue.text(raw_daily_bars.source)
         metadata["rules"] = markdown_table(
-            [{"rule": o.name, "passed": o.passed, "severity": o.severity, "result": o.description} for o in outcomes]
+            [
+                {"rule": o.name, "passed": o.passed, "severity": o.severity, "result": o.description}
+                for o in outcomes
+            ]
         )
         yield dg.Output(validated, metadata=metadata)
     for outcome in outcomes:
@@ -64,18 +68,23 @@ def validated_daily_bars(context: dg.AssetExecutionContext, config: ValidationSe
         if outcome.examples:
             metadata["examples"] = dg.MetadataValue.text("\n".join(outcome.examples))
         for key, value in outcome.details.items():
-            metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict) else dg.MetadataValue.float(
-                float(value)
+            metadata[key] = (
+                dg.MetadataValue.json(value)
+                if isinstance(value, dict)
+                else dg.MetadataValue.float(float(value))
             )
         yield dg.AssetCheckResult(
             check_name=outcome.name,
             passed=outcome.passed,
-            severity=dg.AssetCheckSeverity.ERROR if outcome.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+            severity=dg.AssetCheckSeverity.ERROR
+            if outcome.severity == "ERROR"
+            else dg.AssetCheckSeverity.WARN,
             description=f"{raw_daily_bars.location}: {outcome.description}",
             metadata=metadata,
         )
     if failures:
         error = DataValidationError(raw_daily_bars.location, failures)
         context.log.error(str(error))
-        raise dg.Failure(description=str(error), metadata={"failed_rules": ", ".join(f.name for f in failures)})
-
+        raise dg.Failure(
+            description=str(error), metadata={"failed_rules": ", ".join(f.name for f in failures)}
+        )

@@ -24,7 +24,9 @@ class BacktestResult:
     trades: int
 
 
-def rollout_policy(policy, features: pd.DataFrame, env_config: TradingEnvConfig) -> tuple[pd.Series, pd.DataFrame, float, int]:
+def rollout_policy(
+    policy, features: pd.DataFrame, env_config: TradingEnvConfig
+) -> tuple[pd.Series, pd.DataFrame, float, int]:
     """Step the environment with a policy's deterministic actions from the first to the last date.
 
     :param policy: anything with SB3's ``predict(obs, deterministic=True)``

@@ -46,7 +46,9 @@ def make_stock_trading_env(features: pd.DataFrame, config: TradingEnvConfig) -> 
     stock_dim = len(tickers)
     indicators = feature_columns_of(frame)
     if len(frame) != stock_dim * frame.index.nunique():
-        raise ValueError("features must hold every ticker on every date (see trading_core.features.balanced_panel)")
+        raise ValueError(
+            "features must hold every ticker on every date (see trading_core.features.balanced_panel)"
+        )
     state_space = 1 + 2 * stock_dim + len(indicators) * stock_dim
     return StockTradingEnv(
         df=frame,

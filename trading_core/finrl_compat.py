@@ -26,7 +26,9 @@ def _install_finrl_package_shell() -> None:
         return
     spec = importlib.util.find_spec("finrl")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("FinRL is not installed: pip install finrl==0.3.7 (it has no dependencies of its own)")
+        raise ImportError(
+            "FinRL is not installed: pip install finrl==0.3.7 (it has no dependencies of its own)"
+        )
     shell = types.ModuleType("finrl")
     shell.__path__ = list(spec.submodule_search_locations)
     shell.__file__ = spec.origin

@@ -18,7 +18,9 @@ import pandas as pd
 class FakeAlpacaDataServer:
     """Serve ``GET /v2/stocks/bars`` from a long-format bars frame on a loopback port."""
 
-    def __init__(self, bars: pd.DataFrame, page_size: int = 250, api_key: str = "test-key", secret: str = "test-secret"):
+    def __init__(
+        self, bars: pd.DataFrame, page_size: int = 250, api_key: str = "test-key", secret: str = "test-secret"
+    ):
         self.bars = bars.sort_values(["tic", "date"]).reset_index(drop=True)
         self.page_size = page_size
         self.api_key, self.secret = api_key, secret

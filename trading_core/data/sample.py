@@ -26,7 +26,9 @@ def load_sample_daily_bars(tickers: list[str] | tuple[str, ...] = SAMPLE_TICKERS
     frames = []
     for tic in tickers:
         if not hasattr(stocks, tic) or tic == "StockData":
-            raise ValueError(f"ticker {tic!r} is not in bokeh-sampledata stocks (have AAPL, FB, GOOG, IBM, MSFT)")
+            raise ValueError(
+                f"ticker {tic!r} is not in bokeh-sampledata stocks (have AAPL, FB, GOOG, IBM, MSFT)"
+            )
         raw = pd.DataFrame(getattr(stocks, tic))
         factor = raw["adj_close"] / raw["close"]
         frames.append(

@@ -149,7 +149,10 @@ def build_expectation_suite():
         expectations.append(("no_nulls", gxe.ExpectColumnValuesToNotBeNull(column=column)))
     for column in PRICE_COLUMNS:
         expectations.append(
-            ("positive_prices", gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0, strict_min=True))
+            (
+                "positive_prices",
+                gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0, strict_min=True),
+            )
         )
     for other in ("open", "close"):
         expectations.append(
@@ -168,7 +171,9 @@ def build_expectation_suite():
                 ),
             )
         )
-    expectations.append(("non_negative_volume", gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0)))
+    expectations.append(
+        ("non_negative_volume", gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0))
+    )
     expectations.append(("unique_date_tic", gxe.ExpectCompoundColumnsToBeUnique(column_list=["date", "tic"])))
 
     suite = gx.ExpectationSuite(name="daily_bars")
@@ -180,7 +185,9 @@ def build_expectation_suite():
 
 def _type_expectation(gxe, column: str):
     if column == "tic":
-        return gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=["object", "str", "string", "StringDtype"])
+        return gxe.ExpectColumnValuesToBeInTypeList(
+            column=column, type_list=["object", "str", "string", "StringDtype"]
+        )
     return gxe.ExpectColumnValuesToBeInTypeList(
         column=column,
         type_list=["float64", "float32", "int64", "int32", "Float64", "Int64", "uint64", "uint32"],
@@ -199,9 +206,11 @@ def _run_expectation_suite(bars: pd.DataFrame) -> list[RuleOutcome]:
         config = item.expectation_config
         rule = config.meta["rule"]
         kwargs = config.kwargs
-        column = kwargs.get("column") or "/".join(
-            str(v) for v in (kwargs.get("column_A"), kwargs.get("column_B")) if v
-        ) or ",".join(kwargs.get("column_list", []))
+        column = (
+            kwargs.get("column")
+            or "/".join(str(v) for v in (kwargs.get("column_A"), kwargs.get("column_B")) if v)
+            or ",".join(kwargs.get("column_list", []))
+        )
         if item.exception_info and item.exception_info.get("raised_exception"):
             errors_by_rule[rule].append(f"{column}: {item.exception_info.get('exception_message')}")
             continue
@@ -226,9 +235,7 @@ def _run_expectation_suite(bars: pd.DataFrame) -> list[RuleOutcome]:
     ):
         if errors_by_rule[rule]:
             severity, _ = RULES[rule]
-            outcomes.append(
-                RuleOutcome(rule, False, severity, f"{what}: " + "; ".join(errors_by_rule[rule]))
-            )
+            outcomes.append(RuleOutcome(rule, False, severity, f"{what}: " + "; ".join(errors_by_rule[rule])))
             continue
         column = ", ".join(dict.fromkeys(columns_by_rule[rule])) or None
         outcomes.append(_outcome(rule, bars, rows_by_rule[rule], column, what))
@@ -236,8 +243,10 @@ def _run_expectation_suite(bars: pd.DataFrame) -> list[RuleOutcome]:
 
 
 def _check_dates(bars: pd.DataFrame) -> tuple[RuleOutcome, pd.Series]:
-    parsed = pd.to_datetime(bars["date"], errors="coerce", format="mixed") if bars["date"].dtype == object else (
-        pd.to_datetime(bars["date"], errors="coerce")
+    parsed = (
+        pd.to_datetime(bars["date"], errors="coerce", format="mixed")
+        if bars["date"].dtype == object
+        else (pd.to_datetime(bars["date"], errors="coerce"))
     )
     bad = set(np.flatnonzero(parsed.isna() & bars["date"].notna()))
     # Within each ticker the dates must increase in the order they were delivered.
@@ -275,7 +284,9 @@ def _check_completeness(bars: pd.DataFrame, parsed: pd.Series, config: Validatio
             + "; ".join(incomplete)
         )
     else:
-        description = f"passed: {rule_text} ({config.min_completeness:.0%}, min {min(per_ticker.values()):.2%})"
+        description = (
+            f"passed: {rule_text} ({config.min_completeness:.0%}, min {min(per_ticker.values()):.2%})"
+        )
     return RuleOutcome(
         "completeness",
         passed=not incomplete,
@@ -288,7 +299,9 @@ def _check_completeness(bars: pd.DataFrame, parsed: pd.Series, config: Validatio
 
 
 def _check_outliers(bars: pd.DataFrame, parsed: pd.Series, config: ValidationConfig) -> RuleOutcome:
-    frame = pd.DataFrame({"tic": bars["tic"], "date": parsed, "close": pd.to_numeric(bars["close"], errors="coerce")})
+    frame = pd.DataFrame(
+        {"tic": bars["tic"], "date": parsed, "close": pd.to_numeric(bars["close"], errors="coerce")}
+    )
     frame = frame.dropna().sort_values(["tic", "date"])
     returns = frame.groupby("tic")["close"].pct_change()
     rows = returns.index[(returns.abs() > config.outlier_abs_return).to_numpy()]

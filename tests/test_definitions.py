@@ -1,0 +1,43 @@
+"""The code location loads with the whole graph, its checks, jobs and the weekly schedule."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+
+def test_definitions_load_with_full_graph():
+    import os
+    from pathlib import Path
+
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {
+        "raw_daily_bars",
+        "validated_daily_bars",
+        "features",
+        "dataset_splits",
+        "trained_agent",
+        "registered_model",
+        "backtest",
+        "champion_model",
+    }
+    check_names = {key.name for key in graph.asset_check_keys}
+    assert {"no_nulls", "completeness", "return_outliers", "min_sharpe", "beats_buy_and_hold"} <= check_names
+    assert defs.resolve_job_def("full_pipeline") is not None
+    schedule = defs.resolve_schedule_def("weekly_retraining_schedule")
+    assert schedule.cron_schedule == "0 6 * * 1"
+    assert schedule.job_name == "weekly_retraining"
+    assert (Path(os.environ["RL_TRADING_HOME"]) / "dagster" / "dagster.yaml").exists()
+
+
+def test_workspace_yaml_points_at_the_definitions():
+    import yaml
+
+    from resources.state_home import PROJECT_ROOT
+
+    workspace = yaml.safe_load((PROJECT_ROOT / "workspace.yaml").read_text())
+    module = workspace["load_from"][0]["python_module"]["module_name"]
+    loaded = dg.Definitions.merge(__import__(module, fromlist=["defs"]).defs)
+    assert loaded.resolve_asset_graph().get_all_asset_keys()

@@ -1,0 +1,147 @@
+"""The asset graph materializes in-process on real data into a temporary MLflow store, and bad data stops it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import pandas as pd
+import pytest
+
+from pipelines.definitions import all_assets
+from resources.market_data import MarketDataResource
+from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource, mlflow_run
+from tests.test_validation import corrupt
+
+TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
+LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
+
+
+def pipeline_resources(tmp_path: Path, data_path: Path, vix_path: Path | None = None) -> dict[str, object]:
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifact_root = (tmp_path / "artifacts").as_uri()
+    return {
+        "market_data": MarketDataResource(
+            source="csv", path=str(data_path), vix_path=str(vix_path) if vix_path else None
+        ),
+        "model_registry": MlflowRegistryResource(tracking_uri=tracking_uri, artifact_root=artifact_root),
+        "mlflow": mlflow_run.configured(
+            {
+                "experiment_name": "rl_trading",
+                "mlflow_tracking_uri": tracking_uri,
+                "artifact_root": artifact_root,
+            }
+        ),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "storage")),
+    }
+
+
+def run_config(gate: dict | None = None) -> dict:
+    config = {"ops": {"trained_agent": {"config": TINY_TRAINING}}}
+    if gate:
+        config["ops"]["backtest"] = {"config": gate}
+    return config
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+
+
+def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vix_file):
+    resources = pipeline_resources(tmp_path, slice_csv, vix_file)
+    instance = dg.DagsterInstance.ephemeral()
+    first = dg.materialize(
+        all_assets, resources=resources, run_config=run_config(LENIENT_GATE), instance=instance
+    )
+    assert first.success
+    assert materialized(first) == {
+        "raw_daily_bars",
+        "validated_daily_bars",
+        "features",
+        "dataset_splits",
+        "trained_agent",
+        "registered_model",
+        "backtest",
+        "champion_model",
+    }
+    registry: MlflowRegistryResource = resources["model_registry"]
+    assert registry.version_for_alias(CHAMPION_ALIAS) == "1"
+    assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"
+
+    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri)
+    agent = first.output_for_node("trained_agent")
+    run = client.get_run(agent.run_id)
+    assert run.data.params["seed"] == "11" and run.data.params["algorithm"] == "PPO"
+    assert len(run.data.tags["data_sha256"]) == 64
+    assert run.data.tags["data_train_start"] <= run.data.tags["data_train_end"]
+    assert {"test_sharpe", "test_max_drawdown", "test_buy_and_hold_sharpe", "validation_sharpe"} <= set(
+        run.data.metrics
+    )
+    artifacts = {a.path for a in client.list_artifacts(agent.run_id, "evaluation")}
+    assert "evaluation/test_equity_curve.png" in artifacts
+    report = first.output_for_node("backtest")
+    assert run.data.metrics["test_sharpe"] == pytest.approx(report.metrics.sharpe)
+    assert report.equity.index.min() > first.output_for_node("dataset_splits").split.validation_end
+
+    second = dg.materialize(
+        all_assets, resources=resources, run_config=run_config(LENIENT_GATE), instance=instance
+    )
+    assert second.success
+    assert registry.version_for_alias(CHAMPION_ALIAS) == "2"
+    assert registry.version_for_alias("previous") == "1"
+
+
+def test_failed_gate_blocks_promotion_and_keeps_champion(tmp_path, slice_csv):
+    resources = pipeline_resources(tmp_path, slice_csv)
+    registry: MlflowRegistryResource = resources["model_registry"]
+    impossible = {**LENIENT_GATE, "min_sharpe": 100.0}
+    result = dg.materialize(
+        all_assets, resources=resources, run_config=run_config(impossible), raise_on_error=False
+    )
+    assert not result.success
+    assert "backtest" in materialized(result) and "champion_model" not in materialized(result)
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert failed == {"min_sharpe"}
+    assert registry.version_for_alias(CHAMPION_ALIAS) is None
+    assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "null",
+        "negative_price",
+        "high_below_low",
+        "duplicate",
+        "bad_date",
+        "missing_column",
+        "negative_volume",
+    ],
+)
+def test_bad_input_fails_checks_and_nothing_downstream_is_built_or_overwritten(tmp_path, slice_csv, case):
+    resources = pipeline_resources(tmp_path, slice_csv)
+    instance = dg.DagsterInstance.ephemeral()
+    wanted = {"raw_daily_bars", "validated_daily_bars", "features"}  # enough to see blocking downstream
+    selection = [a for a in all_assets if {k.to_user_string() for k in a.keys} <= wanted]
+    good = dg.materialize(selection, resources=resources, instance=instance)
+    assert good.success
+    stored = tmp_path / "storage" / "validated_daily_bars"
+    good_bytes = stored.read_bytes()
+
+    bad_file = tmp_path / "bad.csv"
+    corrupt(pd.read_csv(slice_csv, dtype={"date": str}), case).to_csv(bad_file, index=False)
+    bad_resources = {**resources, "market_data": MarketDataResource(source="csv", path=str(bad_file))}
+    result = dg.materialize(selection, resources=bad_resources, instance=instance, raise_on_error=False)
+
+    assert not result.success
+    assert materialized(result) == {"raw_daily_bars"}
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"]
+    assert failed
+    descriptions = " ".join(e.description or "" for e in failed)
+    assert str(bad_file) in descriptions
+    if case != "missing_column":
+        assert "row 3" in descriptions
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert str(bad_file) in failure.event_specific_data.error.message
+    assert stored.read_bytes() == good_bytes  # the last good validated bars are untouched
