@@ -21,7 +21,7 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m pipelines.run_pipeline
+	$(BIN)/python -m pipelines.run_pipeline $(RUN_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --cov=trading_core --cov=trading_assets --cov=resources --cov=pipelines --cov-report=term

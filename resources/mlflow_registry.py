@@ -68,6 +68,10 @@ class MlflowRegistryResource(dg.ConfigurableResource):
     def _client(self):
         import mlflow
 
+        # MLflow's registry store resolves logged models through the process-wide tracking URI, so a step
+        # running in its own process (Dagster's default executor) must point it at this store too.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> RegisteredVersion:
@@ -105,8 +109,7 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         """Load a registered agent through its pyfunc flavour and return the underlying SB3 policy."""
         import mlflow
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
+        self._client()
         pyfunc_model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
         return pyfunc_model.unwrap_python_model().model
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 
 def test_definitions_load_with_full_graph():
-    import os
     from pathlib import Path
 
     from pipelines.definitions import defs
@@ -41,3 +42,24 @@ def test_workspace_yaml_points_at_the_definitions():
     module = workspace["load_from"][0]["python_module"]["module_name"]
     loaded = dg.Definitions.merge(__import__(module, fromlist=["defs"]).defs)
     assert loaded.resolve_asset_graph().get_all_asset_keys()
+
+
+def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
+    from pipelines import run_pipeline
+
+    monkeypatch.setenv("DAGSTER_HOME", os.environ["RL_TRADING_HOME"])  # restored after the test
+    exit_code = run_pipeline.main(["--timesteps", "256", "--seed", "5"])
+    summary = capsys.readouterr().out
+    assert exit_code == 0, summary
+    for expected in (
+        "Data source : bokeh-sampledata daily OHLCV",
+        "Tickers     : AAPL, GOOG, IBM, MSFT",
+        "Data checks : 10 passed, 1 failed",
+        "Model       : rl_trading_agent version",
+        "buy & hold",
+        "Promotion gate (",
+        "Verdict     :",
+        "dagster dev -w workspace.yaml",
+        "mlflow ui --backend-store-uri",
+    ):
+        assert expected in summary

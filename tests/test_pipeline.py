@@ -84,11 +84,16 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert run.data.metrics["test_sharpe"] == pytest.approx(report.metrics.sharpe)
     assert report.equity.index.min() > first.output_for_node("dataset_splits").split.validation_end
 
+    # A step in another process starts with MLflow's default store; registering must not depend on it.
+    mlflow.set_tracking_uri((tmp_path / "elsewhere").as_uri())
+    extra = registry.register(agent.model_uri, agent.run_id, tags={})
+    assert extra.version == "2"
+
     second = dg.materialize(
         all_assets, resources=resources, run_config=run_config(LENIENT_GATE), instance=instance
     )
     assert second.success
-    assert registry.version_for_alias(CHAMPION_ALIAS) == "2"
+    assert registry.version_for_alias(CHAMPION_ALIAS) == "3"
     assert registry.version_for_alias("previous") == "1"
 
 
