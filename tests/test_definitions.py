@@ -6,6 +6,8 @@ import os
 
 import dagster as dg
 
+from tests.test_pipeline import ALL_ASSET_NAMES
+
 
 def test_definitions_load_with_full_graph():
     from pathlib import Path
@@ -14,16 +16,7 @@ def test_definitions_load_with_full_graph():
 
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {
-        "raw_daily_bars",
-        "validated_daily_bars",
-        "features",
-        "dataset_splits",
-        "trained_agent",
-        "registered_model",
-        "backtest",
-        "champion_model",
-    }
+    assert keys == ALL_ASSET_NAMES
     check_names = {key.name for key in graph.asset_check_keys}
     assert {"no_nulls", "completeness", "return_outliers", "min_sharpe", "beats_buy_and_hold"} <= check_names
     assert defs.resolve_job_def("full_pipeline") is not None

@@ -14,6 +14,16 @@ from resources.market_data import MarketDataResource
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource, mlflow_run
 from tests.test_validation import corrupt
 
+ALL_ASSET_NAMES = {
+    "raw_daily_bars",
+    "validated_daily_bars",
+    "features",
+    "dataset_splits",
+    "trained_agent",
+    "registered_model",
+    "backtest",
+    "champion_model",
+}
 TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
 LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
 
@@ -55,16 +65,7 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
         all_assets, resources=resources, run_config=run_config(LENIENT_GATE), instance=instance
     )
     assert first.success
-    assert materialized(first) == {
-        "raw_daily_bars",
-        "validated_daily_bars",
-        "features",
-        "dataset_splits",
-        "trained_agent",
-        "registered_model",
-        "backtest",
-        "champion_model",
-    }
+    assert materialized(first) == ALL_ASSET_NAMES
     registry: MlflowRegistryResource = resources["model_registry"]
     assert registry.version_for_alias(CHAMPION_ALIAS) == "1"
     assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"

@@ -35,6 +35,9 @@ class PromotionSettings(dg.Config):
     max_var_95: float = 0.02
     must_beat_buy_and_hold: bool = True
 
+    def thresholds(self) -> PromotionThresholds:
+        return PromotionThresholds(**self.model_dump())
+
 
 @dataclass(frozen=True)
 class BacktestReport:
@@ -74,10 +77,7 @@ def backtest(
     """Equity of the registered version over the unseen test period after costs, against equal-weight buy-and-hold."""
     policy = model_registry.load_policy(registered_model.version)
     result = backtest_policy(policy, dataset_splits.test, trained_agent.env_config)
-    thresholds = PromotionThresholds(
-        config.min_sharpe, config.max_drawdown, config.max_var_95, config.must_beat_buy_and_hold
-    )
-    gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, thresholds))
+    gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.thresholds()))
     report = BacktestReport(
         model_name=registered_model.name,
         version=registered_model.version,

@@ -7,7 +7,7 @@ previously stored validated bars stay as they were and nothing downstream runs.
 import dagster as dg
 
 from resources.market_data import RawBars
-from trading_assets.metadata import frame_metadata, markdown_table
+from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
 from trading_core.data.validation import (
     RULES,
     DataValidationError,
@@ -16,6 +16,7 @@ from trading_core.data.validation import (
     to_validated_bars,
     validate_daily_bars,
 )
+from trading_core.plots import equity_curve_png
 
 
 class ValidationSettings(dg.Config):
@@ -56,6 +57,14 @@ def validated_daily_bars(
                 {"rule": o.name, "passed": o.passed, "severity": o.severity, "result": o.description}
                 for o in outcomes
             ]
+        )
+        closes = validated.pivot(index="date", columns="tic", values="close")
+        metadata["normalized_closes"] = png_metadata(
+            equity_curve_png(
+                {tic: closes[tic].dropna() / closes[tic].dropna().iloc[0] for tic in closes.columns},
+                "Close relative to first bar",
+                ylabel="growth of 1",
+            )
         )
         yield dg.Output(validated, metadata=metadata)
     for outcome in outcomes:

@@ -11,13 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def equity_curve_png(curves: dict[str, pd.Series], title: str) -> bytes:
-    """Line chart of several equity curves on one date axis."""
+def equity_curve_png(curves: dict[str, pd.Series], title: str, ylabel: str = "portfolio value") -> bytes:
+    """Line chart of several curves (equity, prices) on one date axis."""
     figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
     for label, curve in curves.items():
         axis.plot(curve.index, curve.to_numpy(), label=label, linewidth=1.4)
     axis.set_title(title)
-    axis.set_ylabel("portfolio value")
+    axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.autofmt_xdate()
