@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from trading_core.agents.training import PPOConfig, policy_actions, train_ppo
-from trading_core.backtest import backtest_policy, equal_weight_buy_and_hold, rollout_policy
-from trading_core.environment import TradingEnvConfig, make_stock_trading_env
+from trading_core.backtest import equal_weight_buy_and_hold, rollout_policy, run_backtest
+from trading_core.environment import EnvSpec, TradingEnvConfig, make_stock_trading_env
 from trading_core.features import build_features
 from trading_core.splits import apply_split, make_date_split
 
@@ -28,12 +28,13 @@ class HoldEverything:
         return np.ones(4, dtype=np.float32), None
 
 
-def test_same_seed_same_policy_different_seed_differs(parts):
-    env_config = TradingEnvConfig()
-    first = train_ppo(parts["train"], env_config, TINY, seed=3)
-    second = train_ppo(parts["train"], env_config, TINY, seed=3)
-    other = train_ppo(parts["train"], env_config, TINY, seed=4)
-    env = make_stock_trading_env(parts["validation"], env_config)
+@pytest.mark.parametrize("engine", ["fast", "finrl"])
+def test_same_seed_same_policy_different_seed_differs(parts, engine):
+    env_spec = EnvSpec(engine=engine)
+    first = train_ppo(parts["train"], env_spec, TINY, seed=3)
+    second = train_ppo(parts["train"], env_spec, TINY, seed=3)
+    other = train_ppo(parts["train"], env_spec, TINY, seed=4)
+    env = make_stock_trading_env(parts["validation"], env_spec.finrl_config())
     observation, _ = env.reset(seed=0)
     batch = np.stack([observation] * 2)
     assert np.array_equal(policy_actions(first, batch), policy_actions(second, batch))
@@ -43,9 +44,10 @@ def test_same_seed_same_policy_different_seed_differs(parts):
         not np.array_equal(a.detach().numpy(), b.detach().numpy())
         for a, b in zip(first.policy.parameters(), other.policy.parameters(), strict=True)
     )
-    result_a = backtest_policy(first, parts["test"], env_config)
-    result_b = backtest_policy(second, parts["test"], env_config)
+    result_a = run_backtest(first, parts["test"], env_spec)
+    result_b = run_backtest(second, parts["test"], env_spec)
     assert result_a.metrics == result_b.metrics
+    pd.testing.assert_series_equal(result_a.equity, result_b.equity)
 
 
 def test_rollout_accounts_cash_shares_and_costs(parts):

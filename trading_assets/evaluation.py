@@ -13,7 +13,7 @@ from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, Re
 from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.training import TrainedAgent
-from trading_core.backtest import backtest_policy
+from trading_core.backtest import run_backtest
 from trading_core.metrics import PerformanceMetrics
 from trading_core.plots import equity_curve_png
 from trading_core.promotion import GateResult, PromotionThresholds, evaluate_gate
@@ -76,7 +76,7 @@ def backtest(
 ):
     """Equity of the registered version over the unseen test period after costs, against equal-weight buy-and-hold."""
     policy = model_registry.load_policy(registered_model.version)
-    result = backtest_policy(policy, dataset_splits.test, trained_agent.env_config)
+    result = run_backtest(policy, dataset_splits.test, trained_agent.env_spec)
     gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.thresholds()))
     report = BacktestReport(
         model_name=registered_model.name,

@@ -4,6 +4,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 import mlflow
@@ -15,9 +16,15 @@ from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table
 from trading_core.agents.pyfunc import SB3_ARTIFACT_KEY, StableBaselinesPolicy
 from trading_core.agents.training import PPOConfig, train_ppo
-from trading_core.backtest import backtest_policy
+from trading_core.backtest import run_backtest
 from trading_core.data.schema import frame_fingerprint
-from trading_core.environment import TradingEnvConfig, make_stock_trading_env
+from trading_core.environment import EnvSpec
+from trading_core.envs.stock_trading import observation_at
+from trading_core.market.costs import CostModel, LinearImpact, NoImpact, SquareRootImpact, commission_model
+from trading_core.market.data import MarketArrays
+from trading_core.market.execution import ExecutionConfig
+from trading_core.market.risk import RiskLimits
+from trading_core.market.simulator import SimulationConfig
 from trading_core.metrics import PerformanceMetrics
 from trading_core.provenance import code_version, pinned_requirements
 
@@ -25,7 +32,7 @@ MODEL_REQUIREMENTS = ("stable-baselines3", "torch", "gymnasium", "numpy", "panda
 
 
 class TrainingSettings(dg.Config):
-    """Agent, budget and environment settings of a training run."""
+    """Agent, budget and environment settings of a training run (the backtest reuses the environment)."""
 
     seed: int = 42
     total_timesteps: int = 20_000
@@ -33,9 +40,58 @@ class TrainingSettings(dg.Config):
     n_steps: int = 2048
     batch_size: int = 128
     ent_coef: float = 0.01
+    env_engine: Literal["fast", "finrl"] = "fast"
+    n_envs: int = 4
     initial_amount: float = 100_000.0
     hmax: int = 100
-    cost_pct: float = 0.001
+    commission: str = "interactive_brokers_fixed"
+    spread: Literal["corwin_schultz", "fixed", "none"] = "corwin_schultz"
+    spread_bps: float = 10.0
+    impact: Literal["linear", "square_root", "none"] = "linear"
+    fill_timing: Literal["next_open", "same_close"] = "next_open"
+    order_type: Literal["market", "limit"] = "market"
+    participation_cap: float | None = 0.1
+    risk_enabled: bool = True
+    max_weight: float = 0.25
+    var_limit: float | None = 0.02
+    max_drawdown_halt: float | None = 0.2
+    daily_loss_limit: float | None = 0.05
+    finrl_cost_pct: float = 0.001
+
+    def env_spec(self) -> EnvSpec:
+        """The environment these settings describe."""
+        impact = {"linear": LinearImpact(), "square_root": SquareRootImpact(), "none": NoImpact()}[
+            self.impact
+        ]
+        risk = (
+            RiskLimits(
+                max_weight=self.max_weight,
+                var_limit=self.var_limit,
+                max_drawdown_halt=self.max_drawdown_halt,
+                daily_loss_limit=self.daily_loss_limit,
+            )
+            if self.risk_enabled
+            else None
+        )
+        simulation = SimulationConfig(
+            initial_amount=self.initial_amount,
+            cost_model=CostModel(commission_model(self.commission), impact),
+            spread=self.spread,
+            spread_bps=self.spread_bps,
+            execution=ExecutionConfig(
+                fill_timing=self.fill_timing,
+                order_type=self.order_type,
+                participation_cap=self.participation_cap,
+            ),
+            risk=risk,
+        )
+        return EnvSpec(
+            engine=self.env_engine,
+            simulation=simulation,
+            hmax=self.hmax,
+            n_envs=self.n_envs,
+            finrl_cost_pct=self.finrl_cost_pct,
+        )
 
 
 @dataclass(frozen=True)
@@ -46,7 +102,7 @@ class TrainedAgent:
     model_uri: str
     algorithm: str
     seed: int
-    env_config: TradingEnvConfig
+    env_spec: EnvSpec
     ppo_config: PPOConfig
     data_sha256: str
     validation_metrics: PerformanceMetrics
@@ -56,11 +112,9 @@ class TrainedAgent:
 def trained_agent(
     context: dg.AssetExecutionContext, config: TrainingSettings, dataset_splits: DatasetSplits
 ) -> dg.Output[TrainedAgent]:
-    """A PPO agent trained on FinRL's StockTradingEnv over the training period, logged to MLflow."""
+    """A PPO agent trained over the training period (fast env with costs and risk by default), logged to MLflow."""
     tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
-    env_config = TradingEnvConfig(
-        initial_amount=config.initial_amount, hmax=config.hmax, cost_pct=config.cost_pct
-    )
+    env_spec = config.env_spec()
     ppo_config = PPOConfig(
         total_timesteps=config.total_timesteps,
         learning_rate=config.learning_rate,
@@ -69,9 +123,9 @@ def trained_agent(
         ent_coef=config.ent_coef,
     )
     started = time.perf_counter()
-    model = train_ppo(dataset_splits.train, env_config, ppo_config, seed=config.seed, report=context.log.info)
+    model = train_ppo(dataset_splits.train, env_spec, ppo_config, seed=config.seed, report=context.log.info)
     training_seconds = time.perf_counter() - started
-    validation = backtest_policy(model, dataset_splits.validation, env_config)
+    validation = run_backtest(model, dataset_splits.validation, env_spec)
 
     data_hash = frame_fingerprint(dataset_splits.train)
     split = dataset_splits.split.as_dict()
@@ -80,7 +134,7 @@ def trained_agent(
             "algorithm": "PPO",
             "seed": config.seed,
             **{f"ppo_{k}": v for k, v in ppo_config.as_dict().items()},
-            **{f"env_{k}": v for k, v in env_config.as_dict().items()},
+            **{f"env_{k}": v for k, v in env_spec.describe().items()},
             "tickers": ",".join(dataset_splits.tickers),
             "feature_columns": ",".join(dataset_splits.feature_columns),
         }
@@ -99,9 +153,11 @@ def trained_agent(
             **{f"validation_{k}": v for k, v in validation.metrics.as_dict().items()},
         }
     )
-    env = make_stock_trading_env(dataset_splits.test.head(len(dataset_splits.tickers) * 2), env_config)
-    observation, _ = env.reset(seed=config.seed)
-    example = pd.DataFrame([np.asarray(observation, dtype=np.float32)]).rename(columns=lambda i: f"obs_{i}")
+    market = MarketArrays.from_features(dataset_splits.test)
+    observation = observation_at(
+        market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
+    )
+    example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "ppo_agent.zip"
         model.save(weights)
@@ -123,7 +179,7 @@ def trained_agent(
         model_uri=model_info.model_uri,
         algorithm="PPO",
         seed=config.seed,
-        env_config=env_config,
+        env_spec=env_spec,
         ppo_config=ppo_config,
         data_sha256=data_hash,
         validation_metrics=validation.metrics,

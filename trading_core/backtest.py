@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trading_core.environment import TradingEnvConfig, make_stock_trading_env
+from trading_core.backtester import BacktestRecord, EventDrivenBacktester, buy_and_hold_record
+from trading_core.environment import EnvSpec, TradingEnvConfig, make_stock_trading_env
 from trading_core.metrics import PerformanceMetrics, compute_metrics
 
 
@@ -22,6 +23,7 @@ class BacktestResult:
     actions: pd.DataFrame
     total_cost: float
     trades: int
+    record: BacktestRecord | None = None
 
 
 def rollout_policy(
@@ -66,4 +68,28 @@ def backtest_policy(policy, test_features: pd.DataFrame, env_config: TradingEnvC
         actions=actions,
         total_cost=cost,
         trades=trades,
+    )
+
+
+def run_backtest(policy, test_features: pd.DataFrame, env_spec: EnvSpec) -> BacktestResult:
+    """Backtest a policy in the engine it trained in, against equal-weight buy-and-hold under the same costs.
+
+    The fast engine replays the period through the event-driven backtester (next-bar fills, costs split into
+    commission, spread and impact, risk interventions recorded); the FinRL engine rolls out FinRL's own env.
+    """
+    if env_spec.engine == "finrl":
+        return backtest_policy(policy, test_features, env_spec.finrl_config())
+    backtester = EventDrivenBacktester(test_features, env_spec.simulation, hmax=env_spec.hmax)
+    record = backtester.run(policy)
+    benchmark = buy_and_hold_record(backtester.market, env_spec.simulation)
+    actions = record.positions.diff().fillna(0.0)
+    return BacktestResult(
+        equity=record.equity,
+        benchmark_equity=benchmark.equity.rename("buy_and_hold_value"),
+        metrics=compute_metrics(record.equity),
+        benchmark_metrics=compute_metrics(benchmark.equity),
+        actions=actions,
+        total_cost=float(record.costs.sum()),
+        trades=len(record.trades),
+        record=record,
     )

@@ -56,8 +56,11 @@ _install_finrl_package_shell()
 
 from finrl import config as finrl_config  # noqa: E402
 from finrl.meta.env_stock_trading.env_stocktrading import StockTradingEnv  # noqa: E402
+from finrl.meta.env_stock_trading.env_stocktrading_np import (  # noqa: E402
+    StockTradingEnv as StockTradingEnvNumpy,
+)
 from finrl.meta.preprocessor.preprocessors import FeatureEngineer  # noqa: E402
 
 FINRL_INDICATORS: tuple[str, ...] = tuple(finrl_config.INDICATORS)
 
-__all__ = ["FINRL_INDICATORS", "FeatureEngineer", "StockTradingEnv"]
+__all__ = ["FINRL_INDICATORS", "FeatureEngineer", "StockTradingEnv", "StockTradingEnvNumpy"]

@@ -12,9 +12,8 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv
 
-from trading_core.environment import TradingEnvConfig, make_stock_trading_env
+from trading_core.environment import EnvSpec
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +52,26 @@ class _ProgressCallback(BaseCallback):
 
 def train_ppo(
     train_features: pd.DataFrame,
-    env_config: TradingEnvConfig,
+    env_spec: EnvSpec,
     ppo_config: PPOConfig,
     seed: int,
     report: Callable[[str], None] | None = None,
 ) -> PPO:
-    """Train PPO on FinRL's environment over the training period; same seed and data give the same policy.
+    """Train PPO over the training period; same seed and data give the same policy.
 
     :param train_features: training split of the features frame
-    :param env_config: environment settings
+    :param env_spec: environment engine and settings
     :param ppo_config: hyperparameters and timestep budget
     :param seed: seeds Python, NumPy, torch and the agent
     :param report: receives progress lines
     """
     set_random_seed(seed)
     torch.manual_seed(seed)
-    env = DummyVecEnv([lambda: make_stock_trading_env(train_features, env_config)])
+    env = env_spec.make_training_env(train_features)
     env.seed(seed)
-    n_steps = min(ppo_config.n_steps, max(ppo_config.total_timesteps, ppo_config.batch_size))
+    # ``n_steps`` is the rollout size over all portfolios, so the update batch is the same for any n_envs.
+    rollout = min(ppo_config.n_steps, max(ppo_config.total_timesteps, ppo_config.batch_size))
+    n_steps = max(rollout // env.num_envs, 8)
     model = PPO(
         "MlpPolicy",
         env,
@@ -84,7 +85,9 @@ def train_ppo(
         device="cpu",
         verbose=0,
     )
-    callback = _ProgressCallback(report or logger.info, ppo_config.total_timesteps, every=max(n_steps, 1))
+    callback = _ProgressCallback(
+        report or logger.info, ppo_config.total_timesteps, every=n_steps * env.num_envs
+    )
     model.learn(total_timesteps=ppo_config.total_timesteps, callback=callback)
     return model
 

@@ -1,0 +1,185 @@
+"""The fast environment: FinRL parity, next-bar fills without lookahead, batching and SB3 compatibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from trading_core.data.schema import select_window
+from trading_core.data.validation import to_validated_bars
+from trading_core.environment import TradingEnvConfig, make_stock_trading_env
+from trading_core.envs.stock_trading import FastStockTradingEnv, StockTradingVecEnv, build_observation
+from trading_core.features import build_features
+from trading_core.market.costs import CostModel, NoImpact, ProportionalCommission
+from trading_core.market.data import MarketArrays
+from trading_core.market.execution import ExecutionConfig
+from trading_core.market.risk import RiskLimits
+from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
+
+
+@pytest.fixture(scope="module")
+def dow_features(dow30_bars) -> pd.DataFrame:
+    """29 Dow stocks (DOW itself starts in 2019) over 2018-2019 with FinRL's features."""
+    bars = to_validated_bars(select_window(dow30_bars, None, "2017-01-01", "2019-12-31"))
+    bars = bars[bars["tic"] != "DOW"]
+    features = build_features(bars)
+    return features[features["date"] >= "2018-06-01"].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def small_features(slice_bars) -> pd.DataFrame:
+    features = build_features(slice_bars)
+    return features[features["date"] >= "2019-01-01"].reset_index(drop=True)
+
+
+def rollout_finrl(
+    features: pd.DataFrame, actions: np.ndarray, initial: float, hmax: int, cost: float
+) -> np.ndarray:
+    env = make_stock_trading_env(features, TradingEnvConfig(initial_amount=initial, hmax=hmax, cost_pct=cost))
+    env.reset()
+    for action in actions:
+        env.step(action)
+    return np.asarray(env.asset_memory)
+
+
+def rollout_fast(
+    features: pd.DataFrame, actions: np.ndarray, initial: float, hmax: int, cost: float
+) -> np.ndarray:
+    env = FastStockTradingEnv(features, SimulationConfig.finrl_parity(initial, cost), hmax=hmax)
+    env.reset()
+    for action in actions:
+        env.step(action)
+    return np.asarray(env.equity_memory)
+
+
+@pytest.mark.parametrize(
+    ("initial", "hmax", "seed"), [(1_000_000, 100, 0), (50_000, 100, 1), (20_000, 500, 2)]
+)
+def test_portfolio_values_equal_finrl_stock_trading_env(dow_features, initial, hmax, seed):
+    steps = dow_features["date"].nunique() - 1
+    actions = np.random.default_rng(seed).uniform(-1, 1, size=(steps, dow_features["tic"].nunique()))
+    finrl = rollout_finrl(dow_features, actions, initial, hmax, 0.001)
+    fast = rollout_fast(dow_features, actions, initial, hmax, 0.001)
+    assert len(fast) == len(finrl) == steps + 1
+    relative_error = np.abs(fast - finrl) / np.abs(finrl)
+    assert relative_error.max() < 1e-9
+    assert np.abs(np.diff(finrl)).max() > 0  # the portfolios really traded
+
+
+def test_observation_layout_matches_finrl(small_features):
+    finrl_env = make_stock_trading_env(small_features, TradingEnvConfig())
+    finrl_state, _ = finrl_env.reset()
+    fast_env = FastStockTradingEnv(small_features, SimulationConfig.finrl_parity())
+    fast_state, _ = fast_env.reset()
+    np.testing.assert_allclose(fast_state, np.asarray(finrl_state, dtype=np.float32), rtol=1e-6)
+    assert fast_env.observation_space.shape == (finrl_env.state_space,)
+
+
+def test_next_bar_fills_use_the_next_open_and_never_the_future_in_observations(small_features):
+    market = MarketArrays.from_features(small_features)
+    config = SimulationConfig(
+        cost_model=CostModel(ProportionalCommission(0.0), NoImpact()),
+        spread="none",
+        execution=ExecutionConfig(participation_cap=None),
+        risk=None,
+    )
+    simulator = PortfolioSimulator(market, config)
+    simulator.reset()
+    observation_before = build_observation(simulator).copy()
+    target = np.array([[10.0, 0.0, 5.0, 0.0]])
+    outcome = simulator.step(target)
+    np.testing.assert_allclose(outcome.fills.price[0, [0, 2]], market.open[1, [0, 2]])
+    expected_cash = config.initial_amount - 10 * market.open[1, 0] - 5 * market.open[1, 2]
+    assert simulator.cash[0] == pytest.approx(expected_cash)
+    # Rewriting every bar after the decision date leaves the decision's observation unchanged.
+    future = small_features.copy()
+    future.loc[future["date"] > market.dates[0], ["open", "high", "low", "close"]] *= 1.5
+    shifted = PortfolioSimulator(MarketArrays.from_features(future), config)
+    shifted.reset()
+    np.testing.assert_array_equal(build_observation(shifted), observation_before)
+
+
+def test_participation_cap_and_limit_orders(small_features):
+    market = MarketArrays.from_features(small_features)
+    capped = SimulationConfig(
+        initial_amount=1e12,
+        cost_model=CostModel(ProportionalCommission(0.0), NoImpact()),
+        spread="none",
+        execution=ExecutionConfig(participation_cap=0.01),
+        risk=None,
+    )
+    simulator = PortfolioSimulator(market, capped)
+    simulator.reset()
+    outcome = simulator.step(np.full((1, 4), 1e9))
+    np.testing.assert_array_equal(outcome.fills.shares[0], np.floor(0.01 * market.volume[1]))
+
+    limit = SimulationConfig(
+        cost_model=CostModel(ProportionalCommission(0.0), NoImpact()),
+        spread="none",
+        execution=ExecutionConfig(order_type="limit", limit_offset_bps=50.0, participation_cap=None),
+        risk=None,
+    )
+    simulator = PortfolioSimulator(market, limit)
+    simulator.reset()
+    outcome = simulator.step(np.full((1, 4), 10.0))
+    limit_price = market.close[0] * (1 - 50e-4)
+    traded_through = market.low[1] < limit_price
+    np.testing.assert_array_equal(outcome.fills.shares[0] > 0, traded_through)
+    filled = outcome.fills.shares[0] > 0
+    np.testing.assert_allclose(
+        outcome.fills.price[0, filled], np.minimum(market.open[1], limit_price)[filled]
+    )
+
+
+def test_batched_portfolios_match_single_portfolio_runs(small_features):
+    config = SimulationConfig()
+    steps = small_features["date"].nunique() - 1
+    rng = np.random.default_rng(5)
+    actions = rng.uniform(-1, 1, size=(steps, 3, 4)).astype(np.float32)
+    vec = StockTradingVecEnv(small_features, config, n_envs=3)
+    vec.reset()
+    finals = None
+    for step in range(steps):
+        _, _, dones, infos = vec.step(actions[step])
+        if dones.all():
+            finals = [info["final_equity"] for info in infos]
+    assert finals is not None
+    for index in range(3):
+        single = FastStockTradingEnv(small_features, config)
+        single.reset()
+        for step in range(steps):
+            single.step(actions[step, index])
+        assert single.equity_memory[-1] == pytest.approx(finals[index], rel=1e-12)
+
+
+def test_risk_limits_hold_along_a_random_rollout(small_features):
+    limits = RiskLimits(max_weight=0.3, var_limit=0.015)
+    env = FastStockTradingEnv(small_features, SimulationConfig(risk=limits), hmax=500)
+    env.reset()
+    rng = np.random.default_rng(9)
+    done = False
+    while not done:
+        simulator = env.simulator
+        prices, equity = simulator.prices.copy(), simulator.equity()[0]
+        _, _, done, _, _ = env.step(rng.uniform(-0.2, 1, size=4))
+        review = env.last_outcome.review
+        # Post-review targets respect the weight limit at the decision prices.
+        assert (np.abs(review.approved[0] * prices) <= limits.max_weight * equity * (1 + 1e-9)).all()
+        assert simulator.cash[0] >= -1e-6
+
+
+def test_fast_env_trains_with_stable_baselines3(small_features):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_checker import check_env
+
+    check_env(FastStockTradingEnv(small_features), warn=False)
+    vec = StockTradingVecEnv(small_features, n_envs=4)
+    model = PPO("MlpPolicy", vec, n_steps=32, batch_size=64, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+    weights_env = StockTradingVecEnv(small_features, n_envs=2, action_mode="weights")
+    observation = weights_env.reset()
+    _, rewards, _, _ = weights_env.step(np.zeros((2, 4), dtype=np.float32))
+    assert observation.shape == (2, weights_env.observation_space.shape[0]) and np.isfinite(rewards).all()
+    held = weights_env.simulator.holdings[0] * weights_env.simulator.prices
+    assert held.sum() <= weights_env.simulator.equity()[0]

@@ -1,0 +1,81 @@
+"""Dense numpy arrays of a feature panel, built once so simulation steps only index into them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from trading_core.features import feature_columns_of
+
+
+@dataclass(frozen=True)
+class MarketArrays:
+    """One trading period as arrays: ``[T, N]`` per price field, ``[T, F, N]`` features.
+
+    :param dates: the T dates
+    :param tickers: the N tickers, in column order
+    :param feature_names: the F feature columns, in FinRL's observation order (feature-major)
+    """
+
+    dates: pd.DatetimeIndex
+    tickers: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    features: np.ndarray
+    turbulence: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.dates)
+
+    @property
+    def n_assets(self) -> int:
+        return len(self.tickers)
+
+    @classmethod
+    def from_features(cls, features: pd.DataFrame, feature_names: list[str] | None = None) -> MarketArrays:
+        """Pivot a long features frame (one row per date and ticker, every ticker on every date)."""
+        frame = features.sort_values(["date", "tic"])
+        dates = pd.DatetimeIndex(frame["date"].unique())
+        tickers = tuple(sorted(frame["tic"].unique()))
+        if len(frame) != len(dates) * len(tickers):
+            raise ValueError(
+                "features must hold every ticker on every date (see trading_core.features.balanced_panel)"
+            )
+        names = tuple(feature_names if feature_names is not None else feature_columns_of(frame))
+
+        def field(column: str) -> np.ndarray:
+            return np.ascontiguousarray(
+                frame[column].to_numpy(dtype=np.float64).reshape(len(dates), len(tickers))
+            )
+
+        stacked = (
+            np.stack([field(name) for name in names], axis=1)
+            if names
+            else np.zeros((len(dates), 0, len(tickers)))
+        )
+        turbulence = field("turbulence")[:, 0] if "turbulence" in frame.columns else np.zeros(len(dates))
+        return cls(
+            dates=dates,
+            tickers=tickers,
+            feature_names=names,
+            open=field("open"),
+            high=field("high"),
+            low=field("low"),
+            close=field("close"),
+            volume=field("volume"),
+            features=np.ascontiguousarray(stacked),
+            turbulence=turbulence,
+        )
+
+    def daily_returns(self) -> np.ndarray:
+        """Close-to-close simple returns ``[T, N]``; row 0 is zero."""
+        returns = np.zeros_like(self.close)
+        returns[1:] = self.close[1:] / self.close[:-1] - 1.0
+        return returns
