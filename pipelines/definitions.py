@@ -7,9 +7,9 @@ import dagster as dg
 from pipelines.jobs import full_pipeline_job, weekly_retraining_job
 from pipelines.resources_by_env import resources_for
 from pipelines.schedules import weekly_retraining_schedule
-from trading_assets import evaluation, features, ingestion, training, validation
+from trading_assets import evaluation, features, ingestion, robustness, training, validation
 
-all_assets = dg.load_assets_from_modules([ingestion, validation, features, training, evaluation])
+all_assets = dg.load_assets_from_modules([ingestion, validation, features, training, evaluation, robustness])
 
 defs = dg.Definitions(
     assets=all_assets,

@@ -38,7 +38,7 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
 
     def output(name: str):
         try:
-            return result.output_for_node(name)
+            return result.asset_value(name)
         except Exception:  # noqa: BLE001 - a step that did not run has no output
             return None
 
@@ -64,7 +64,7 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
 
     evaluations = result.get_asset_check_evaluations()
     data_checks = [e for e in evaluations if e.asset_key.to_user_string() == "validated_daily_bars"]
-    gate_checks = [e for e in evaluations if e.asset_key.to_user_string() == "backtest"]
+    gate_checks = [e for e in evaluations if e.asset_key.to_user_string() in ("backtest", "stress_tests")]
     passed = sum(e.passed for e in data_checks)
     lines.append("")
     lines.append(f"Data checks : {passed} passed, {len(data_checks) - passed} failed")
@@ -82,6 +82,19 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             f"Training    : {agent.algorithm}, seed {agent.seed}, {agent.ppo_config.total_timesteps} timesteps, "
             f"MLflow run {agent.run_id}"
         )
+    if agent is not None:
+        spec = agent.env_spec
+        if spec.engine == "fast":
+            sim = spec.simulation
+            lines.append(
+                f"Environment : fast engine, {sim.execution.fill_timing} {sim.execution.order_type} fills, "
+                f"commission {type(sim.cost_model.commission).__name__}, spread {sim.spread}, "
+                f"impact {type(sim.cost_model.impact).__name__}, risk manager {'on' if sim.risk else 'off'}"
+            )
+        else:
+            lines.append(
+                f"Environment : FinRL StockTradingEnv, same-bar fills, {spec.finrl_cost_pct:.2%} costs"
+            )
     if version is not None:
         aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
         lines.append(f"Model       : {version.name} version {version.version}, aliases: {', '.join(aliases)}")
@@ -90,11 +103,20 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             f"Backtest    : out of sample, after costs ({report.trades} trades, costs {report.total_cost:,.0f})"
         )
         lines += _format_metrics_table(report)
+        if report.record is not None:
+            costs = report.record.cost_breakdown
+            lines.append(
+                "    costs: commission {commission:,.0f}, spread {spread_cost:,.0f}, impact {impact_cost:,.0f}; "
+                "risk interventions: {n}".format(n=len(report.record.interventions), **costs)
+            )
         lines.append("")
         lines.append(
             f"Promotion gate ({sum(e.passed for e in gate_checks)}/{len(gate_checks)} checks passed):"
         )
         for gate in report.gate:
+            lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
+        stress_report = output("stress_tests")
+        for gate in stress_report.gate if stress_report is not None else ():
             lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
         if champion is not None:
             lines.append(
@@ -113,6 +135,27 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             and error is not None
             and error.cls_name == "DagsterAssetCheckFailedError"
         )
+
+    stress = output("stress_tests")
+    if stress is not None:
+        lines.append("")
+        lines.append("Stress tests (agent return / max drawdown vs buy & hold return):")
+        for scenario in stress.results:
+            lines.append(
+                f"  {scenario.name:<28}{scenario.total_return:>+8.1%} /{scenario.max_drawdown:>6.1%}   "
+                f"b&h {scenario.benchmark_return:>+7.1%}"
+            )
+    walk = output("walk_forward")
+    if walk is not None:
+        lines.append(
+            f"Walk-forward: {len(walk.windows)} windows, stitched out-of-sample Sharpe {walk.metrics.sharpe:.2f} "
+            f"(return {walk.metrics.total_return:+.1%}) vs buy & hold {walk.benchmark_metrics.sharpe:.2f} "
+            f"({walk.benchmark_metrics.total_return:+.1%})"
+        )
+    attribution = output("performance_attribution")
+    if attribution is not None:
+        gross, net = attribution["gross_pnl"].sum(), attribution["net_pnl"].sum()
+        lines.append(f"Attribution : gross PnL {gross:,.0f}, costs {gross - net:,.0f}, net PnL {net:,.0f}")
 
     failed_steps = [
         e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not gate_failure(e)
@@ -143,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--timesteps", type=int, default=None, help="PPO training budget (default 20000)")
     parser.add_argument("--seed", type=int, default=None, help="training seed (default 42)")
+    parser.add_argument(
+        "--walk-forward-timesteps",
+        type=int,
+        default=None,
+        help="PPO budget per walk-forward window (default 10000)",
+    )
     args = parser.parse_args(argv)
 
     home = StateHome.from_env().prepare()
@@ -153,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines.definitions import defs
 
-    run_config = {}
+    run_config: dict = {"ops": {}}
     training = {k: v for k, v in (("total_timesteps", args.timesteps), ("seed", args.seed)) if v is not None}
     if training:
-        run_config = {"ops": {"trained_agent": {"config": training}}}
+        run_config["ops"]["trained_agent"] = {"config": training}
+    if args.walk_forward_timesteps is not None:
+        run_config["ops"]["walk_forward"] = {"config": {"timesteps_per_window": args.walk_forward_timesteps}}
     instance = DagsterInstance.get()
     job = defs.resolve_job_def("full_pipeline")
     result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)

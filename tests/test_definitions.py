@@ -41,7 +41,7 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
     from pipelines import run_pipeline
 
     monkeypatch.setenv("DAGSTER_HOME", os.environ["RL_TRADING_HOME"])  # restored after the test
-    exit_code = run_pipeline.main(["--timesteps", "256", "--seed", "5"])
+    exit_code = run_pipeline.main(["--timesteps", "256", "--seed", "5", "--walk-forward-timesteps", "256"])
     summary = capsys.readouterr().out
     assert exit_code == 0, summary
     for expected in (
@@ -51,6 +51,10 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
         "Model       : rl_trading_agent version",
         "buy & hold",
         "Promotion gate (",
+        "stress_drawdown_limit",
+        "Walk-forward:",
+        "Attribution :",
+        "Environment : fast engine",
         "Verdict     :",
         "dagster dev -w workspace.yaml",
         "mlflow ui --backend-store-uri",

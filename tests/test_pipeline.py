@@ -23,6 +23,9 @@ ALL_ASSET_NAMES = {
     "registered_model",
     "backtest",
     "champion_model",
+    "stress_tests",
+    "walk_forward",
+    "performance_attribution",
 }
 TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
 LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
@@ -47,8 +50,17 @@ def pipeline_resources(tmp_path: Path, data_path: Path, vix_path: Path | None = 
     }
 
 
-def run_config(gate: dict | None = None) -> dict:
-    config = {"ops": {"trained_agent": {"config": TINY_TRAINING}}}
+TINY_WALK_FORWARD = {"n_windows": 2, "test_dates": 60, "timesteps_per_window": 256}
+
+
+def run_config(gate: dict | None = None, stress_limit: float = 1.0) -> dict:
+    config = {
+        "ops": {
+            "trained_agent": {"config": TINY_TRAINING},
+            "walk_forward": {"config": TINY_WALK_FORWARD},
+            "stress_tests": {"config": {"max_stress_drawdown": stress_limit}},
+        }
+    }
     if gate:
         config["ops"]["backtest"] = {"config": gate}
     return config
@@ -71,7 +83,7 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"
 
     client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri)
-    agent = first.output_for_node("trained_agent")
+    agent = first.asset_value("trained_agent")
     run = client.get_run(agent.run_id)
     assert run.data.params["seed"] == "11" and run.data.params["algorithm"] == "PPO"
     assert len(run.data.tags["data_sha256"]) == 64
@@ -81,9 +93,21 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     )
     artifacts = {a.path for a in client.list_artifacts(agent.run_id, "evaluation")}
     assert "evaluation/test_equity_curve.png" in artifacts
-    report = first.output_for_node("backtest")
+    report = first.asset_value("backtest")
     assert run.data.metrics["test_sharpe"] == pytest.approx(report.metrics.sharpe)
-    assert report.equity.index.min() > first.output_for_node("dataset_splits").split.validation_end
+    assert {"stress_worst_max_drawdown", "walk_forward_sharpe", "attribution_net_return"} <= set(
+        run.data.metrics
+    )
+    assert {
+        "evaluation/stress_tests.png",
+        "evaluation/walk_forward.png",
+        "evaluation/performance_attribution.png",
+    } <= artifacts
+    attribution = first.asset_value("performance_attribution")
+    assert attribution["net_pnl"].sum() == pytest.approx(
+        report.equity.iloc[-1] - report.equity.iloc[0], rel=1e-9
+    )
+    assert report.equity.index.min() > first.asset_value("dataset_splits").split.validation_end
 
     # A step in another process starts with MLflow's default store; registering must not depend on it.
     mlflow.set_tracking_uri((tmp_path / "elsewhere").as_uri())
@@ -106,11 +130,28 @@ def test_failed_gate_blocks_promotion_and_keeps_champion(tmp_path, slice_csv):
         all_assets, resources=resources, run_config=run_config(impossible), raise_on_error=False
     )
     assert not result.success
-    assert "backtest" in materialized(result) and "champion_model" not in materialized(result)
+    # The attribution comes from the backtest step, so it is stored even though the gate failed.
+    assert {"backtest", "performance_attribution"} <= materialized(result)
+    assert "champion_model" not in materialized(result)
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"min_sharpe"}
     assert registry.version_for_alias(CHAMPION_ALIAS) is None
     assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"
+
+
+def test_failed_stress_limit_blocks_promotion(tmp_path, slice_csv):
+    resources = pipeline_resources(tmp_path, slice_csv)
+    registry: MlflowRegistryResource = resources["model_registry"]
+    result = dg.materialize(
+        all_assets,
+        resources=resources,
+        run_config=run_config(LENIENT_GATE, stress_limit=0.0),
+        raise_on_error=False,
+    )
+    assert "stress_tests" in materialized(result) and "champion_model" not in materialized(result)
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert failed == {"stress_drawdown_limit"}
+    assert registry.version_for_alias(CHAMPION_ALIAS) is None
 
 
 @pytest.mark.parametrize(

@@ -255,6 +255,23 @@ def test_zero_prices_and_single_env_stay_finite() -> None:
     assert review.approved[0, 1] * 10.0 <= 250.0 + 1e-9
 
 
+def test_review_leaves_its_inputs_alone_and_broadcasts_one_price_row() -> None:
+    holdings, cash = np.array([[10.0, 0.0], [0.0, 5.0]]), np.array([100.0, 100.0])
+    prices = np.array([10.0, 20.0])
+    target = np.array([[50.0, -1.0], [0.0, 50.0]])
+    inputs = [x.copy() for x in (target, holdings, prices, cash)]
+    risk = RiskManager(RiskLimits(), 2, 2)
+    risk.reset(cash + holdings @ prices)
+    review = risk.review(target, holdings, prices, cash, _window()[:, :2])
+    for before, after in zip(inputs, (target, holdings, prices, cash), strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert np.all(np.abs(review.approved * prices) <= 0.25 * (cash + holdings @ prices)[:, None] + 1e-9)
+    approved = review.approved.copy()
+    review.approved[:] = 0.0  # the log keeps what was decided
+    capped = [e for e in review.interventions(0) if (e.env, e.rule) == (0, "max_weight")]
+    assert [(e.asset, e.requested, e.approved) for e in capped] == [(0, 50.0, approved[0, 0])]
+
+
 # ------------------------------------------------------------------------------------------------ states
 
 
@@ -619,7 +636,7 @@ def check_review(limits, state, pending, review, target, holdings, prices, cash,
             assert var <= limits.var_limit * (1 + rtol) + 1e-15
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_no_approved_portfolio_ever_breaches_a_limit(scenario: Scenario) -> None:
     limits, rng = scenario.limits, np.random.default_rng(scenario.seed)
@@ -654,7 +671,7 @@ def test_no_approved_portfolio_ever_breaches_a_limit(scenario: Scenario) -> None
         assert reason
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(scenarios())
 def test_review_is_idempotent_on_its_own_output(scenario: Scenario) -> None:
     """An approved portfolio passes a second review unchanged, up to rounding."""

@@ -12,10 +12,13 @@ import pandas as pd
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, RegisteredVersion
 from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.robustness import StressReport
 from trading_assets.training import TrainedAgent
-from trading_core.backtest import run_backtest
+from trading_core.attribution import attribute_pnl, attribution_summary
+from trading_core.backtest import BacktestResult, run_backtest
+from trading_core.backtester import BacktestRecord
 from trading_core.metrics import PerformanceMetrics
-from trading_core.plots import equity_curve_png
+from trading_core.plots import equity_curve_png, grouped_bars_png
 from trading_core.promotion import GateResult, PromotionThresholds, evaluate_gate
 
 PREVIOUS_ALIAS = "previous"
@@ -52,14 +55,25 @@ class BacktestReport:
     total_cost: float
     trades: int
     gate: tuple[GateResult, ...]
+    record: BacktestRecord | None = None
 
     @property
     def promotable(self) -> bool:
         return all(result.passed for result in self.gate)
 
 
-@dg.asset(
-    group_name="evaluation",
+@dg.multi_asset(
+    outs={
+        "backtest": dg.AssetOut(
+            group_name="evaluation",
+            description="Equity of the registered version over the unseen test period after costs, "
+            "against equal-weight buy-and-hold.",
+        ),
+        "performance_attribution": dg.AssetOut(
+            group_name="evaluation",
+            description="Per-asset PnL of the out-of-sample backtest, gross and net of commission, spread and impact.",
+        ),
+    },
     compute_kind="backtest",
     check_specs=[
         dg.AssetCheckSpec(name=name, asset="backtest", description=text, blocking=True)
@@ -74,7 +88,10 @@ def backtest(
     dataset_splits: DatasetSplits,
     model_registry: MlflowRegistryResource,
 ):
-    """Equity of the registered version over the unseen test period after costs, against equal-weight buy-and-hold."""
+    """Backtest the registered version out of sample and attribute its PnL; the gate checks judge the backtest.
+
+    Both come from one step so that the attribution is stored even when the gate fails.
+    """
     policy = model_registry.load_policy(registered_model.version)
     result = run_backtest(policy, dataset_splits.test, trained_agent.env_spec)
     gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.thresholds()))
@@ -88,6 +105,7 @@ def backtest(
         total_cost=result.total_cost,
         trades=result.trades,
         gate=gate,
+        record=result.record,
     )
     png = equity_curve_png(
         {
@@ -120,6 +138,7 @@ def backtest(
 
     yield dg.Output(
         report,
+        output_name="backtest",
         metadata={
             "model": f"{registered_model.name} v{registered_model.version}",
             "sharpe": dg.MetadataValue.float(result.metrics.sharpe),
@@ -131,6 +150,8 @@ def backtest(
             "equity_curve": png_metadata(png),
         },
     )
+    if result.record is not None:
+        yield _attribution_output(result, dataset_splits, registered_model, model_registry)
     for gate_result in gate:
         yield dg.AssetCheckResult(
             check_name=gate_result.name,
@@ -149,14 +170,16 @@ def backtest(
 def champion_model(
     context: dg.AssetExecutionContext,
     backtest: BacktestReport,
+    stress_tests: StressReport,
     registered_model: RegisteredVersion,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[dict]:
     """The registry version holding alias ``champion``, moved here only when every gate check passed."""
-    if not backtest.promotable:
+    failed = [r.description for r in (*backtest.gate, *stress_tests.gate) if not r.passed]
+    if failed or stress_tests.version != registered_model.version:
         # Also guards materializations that run without the blocking checks upstream in the same run.
-        failed = "; ".join(r.description for r in backtest.gate if not r.passed)
-        raise dg.Failure(description=f"version {backtest.version} failed the promotion gate: {failed}")
+        reasons = "; ".join(failed) or f"stress tests are of version {stress_tests.version}"
+        raise dg.Failure(description=f"version {backtest.version} failed the promotion gate: {reasons}")
     former = model_registry.version_for_alias(CHAMPION_ALIAS)
     if former and former != registered_model.version:
         model_registry.set_alias(former, PREVIOUS_ALIAS)
@@ -166,3 +189,32 @@ def champion_model(
     )
     champion = {"model_name": registered_model.name, "version": registered_model.version, "previous": former}
     return dg.Output(champion, metadata={k: str(v) for k, v in champion.items()})
+
+
+def _attribution_output(
+    result: BacktestResult,
+    dataset_splits: DatasetSplits,
+    registered_model: RegisteredVersion,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output:
+    closes = dataset_splits.test.pivot(index="date", columns="tic", values="close")
+    table = attribute_pnl(result.record, closes)
+    summary = attribution_summary(table, float(result.equity.iloc[0]), result.benchmark_metrics.total_return)
+    png = grouped_bars_png(
+        table[["gross_pnl", "net_pnl"]], "Out-of-sample PnL per asset, before and after costs", "PnL"
+    )
+    model_registry.log_evaluation(
+        registered_model.run_id,
+        metrics={f"attribution_{k}": v for k, v in summary.items() if pd.notna(v)},
+        files={"performance_attribution.png": png},
+        tables={"performance_attribution.json": table.reset_index(names="tic").to_dict(orient="records")},
+    )
+    return dg.Output(
+        table,
+        output_name="performance_attribution",
+        metadata={
+            "per_asset": dg.MetadataValue.md(table.to_markdown(floatfmt=",.0f")),
+            "summary": markdown_table([summary]),
+            "pnl_per_asset": png_metadata(png),
+        },
+    )

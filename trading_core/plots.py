@@ -25,3 +25,17 @@ def equity_curve_png(curves: dict[str, pd.Series], title: str, ylabel: str = "po
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def grouped_bars_png(table: pd.DataFrame, title: str, ylabel: str) -> bytes:
+    """Grouped bar chart: one group per index entry, one bar per column."""
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    table.plot.bar(ax=axis, rot=0)
+    axis.axhline(0.0, color="black", linewidth=0.8)
+    axis.set_title(title)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3, axis="y")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()

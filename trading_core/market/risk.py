@@ -21,7 +21,8 @@ Conventions:
   manager does its best and flattens. Limits hold to a relative 1e-12 (rounding).
 
 Everything in :meth:`~RiskManager.review` and :meth:`~RiskManager.on_bar` is vectorised over portfolios and
-assets; the only Python loops run over the fixed sequence of rules. Reason strings are built lazily, only when
+assets; the only Python loops run over the fixed sequence of rules (and a fixed-length, vectorised bisection in
+the rare case where only sells can meet the cash floor of a book with shorts). Reason strings are built lazily, only when
 :meth:`RiskReview.interventions` or :meth:`RiskManager.transitions` is called.
 """
 
@@ -401,7 +402,7 @@ def inverse_volatility_weights(vol: np.ndarray) -> np.ndarray:
     return np.where(total > 0.0, inverse / np.where(total > 0.0, total, 1.0), equal)
 
 
-def risk_parity_weights(cov: np.ndarray, iterations: int = 500, tol: float = 1e-14) -> np.ndarray:
+def risk_parity_weights(cov: np.ndarray, iterations: int = 500, tol: float = 1e-12) -> np.ndarray:
     """Long-only equal-risk-contribution weights: every ``w_i (cov w)_i`` equal, weights summing to 1.
 
     Solves Spinu's convex formulation ``min_y 1/2 y' cov y - sum_i log(y_i) / N`` by damped Newton steps (its
@@ -415,9 +416,9 @@ def risk_parity_weights(cov: np.ndarray, iterations: int = 500, tol: float = 1e-
     """
     cov = np.asarray(cov, dtype=np.float64)
     n = cov.shape[0]
-    diagonal = np.diag(cov)
-    if cov.shape != (n, n) or np.any(diagonal <= 0.0):
+    if cov.shape != (n, n) or np.any(np.diag(cov) <= 0.0):
         raise ValueError("risk parity needs a square covariance with positive variances")
+    diagonal = np.diag(cov)
     budget = 1.0 / n
     y = 1.0 / np.sqrt(diagonal)
     y /= np.sqrt(y @ cov @ y)  # at the optimum y' cov y = sum of budgets = 1
@@ -432,12 +433,18 @@ def risk_parity_weights(cov: np.ndarray, iterations: int = 500, tol: float = 1e-
             break
         gradient = marginal - budget / y
         step = -np.linalg.solve(cov + np.diag(budget / y**2), gradient)
-        # Backtrack to stay inside y > 0 and to decrease the objective (Armijo).
-        t, current, slope = 1.0, objective(y), gradient @ step
-        while np.any(y + t * step <= 0.0) or objective(y + t * step) > current + 1e-4 * t * slope:
+        decrement = -(gradient @ step)  # squared Newton decrement: twice the predicted decrease
+        if decrement <= 1e-30:
+            break
+        t = 1.0
+        while np.any(y + t * step <= 0.0):  # stay inside the domain y > 0
             t *= 0.5
-            if t < 1e-12:
-                break
+        if decrement > 1e-8:
+            # Far from the optimum: backtrack until the objective decreases (Armijo). Closer in, the decrease
+            # drowns in rounding of the objective while full Newton steps converge quadratically anyway.
+            current = objective(y)
+            while objective(y + t * step) > current - 1e-4 * t * decrement and t > 1e-10:
+                t *= 0.5
         y = y + t * step
     return y / y.sum()
 
@@ -972,22 +979,26 @@ class RiskManager:
         else:
             removed = None
 
-        # Scaling buys alone moves the target off the ray the earlier rules scaled along: with shorts in the
-        # book that can break any limit of a hedged book; long-only it can only lift the VaR, by at most
-        # (largest one-asset loss) x (notional removed) / equity. And no buy cut helps when sells are needed.
+        # Cutting buys moves the target off the ray the earlier rules scaled along. Cutting the opening part of
+        # buys only shrinks positions toward zero, which keeps every per-position limit and the gross exposure,
+        # but it lowers the net exposure and can lift the VaR of a hedged book, by at most (largest one-asset
+        # loss) x (notional removed) / equity. Cut short covers, and a floor no buy cut reaches (sells needed),
+        # go to the full check. Only the portfolios that may breach pay for it.
         check = post_cash < floor - _FINAL_TOLERANCE * np.abs(safe_equity)
         if not all_ok:
             check &= ok
         if removed is not None:
-            if any_short_book:
-                check |= cash_hit
-            elif var_after is not None:
+            suspect = cover_scale < 1.0
+            if limits.max_net_exposure is not None and any_short_book:  # a long book's net only falls
+                net = np.abs(np.einsum("bn,bn->b", a, p)) / safe_equity
+                suspect |= net > limits.max_net_exposure * (1.0 + _FINAL_TOLERANCE)
+            if var_after is not None:
                 if cov is not None:
                     lipschitz = abs(self._z) * float(np.sqrt(np.max(np.diag(cov))))
                 else:
                     lipschitz = float(np.abs(var_window).max())
-                drift = lipschitz * removed / safe_equity
-                check |= cash_hit & (var_after + drift > limits.var_limit)
+                suspect |= var_after + lipschitz * removed / safe_equity > limits.var_limit
+            check |= cash_hit & suspect
         if check.any():
             a = self._final_scale(a, h, p, cash, safe_equity, floor, check, var_window, cov, record)
         return a

@@ -1,0 +1,186 @@
+"""Stage 6: robustness of the candidate — stress tests (part of the promotion gate) and walk-forward retraining."""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from resources.mlflow_registry import MlflowRegistryResource, RegisteredVersion
+from trading_assets.features import DatasetSplits
+from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.training import TrainedAgent
+from trading_core.agents.training import PPOConfig
+from trading_core.plots import equity_curve_png
+from trading_core.promotion import GateResult
+from trading_core.stress import StressResult, run_stress_tests
+from trading_core.walk_forward import WalkForwardResult, run_walk_forward, walk_forward_windows
+
+
+class StressSettings(dg.Config):
+    """Stress scenarios and the limit that joins the promotion gate."""
+
+    max_stress_drawdown: float = 0.25
+    shock_offset: int = 10
+
+
+@dataclass(frozen=True)
+class StressReport:
+    """Every scenario's result for one registered version, and the gate verdict on them."""
+
+    version: str
+    results: tuple[StressResult, ...]
+    gate: tuple[GateResult, ...]
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([r.row() for r in self.results])
+
+
+def _normalized(curve: pd.Series) -> pd.Series:
+    return (curve / curve.iloc[0]).reset_index(drop=True)
+
+
+@dg.asset(
+    group_name="evaluation",
+    compute_kind="backtest",
+    check_specs=[
+        dg.AssetCheckSpec(
+            name="stress_drawdown_limit",
+            asset="stress_tests",
+            description="max drawdown of the agent in every stress scenario within the configured limit",
+            blocking=True,
+        )
+    ],
+)
+def stress_tests(
+    context: dg.AssetExecutionContext,
+    config: StressSettings,
+    registered_model: RegisteredVersion,
+    trained_agent: TrainedAgent,
+    validated_daily_bars: pd.DataFrame,
+    features: pd.DataFrame,
+    dataset_splits: DatasetSplits,
+    model_registry: MlflowRegistryResource,
+):
+    """The registered version through crises inside the data and synthetic shocks: gap, volatility, liquidity, correlation."""
+    policy = model_registry.load_policy(registered_model.version)
+    split = dataset_splits.split
+    results = run_stress_tests(
+        policy,
+        validated_daily_bars,
+        features,
+        split.test_start,
+        split.test_end,
+        trained_agent.env_spec,
+        shock_offset=config.shock_offset,
+    )
+    worst = max(results, key=lambda r: r.max_drawdown)
+    gate = (
+        GateResult(
+            "stress_drawdown_limit",
+            worst.max_drawdown <= config.max_stress_drawdown,
+            worst.max_drawdown,
+            config.max_stress_drawdown,
+            f"worst stress drawdown {worst.max_drawdown:.1%} ({worst.name}) vs allowed <= {config.max_stress_drawdown:.1%}",
+        ),
+    )
+    report = StressReport(registered_model.version, tuple(results), gate)
+    png = equity_curve_png(
+        {r.name: _normalized(r.equity) for r in results},
+        "Agent equity through each stress scenario",
+        "growth of 1",
+    )
+    model_registry.log_evaluation(
+        registered_model.run_id,
+        metrics={
+            **{f"stress_{r.name}_max_drawdown": r.max_drawdown for r in results},
+            **{f"stress_{r.name}_return": r.total_return for r in results},
+            "stress_worst_max_drawdown": worst.max_drawdown,
+        },
+        files={"stress_tests.png": png},
+        tables={"stress_tests.json": report.table().to_dict(orient="records")},
+    )
+    yield dg.Output(
+        report,
+        metadata={
+            "scenarios": markdown_table(report.table().to_dict(orient="records")),
+            "worst_max_drawdown": dg.MetadataValue.float(worst.max_drawdown),
+            "worst_scenario": worst.name,
+            "equity_curves": png_metadata(png),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="stress_drawdown_limit",
+        passed=gate[0].passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=gate[0].description,
+        metadata={"value": float(gate[0].value), "threshold": float(gate[0].threshold)},
+    )
+
+
+class WalkForwardSettings(dg.Config):
+    """Windows of the walk-forward evaluation and the training budget per window."""
+
+    n_windows: int = 3
+    test_dates: int = 126
+    scheme: str = "expanding"
+    train_dates: int | None = None
+    purge: int = 5
+    embargo: int = 5
+    timesteps_per_window: int = 10_000
+
+
+@dg.asset(group_name="evaluation", compute_kind="stable_baselines3")
+def walk_forward(
+    context: dg.AssetExecutionContext,
+    config: WalkForwardSettings,
+    features: pd.DataFrame,
+    trained_agent: TrainedAgent,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output[WalkForwardResult]:
+    """The training procedure re-run per window (purged, embargoed), each agent traded on the next unseen window."""
+    windows = walk_forward_windows(
+        features["date"],
+        n_windows=config.n_windows,
+        test_size=config.test_dates,
+        train_size=config.train_dates,
+        scheme="rolling" if config.scheme == "rolling" else "expanding",
+        purge=config.purge,
+        embargo=config.embargo,
+    )
+    ppo = trained_agent.ppo_config
+    budget = PPOConfig(
+        total_timesteps=config.timesteps_per_window,
+        learning_rate=ppo.learning_rate,
+        n_steps=ppo.n_steps,
+        batch_size=ppo.batch_size,
+        ent_coef=ppo.ent_coef,
+        gamma=ppo.gamma,
+        net_arch=ppo.net_arch,
+    )
+    result = run_walk_forward(
+        features, windows, trained_agent.env_spec, budget, seed=trained_agent.seed, report=context.log.info
+    )
+    png = equity_curve_png(
+        {"walk-forward agent": result.equity, "equal-weight buy and hold": result.benchmark_equity},
+        "Stitched out-of-sample walk-forward equity",
+    )
+    table = result.table()
+    model_registry.log_evaluation(
+        trained_agent.run_id,
+        metrics={
+            **{f"walk_forward_{k}": v for k, v in result.metrics.as_dict().items()},
+            **{f"walk_forward_buy_and_hold_{k}": v for k, v in result.benchmark_metrics.as_dict().items()},
+        },
+        files={"walk_forward.png": png},
+        tables={"walk_forward.json": table.to_dict(orient="records")},
+    )
+    return dg.Output(
+        result,
+        metadata={
+            "windows": markdown_table(table.to_dict(orient="records")),
+            "sharpe": dg.MetadataValue.float(result.metrics.sharpe),
+            "buy_and_hold_sharpe": dg.MetadataValue.float(result.benchmark_metrics.sharpe),
+            "total_return": dg.MetadataValue.float(result.metrics.total_return),
+            "equity_curve": png_metadata(png),
+        },
+    )

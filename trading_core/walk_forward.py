@@ -1,0 +1,143 @@
+"""Walk-forward evaluation: retrain on each window, trade the next unseen window, stitch the out-of-sample
+results into one equity curve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from trading_core.agents.training import PPOConfig, train_ppo
+from trading_core.backtest import BacktestResult, run_backtest
+from trading_core.environment import EnvSpec
+from trading_core.metrics import PerformanceMetrics, compute_metrics
+
+
+@dataclass(frozen=True)
+class WalkForwardWindow:
+    """Inclusive date bounds of one training window and the test window that follows it."""
+
+    train_start: pd.Timestamp
+    train_end: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+
+
+def walk_forward_windows(
+    dates: pd.Series | pd.DatetimeIndex,
+    n_windows: int,
+    test_size: int,
+    train_size: int | None = None,
+    scheme: Literal["rolling", "expanding"] = "expanding",
+    purge: int = 5,
+    embargo: int = 5,
+) -> list[WalkForwardWindow]:
+    """Consecutive test windows at the end of the dates, each preceded by its training window and a gap.
+
+    The gap of ``purge + embargo`` dates between a training window's last date and its test window's first
+    date keeps indicator windows and serially correlated returns of the test period out of training.
+
+    :param dates: dates of the feature panel
+    :param n_windows: number of test windows
+    :param test_size: dates per test window
+    :param train_size: dates per training window (``rolling``); the minimum for the first one (``expanding``)
+    :param scheme: ``rolling`` (fixed-length training window) or ``expanding`` (from the first date)
+    :param purge: dates dropped before each test window
+    :param embargo: further dates dropped before each test window
+    """
+    unique = pd.DatetimeIndex(pd.Series(dates).drop_duplicates().sort_values())
+    gap = purge + embargo
+    first_test = len(unique) - n_windows * test_size
+    train_size = train_size or max(first_test - gap, 1)
+    if first_test - gap < train_size or min(n_windows, test_size) < 1:
+        raise ValueError(
+            f"{len(unique)} dates cannot hold {n_windows} test windows of {test_size} dates after "
+            f"{train_size} training dates and a gap of {gap}"
+        )
+    windows = []
+    for index in range(n_windows):
+        test_start = first_test + index * test_size
+        train_end = test_start - gap - 1
+        train_start = 0 if scheme == "expanding" else train_end - train_size + 1
+        windows.append(
+            WalkForwardWindow(
+                train_start=unique[train_start],
+                train_end=unique[train_end],
+                test_start=unique[test_start],
+                test_end=unique[test_start + test_size - 1],
+            )
+        )
+    return windows
+
+
+@dataclass(frozen=True)
+class WalkForwardResult:
+    """Per-window backtests and the stitched out-of-sample curve."""
+
+    windows: tuple[WalkForwardWindow, ...]
+    results: tuple[BacktestResult, ...]
+    equity: pd.Series
+    benchmark_equity: pd.Series
+    metrics: PerformanceMetrics
+    benchmark_metrics: PerformanceMetrics
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for window, result in zip(self.windows, self.results, strict=True):
+            rows.append(
+                {
+                    "train": f"{window.train_start.date()}..{window.train_end.date()}",
+                    "test": f"{window.test_start.date()}..{window.test_end.date()}",
+                    "return": result.metrics.total_return,
+                    "sharpe": result.metrics.sharpe,
+                    "max_drawdown": result.metrics.max_drawdown,
+                    "buy_and_hold_return": result.benchmark_metrics.total_return,
+                    "costs": result.total_cost,
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def stitch(curves: list[pd.Series], initial: float) -> pd.Series:
+    """Chain the returns of consecutive equity curves into one curve starting at ``initial``."""
+    returns = pd.concat([curve.pct_change().dropna() for curve in curves])
+    start = curves[0].index[0]
+    stitched = initial * (1.0 + returns).cumprod()
+    return pd.concat([pd.Series([initial], index=[start]), stitched]).rename(curves[0].name)
+
+
+def run_walk_forward(
+    features: pd.DataFrame,
+    windows: list[WalkForwardWindow],
+    env_spec: EnvSpec,
+    ppo_config: PPOConfig,
+    seed: int,
+    report: Callable[[str], None] | None = None,
+) -> WalkForwardResult:
+    """Train a fresh agent per window on its training dates and backtest it on its test dates."""
+    results = []
+    for number, window in enumerate(windows, start=1):
+        train = features[(features["date"] >= window.train_start) & (features["date"] <= window.train_end)]
+        test = features[(features["date"] >= window.test_start) & (features["date"] <= window.test_end)]
+        if report:
+            report(f"walk-forward window {number}/{len(windows)}: train to {window.train_end.date()}")
+        model = train_ppo(train.reset_index(drop=True), env_spec, ppo_config, seed=seed + number)
+        results.append(run_backtest(model, test.reset_index(drop=True), env_spec))
+    equity = stitch([r.equity for r in results], env_spec.initial_amount)
+    benchmark = stitch([r.benchmark_equity for r in results], env_spec.initial_amount)
+    return WalkForwardResult(
+        windows=tuple(windows),
+        results=tuple(results),
+        equity=equity,
+        benchmark_equity=benchmark,
+        metrics=compute_metrics(equity),
+        benchmark_metrics=compute_metrics(benchmark),
+    )
+
+
+def window_returns(result: WalkForwardResult) -> np.ndarray:
+    """Total return of each test window."""
+    return np.array([r.metrics.total_return for r in result.results])
