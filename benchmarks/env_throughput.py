@@ -20,8 +20,8 @@ from trading_core.market.data import MarketArrays
 from trading_core.market.simulator import SimulationConfig
 
 
-def finrl_steps_per_s(features, actions: np.ndarray) -> float:
-    env = make_stock_trading_env(features, TradingEnvConfig(initial_amount=1_000_000))
+def single_env_steps_per_s(env, actions: np.ndarray) -> float:
+    """Steps per second of a gymnasium env under a fixed action stream, resetting at episode ends."""
     env.reset()
     with Timer() as timer:
         for action in actions:
@@ -29,6 +29,12 @@ def finrl_steps_per_s(features, actions: np.ndarray) -> float:
             if done:
                 env.reset()
     return len(actions) / timer.seconds
+
+
+def finrl_steps_per_s(features, actions: np.ndarray) -> float:
+    return single_env_steps_per_s(
+        make_stock_trading_env(features, TradingEnvConfig(initial_amount=1_000_000)), actions
+    )
 
 
 def finrl_np_steps_per_s(market: MarketArrays, tech_names: list[str], actions: np.ndarray) -> float:
@@ -39,25 +45,11 @@ def finrl_np_steps_per_s(market: MarketArrays, tech_names: list[str], actions: n
         "turbulence_array": market.turbulence,
         "if_train": False,
     }
-    env = StockTradingEnvNumpy(config=config)
-    env.reset()
-    with Timer() as timer:
-        for action in actions:
-            _, _, done, _, _ = env.step(action)
-            if done:
-                env.reset()
-    return len(actions) / timer.seconds
+    return single_env_steps_per_s(StockTradingEnvNumpy(config=config), actions)
 
 
 def fast_single_steps_per_s(market: MarketArrays, actions: np.ndarray) -> float:
-    env = FastStockTradingEnv(market, SimulationConfig())
-    env.reset()
-    with Timer() as timer:
-        for action in actions:
-            _, _, done, _, _ = env.step(action)
-            if done:
-                env.reset()
-    return len(actions) / timer.seconds
+    return single_env_steps_per_s(FastStockTradingEnv(market, SimulationConfig()), actions)
 
 
 def fast_vec_steps_per_s(market: MarketArrays, actions: np.ndarray, n_envs: int) -> float:

@@ -23,6 +23,10 @@ def _format_metrics_table(report) -> list[str]:
         ("max drawdown", "max_drawdown", "{:.1%}"),
         ("win rate", "win_rate", "{:.1%}"),
         ("VaR95 (1 day)", "var_95", "{:.2%}"),
+        ("CVaR95 (1 day)", "cvar_95", "{:.2%}"),
+        ("prob. Sharpe>0", "probabilistic_sharpe", "{:.1%}"),
+        ("turnover / yr", "turnover", "{:.1f}x"),
+        ("cost drag / yr", "cost_drag", "{:.2%}"),
     ]
     agent, bench = report.metrics.as_dict(), report.benchmark_metrics.as_dict()
     lines = [f"    {'metric':<16}{'agent':>12}{'buy & hold':>14}"]

@@ -34,8 +34,8 @@ class ScriptedPolicy:
         return np.sin(closes * 7.0 + observation[..., :1] * 1e-4).astype(np.float32), None
 
 
-def env_rollout(features: pd.DataFrame, config: SimulationConfig, policy) -> np.ndarray:
-    env = FastStockTradingEnv(features, config, hmax=200)
+def env_rollout(features: pd.DataFrame, config: SimulationConfig, policy, hmax: int = 200) -> np.ndarray:
+    env = FastStockTradingEnv(features, config, hmax=hmax)
     observation, _ = env.reset()
     done = False
     while not done:
@@ -63,17 +63,9 @@ def test_backtest_of_a_trained_agent_equals_its_rollout(features):
     spec = EnvSpec(n_envs=2)
     model = train_ppo(features, spec, PPOConfig(total_timesteps=256, n_steps=128, batch_size=64), seed=1)
     record = EventDrivenBacktester(features, spec.simulation, hmax=spec.hmax).run(model)
-    np.testing.assert_array_equal(record.equity.to_numpy(), env_rollout_hmax(features, spec, model))
-
-
-def env_rollout_hmax(features: pd.DataFrame, spec: EnvSpec, policy) -> np.ndarray:
-    env = FastStockTradingEnv(features, spec.simulation, hmax=spec.hmax)
-    observation, _ = env.reset()
-    done = False
-    while not done:
-        action, _ = policy.predict(observation, deterministic=True)
-        observation, _, done, _, _ = env.step(action)
-    return np.asarray(env.equity_memory)
+    np.testing.assert_array_equal(
+        record.equity.to_numpy(), env_rollout(features, spec.simulation, model, spec.hmax)
+    )
 
 
 def test_record_accounts_for_every_dollar(features):

@@ -86,8 +86,8 @@ def run_backtest(policy, test_features: pd.DataFrame, env_spec: EnvSpec) -> Back
     return BacktestResult(
         equity=record.equity,
         benchmark_equity=benchmark.equity.rename("buy_and_hold_value"),
-        metrics=compute_metrics(record.equity),
-        benchmark_metrics=compute_metrics(benchmark.equity),
+        metrics=compute_metrics(record.equity, record.traded_notional, record.costs),
+        benchmark_metrics=compute_metrics(benchmark.equity, benchmark.traded_notional, benchmark.costs),
         actions=actions,
         total_cost=float(record.costs.sum()),
         trades=len(record.trades),
