@@ -183,3 +183,15 @@ def test_fast_env_trains_with_stable_baselines3(small_features):
     assert observation.shape == (2, weights_env.observation_space.shape[0]) and np.isfinite(rewards).all()
     held = weights_env.simulator.holdings[0] * weights_env.simulator.prices
     assert held.sum() <= weights_env.simulator.equity()[0]
+
+
+def test_spreads_come_from_quotes_when_the_data_has_them(small_features):
+    quoted = small_features.assign(bid=small_features["close"] * 0.999, ask=small_features["close"] * 1.001)
+    market = MarketArrays.from_features(quoted)
+    assert "bid" not in market.feature_names and market.bid is not None
+    simulator = PortfolioSimulator(market, SimulationConfig())  # spread="auto"
+    np.testing.assert_allclose(simulator.half_spread, 0.001, rtol=1e-9)
+    without = PortfolioSimulator(MarketArrays.from_features(small_features), SimulationConfig())
+    assert not np.allclose(without.half_spread, 0.001)  # Corwin–Schultz from high/low instead
+    with pytest.raises(ValueError, match="bid and ask"):
+        PortfolioSimulator(MarketArrays.from_features(small_features), SimulationConfig(spread="quotes"))

@@ -45,7 +45,7 @@ class TrainingSettings(dg.Config):
     initial_amount: float = 100_000.0
     hmax: int = 100
     commission: str = "interactive_brokers_fixed"
-    spread: Literal["corwin_schultz", "fixed", "none"] = "corwin_schultz"
+    spread: Literal["auto", "quotes", "corwin_schultz", "fixed", "none"] = "auto"
     spread_bps: float = 10.0
     impact: Literal["linear", "square_root", "none"] = "linear"
     fill_timing: Literal["next_open", "same_close"] = "next_open"

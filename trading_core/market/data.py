@@ -29,6 +29,8 @@ class MarketArrays:
     volume: np.ndarray
     features: np.ndarray
     turbulence: np.ndarray
+    bid: np.ndarray | None = None
+    ask: np.ndarray | None = None
 
     @property
     def n_steps(self) -> int:
@@ -48,7 +50,12 @@ class MarketArrays:
             raise ValueError(
                 "features must hold every ticker on every date (see trading_core.features.balanced_panel)"
             )
-        names = tuple(feature_names if feature_names is not None else feature_columns_of(frame))
+        quote_columns = {"bid", "ask"}
+        names = tuple(
+            feature_names
+            if feature_names is not None
+            else [c for c in feature_columns_of(frame) if c not in quote_columns]
+        )
 
         def field(column: str) -> np.ndarray:
             return np.ascontiguousarray(
@@ -72,6 +79,8 @@ class MarketArrays:
             volume=field("volume"),
             features=np.ascontiguousarray(stacked),
             turbulence=turbulence,
+            bid=field("bid") if "bid" in frame.columns else None,
+            ask=field("ask") if "ask" in frame.columns else None,
         )
 
     def daily_returns(self) -> np.ndarray:

@@ -16,6 +16,7 @@ from trading_core.market.costs import (
     commission_model,
     corwin_schultz_half_spread,
     fixed_half_spread,
+    quote_half_spread,
     trailing_adv,
     trailing_volatility,
 )
@@ -30,7 +31,8 @@ class SimulationConfig:
 
     :param initial_amount: starting cash of each portfolio
     :param cost_model: commission and market impact
-    :param spread: half-spread source: ``corwin_schultz`` (from daily high/low), ``fixed`` or ``none``
+    :param spread: half-spread source: ``auto`` (closing quotes when the data has ``bid``/``ask``, else
+        Corwin–Schultz), ``quotes``, ``corwin_schultz`` (from daily high/low), ``fixed`` or ``none``
     :param spread_bps: full spread in basis points for ``fixed`` (and the Corwin–Schultz warm-up fallback)
     :param execution: fill timing, order type and participation cap
     :param risk: risk limits; ``None`` switches the risk manager off
@@ -42,7 +44,7 @@ class SimulationConfig:
     cost_model: CostModel = field(
         default_factory=lambda: CostModel(commission_model("interactive_brokers_fixed"), LinearImpact())
     )
-    spread: Literal["corwin_schultz", "fixed", "none"] = "corwin_schultz"
+    spread: Literal["auto", "quotes", "corwin_schultz", "fixed", "none"] = "auto"
     spread_bps: float = 10.0
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     risk: RiskLimits | None = field(default_factory=RiskLimits)
@@ -85,7 +87,14 @@ class PortfolioSimulator:
             raise ValueError("a simulation needs at least two dates")
         self.market, self.config, self.n_envs = market, config, n_envs
         shape = market.close.shape
-        if config.spread == "corwin_schultz":
+        has_quotes = market.bid is not None and market.ask is not None
+        if config.spread == "quotes" and not has_quotes:
+            raise ValueError("spread='quotes' needs bid and ask columns in the features")
+        if config.spread == "quotes" or (config.spread == "auto" and has_quotes):
+            # A quote is usable only when both sides are positive; elsewhere fall back to the fixed spread.
+            quoted = quote_half_spread(market.bid, market.ask)
+            self.half_spread = np.where(np.isfinite(quoted), quoted, config.spread_bps * 0.5e-4)
+        elif config.spread in ("corwin_schultz", "auto"):
             self.half_spread = corwin_schultz_half_spread(
                 market.high, market.low, fallback_bps=config.spread_bps
             )
