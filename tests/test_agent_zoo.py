@@ -1,0 +1,388 @@
+"""Zoo agents train, predict continuous actions, backtest and round-trip; ensembles select and blend."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from gymnasium import spaces
+
+from trading_core.agents.ensemble import (
+    MANIFEST,
+    RebalanceWindow,
+    WeightedEnsemblePolicy,
+    rebalance_windows,
+    rolling_selection,
+    select_by_validation_sharpe,
+    softmax_weights,
+)
+from trading_core.agents.training import PPOConfig, train_ppo
+from trading_core.agents.zoo import (
+    ALGORITHMS,
+    DEFAULT_CONFIGS,
+    AgentConfig,
+    ContinuousPolicyAdapter,
+    DiscretePortfolioActions,
+    TrainedPolicy,
+    discrete_action_table,
+    load_policy,
+    train_agent,
+)
+from trading_core.backtest import run_backtest
+from trading_core.environment import EnvSpec
+from trading_core.envs.stock_trading import StockTradingVecEnv
+from trading_core.features import build_features
+
+ENV_SPEC = EnvSpec(n_envs=2)
+N_ASSETS = 4
+SEED = 7
+BUDGET = 256
+
+
+def tiny_config(algorithm: str) -> AgentConfig:
+    """The default config with a test-sized budget, networks and replay settings."""
+    config = replace(DEFAULT_CONFIGS[algorithm], total_timesteps=BUDGET, net_arch=(32, 32))
+    if algorithm == "ppo":
+        return config.with_hyperparameters(n_steps=128, batch_size=64)
+    if algorithm == "a2c":
+        return config
+    config = config.with_hyperparameters(learning_starts=64, batch_size=32, buffer_size=1_000)
+    if algorithm == "qrdqn":
+        return config.with_hyperparameters(target_update_interval=64, policy_kwargs=(("n_quantiles", 16),))
+    return config
+
+
+def _parameters(policy: TrainedPolicy) -> list[np.ndarray]:
+    return [p.detach().numpy().copy() for p in policy.model.policy.parameters()]
+
+
+def _actions(policy, observations: np.ndarray) -> np.ndarray:
+    return np.asarray(policy.predict(observations, deterministic=True)[0])
+
+
+class ConstantPolicy:
+    """Always the same continuous action, for one observation or a batch."""
+
+    def __init__(self, value: float | np.ndarray) -> None:
+        self.value = np.broadcast_to(np.asarray(value, dtype=np.float32), (N_ASSETS,))
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):
+        observation = np.asarray(observation)
+        return np.broadcast_to(self.value, observation.shape[:-1] + (N_ASSETS,)).copy(), None
+
+
+@pytest.fixture(scope="module")
+def data(slice_bars) -> dict[str, pd.DataFrame]:
+    features = build_features(slice_bars)
+    is_train = features["date"] <= pd.Timestamp("2018-06-30")
+    return {"train": features[is_train], "validation": features[~is_train]}
+
+
+@pytest.fixture(scope="module")
+def observations(data) -> np.ndarray:
+    """A fixed batch of validation-period observations with varied cash and holdings."""
+    env = StockTradingVecEnv(data["validation"], n_envs=3)
+    rng = np.random.default_rng(0)
+    batch = [env.reset()]
+    for _ in range(4):
+        env.step_async(rng.uniform(-1, 1, size=(3, N_ASSETS)))
+        batch.append(env.step_wait()[0])
+    return np.concatenate(batch).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> dict[str, tuple[TrainedPolicy, list[str], Path]]:
+    """Each algorithm trained once with checkpoints and progress reports."""
+    runs = {}
+    for algorithm in ALGORITHMS:
+        checkpoints = tmp_path_factory.mktemp(f"checkpoints_{algorithm}")
+        messages: list[str] = []
+        policy = train_agent(
+            algorithm,
+            data["train"],
+            ENV_SPEC,
+            tiny_config(algorithm),
+            seed=SEED,
+            checkpoint_dir=checkpoints,
+            checkpoint_every=128,
+            report=messages.append,
+        )
+        runs[algorithm] = (policy, messages, checkpoints)
+    return runs
+
+
+# --- the zoo ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_agent_trains_predicts_backtests_and_round_trips(algorithm, trained, data, observations, tmp_path):
+    policy = trained[algorithm][0]
+    assert (policy.algorithm, policy.seed, policy.config) == (algorithm, SEED, tiny_config(algorithm))
+
+    single, _ = policy.predict(observations[0], deterministic=True)
+    assert single.shape == (N_ASSETS,)
+    assert np.issubdtype(single.dtype, np.floating)
+    batch = _actions(policy, observations)
+    assert batch.shape == (len(observations), N_ASSETS)
+    assert np.all((batch >= -1) & (batch <= 1))
+
+    result = run_backtest(policy, data["validation"], ENV_SPEC)
+    assert len(result.equity) == data["validation"]["date"].nunique()
+    assert math.isfinite(result.metrics.sharpe)
+
+    saved = policy.save(tmp_path / "agent")
+    assert saved == tmp_path / "agent.zip" and saved.exists()
+    restored = load_policy(algorithm, tmp_path / "agent")
+    assert (restored.algorithm, restored.seed, restored.config) == (algorithm, SEED, policy.config)
+    assert type(restored.model) is type(policy.model)
+    np.testing.assert_array_equal(_actions(restored, observations), batch)
+    assert run_backtest(restored, data["validation"], ENV_SPEC).metrics == result.metrics
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_checkpoints_and_progress_reports(algorithm, trained):
+    _, messages, checkpoints = trained[algorithm]
+    steps = sorted(checkpoints.glob(f"{algorithm}_*_steps.zip"))
+    assert steps, f"no checkpoints in {list(checkpoints.iterdir())}"
+    assert (checkpoints / f"{algorithm}_final.zip").exists()
+    assert load_policy(algorithm, steps[0]).seed is None  # plain SB3 checkpoint, no metadata
+    progress = [m for m in messages if m.startswith(f"{algorithm.upper()}: ") and "timesteps" in m]
+    assert len(progress) >= 2
+    assert messages[-1].startswith(f"{algorithm.upper()}: finished")
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "sac", "qrdqn"])
+def test_same_seed_same_agent(algorithm, trained, data, observations):
+    first = trained[algorithm][0]
+    again = train_agent(algorithm, data["train"], ENV_SPEC, tiny_config(algorithm), seed=SEED, report=print)
+    np.testing.assert_array_equal(_actions(again, observations), _actions(first, observations))
+    for a, b in zip(_parameters(first), _parameters(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_seed_differs(trained, data):
+    other = train_agent("ppo", data["train"], ENV_SPEC, tiny_config("ppo"), seed=SEED + 1, report=print)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(_parameters(trained["ppo"][0]), _parameters(other), strict=True)
+    )
+
+
+def test_zoo_ppo_is_train_ppo(data, observations):
+    """The zoo's PPO is the project's PPO: same config and seed, same weights."""
+    legacy = train_ppo(
+        data["train"], ENV_SPEC, PPOConfig(total_timesteps=BUDGET, n_steps=128, batch_size=64), seed=SEED
+    )
+    config = replace(DEFAULT_CONFIGS["ppo"], total_timesteps=BUDGET).with_hyperparameters(
+        n_steps=128, batch_size=64
+    )
+    zoo = train_agent("ppo", data["train"], ENV_SPEC, config, seed=SEED, report=print)
+    for a, b in zip(legacy.policy.parameters(), zoo.model.policy.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unknown_algorithm_and_mismatched_config(data):
+    with pytest.raises(ValueError, match="ppo, a2c, sac, td3, ddpg, qrdqn"):
+        train_agent("dqn", data["train"], ENV_SPEC)
+    with pytest.raises(ValueError, match="not ppo"):
+        train_agent("ppo", data["train"], ENV_SPEC, tiny_config("sac"))
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        load_policy("rainbow", "nowhere.zip")
+
+
+def test_agent_config_is_hashable_and_round_trips_through_json():
+    for algorithm, config in DEFAULT_CONFIGS.items():
+        assert config.algorithm == algorithm
+        hash(config)
+        assert AgentConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
+    config = AgentConfig("sac", 100, 1e-3, hyperparameters={"tau": 0.01, "batch_size": 8})
+    assert config.hyperparameters == (("batch_size", 8), ("tau", 0.01))
+    assert config == AgentConfig("sac", 100, 1e-3, hyperparameters=(("tau", 0.01), ("batch_size", 8)))
+    with pytest.raises(ValueError, match="twice"):
+        AgentConfig("sac", 100, 1e-3, hyperparameters=(("tau", 0.01), ("tau", 0.02)))
+    assert config.with_hyperparameters(tau=0.02).params == {"batch_size": 8, "tau": 0.02}
+    with pytest.raises(TypeError, match="hashable"):
+        AgentConfig("sac", 100, 1e-3, hyperparameters={"policy_kwargs": {"a": 1}})
+
+
+# --- discrete actions ---------------------------------------------------------------------------------------
+
+
+def test_discrete_action_table_is_exact():
+    table = discrete_action_table(3)
+    expected = [
+        [0, 0, 0],  # hold
+        [1, 1, 1],  # buy all
+        [-1, -1, -1],  # sell all
+        [1, 0, 0],  # buy asset 0 only
+        [0, 1, 0],
+        [0, 0, 1],
+        [-1, 0, 0],  # sell asset 0 only
+        [0, -1, 0],
+        [0, 0, -1],
+    ]
+    np.testing.assert_array_equal(table, np.array(expected, dtype=np.float32))
+    assert table.dtype == np.float32
+
+
+class _RecordingVecEnv(StockTradingVecEnv):
+    def step_async(self, actions):
+        self.received = np.array(actions)
+        super().step_async(actions)
+
+
+def test_discrete_wrapper_steps_the_continuous_env(data):
+    wrapped = DiscretePortfolioActions(_RecordingVecEnv(data["validation"], n_envs=4))
+    assert wrapped.action_space == spaces.Discrete(2 * N_ASSETS + 3)
+    assert wrapped.observation_space == wrapped.venv.observation_space
+    wrapped.reset()
+    # hold, buy all, buy asset 2 only, sell asset 1 only
+    observation, rewards, dones, _ = wrapped.step(np.array([0, 1, 3 + 2, 3 + N_ASSETS + 1]))
+    np.testing.assert_array_equal(
+        wrapped.venv.received,
+        np.array([[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 1, 0], [0, -1, 0, 0]], dtype=np.float32),
+    )
+    wrapped.reset()
+    wrapped.step(np.array([2, 2, 2, 2]))  # sell all
+    np.testing.assert_array_equal(wrapped.venv.received, -np.ones((4, N_ASSETS)))
+    assert observation.shape[0] == rewards.shape[0] == dones.shape[0] == 4
+
+
+def test_qrdqn_adapter_returns_only_table_vectors(trained, observations):
+    policy = trained["qrdqn"][0]
+    table = discrete_action_table(N_ASSETS)
+    actions = _actions(policy, observations)
+    assert all(any(np.array_equal(row, vector) for vector in table) for row in actions)
+    choices, _ = policy.model.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(actions, table[choices])
+    adapter = ContinuousPolicyAdapter(policy.model)
+    np.testing.assert_array_equal(adapter.predict(observations[3])[0], table[choices[3]])
+
+
+# --- ensembles ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def candidates(trained) -> dict[str, object]:
+    return {
+        "ppo": trained["ppo"][0],
+        "qrdqn": trained["qrdqn"][0],
+        "hold": ConstantPolicy(0.0),
+        "buy_all": ConstantPolicy(1.0),
+        "buy_first": ConstantPolicy([0.5, 0.0, 0.0, 0.0]),
+    }
+
+
+def test_selection_picks_the_best_validation_sharpe(candidates, data):
+    chosen, sharpes = select_by_validation_sharpe(candidates, data["validation"], ENV_SPEC)
+    direct = {
+        name: run_backtest(policy, data["validation"], ENV_SPEC).metrics.sharpe
+        for name, policy in candidates.items()
+    }
+    assert sharpes == direct
+    assert sharpes["hold"] == 0.0
+    assert sharpes[chosen] == max(direct.values())
+    assert chosen == next(name for name, value in direct.items() if value == max(direct.values()))
+
+
+def test_weighted_ensemble_averages_actions_with_softmax_weights(candidates, data, observations):
+    ensemble = WeightedEnsemblePolicy.from_validation(
+        candidates, data["validation"], ENV_SPEC, temperature=0.5
+    )
+    sharpes = {
+        name: run_backtest(policy, data["validation"], ENV_SPEC).metrics.sharpe
+        for name, policy in candidates.items()
+    }
+    exponentials = {name: math.exp(value / 0.5) for name, value in sharpes.items()}
+    expected_weights = {name: value / sum(exponentials.values()) for name, value in exponentials.items()}
+    assert ensemble.weights == pytest.approx(expected_weights, rel=1e-12)
+    assert ensemble.sharpes == sharpes
+
+    expected = sum(
+        expected_weights[name] * _actions(policy, observations) for name, policy in candidates.items()
+    )
+    action = _actions(ensemble, observations)
+    assert action.shape == (len(observations), N_ASSETS)
+    np.testing.assert_allclose(action, np.clip(expected, -1, 1), rtol=1e-6, atol=1e-7)
+    single, _ = ensemble.predict(observations[0])
+    np.testing.assert_allclose(single, action[0], rtol=1e-6)
+    assert math.isfinite(run_backtest(ensemble, data["validation"], ENV_SPEC).metrics.sharpe)
+
+
+def test_weighted_ensemble_of_constants_is_exact_and_clipped(observations):
+    members = {"up": ConstantPolicy([1.0, 1.0, 0.2, -1.0]), "down": ConstantPolicy([-0.5, 1.0, 0.6, -1.0])}
+    ensemble = WeightedEnsemblePolicy(members, {"up": 0.75, "down": 0.25})
+    action, state = ensemble.predict(observations[0])
+    np.testing.assert_allclose(action, [0.625, 1.0, 0.3, -1.0], rtol=1e-7)
+    assert state is None and action.dtype == np.float32
+    with pytest.raises(ValueError, match="sum to one"):
+        WeightedEnsemblePolicy(members, {"up": 0.7, "down": 0.7})
+    with pytest.raises(ValueError, match="exactly the members"):
+        WeightedEnsemblePolicy(members, {"up": 1.0})
+
+
+def test_softmax_weights_edge_cases():
+    assert softmax_weights({"a": -3.0, "b": -3.0}) == {"a": 0.5, "b": 0.5}
+    weights = softmax_weights({"a": 1.0, "b": float("nan"), "c": 1.0 + math.log(3.0)})
+    assert weights == pytest.approx({"a": 0.25, "b": 0.0, "c": 0.75})
+    assert softmax_weights({"a": float("nan"), "b": float("nan")}) == {"a": 0.5, "b": 0.5}
+    with pytest.raises(ValueError, match="temperature"):
+        softmax_weights({"a": 1.0}, temperature=0.0)
+
+
+def test_weighted_ensemble_save_load_is_identical(trained, data, observations, tmp_path):
+    members = {name: trained[name][0] for name in ("ppo", "sac", "qrdqn")}
+    ensemble = WeightedEnsemblePolicy.from_validation(members, data["validation"], ENV_SPEC)
+    manifest = ensemble.save(tmp_path / "ensemble")
+    assert manifest == tmp_path / "ensemble" / MANIFEST
+    content = json.loads(manifest.read_text())
+    assert [m["algorithm"] for m in content["members"]] == ["ppo", "sac", "qrdqn"]
+    assert [m["weight"] for m in content["members"]] == list(ensemble.weights.values())
+
+    restored = WeightedEnsemblePolicy.load(tmp_path / "ensemble")
+    assert restored.weights == ensemble.weights and restored.sharpes == ensemble.sharpes
+    assert restored.temperature == ensemble.temperature
+    np.testing.assert_array_equal(_actions(restored, observations), _actions(ensemble, observations))
+    with pytest.raises(TypeError, match="TrainedPolicy"):
+        WeightedEnsemblePolicy({"hold": ConstantPolicy(0.0)}, {"hold": 1.0}).save(tmp_path / "other")
+
+
+def test_rebalance_windows_follow_finrl():
+    dates = pd.bdate_range("2020-01-01", periods=20)
+    windows = rebalance_windows(dates, rebalance_window=5, validation_window=4)
+    assert len(windows) == 3  # trade windows [4, 9), [9, 14), [14, 19); the partial tail is dropped
+    first = windows[0]
+    assert (first.validation_start, first.validation_end) == (dates[0], dates[3])
+    assert (first.trade_start, first.trade_end) == (dates[4], dates[8])
+    assert (windows[-1].trade_start, windows[-1].trade_end) == (dates[14], dates[18])
+    for previous, current in zip(windows, windows[1:], strict=False):
+        assert current.trade_start == dates[dates.get_loc(previous.trade_end) + 1]
+    with pytest.raises(ValueError, match="precede"):
+        RebalanceWindow(dates[5], dates[6], dates[6], dates[7])
+
+
+def test_rolling_selection_picks_per_window(data):
+    features = data["validation"]
+    pool = {"hold": ConstantPolicy(0.0), "buy_all": ConstantPolicy(1.0)}
+    windows = rebalance_windows(features["date"], rebalance_window=63, validation_window=63)
+    selections = rolling_selection(pool, features, windows, ENV_SPEC)
+    assert [s.window for s in selections] == windows
+    for selection in selections:
+        validation = selection.window.validation_slice(features)
+        assert validation["date"].min() == selection.window.validation_start
+        direct = {name: run_backtest(p, validation, ENV_SPEC).metrics.sharpe for name, p in pool.items()}
+        assert selection.sharpes == direct
+        assert selection.chosen == max(direct, key=direct.get)
+    # Late 2018's sell-off makes holding cash win some windows and buying win others.
+    assert {s.chosen for s in selections} == {"hold", "buy_all"}
+
+    per_window = [pool] * (len(windows) - 1) + [{"sell": ConstantPolicy(-1.0)}]
+    assert rolling_selection(per_window, features, windows, ENV_SPEC)[-1].chosen == "sell"
+    with pytest.raises(ValueError, match="candidate sets"):
+        rolling_selection([pool], features, windows, ENV_SPEC)

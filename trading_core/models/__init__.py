@@ -1,0 +1,1 @@
+"""Supervised forecasting models whose outputs join the reinforcement-learning observation."""
