@@ -386,3 +386,29 @@ def test_rolling_selection_picks_per_window(data):
     assert rolling_selection(per_window, features, windows, ENV_SPEC)[-1].chosen == "sell"
     with pytest.raises(ValueError, match="candidate sets"):
         rolling_selection([pool], features, windows, ENV_SPEC)
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "qrdqn"])
+def test_registry_pyfunc_loads_any_algorithm(algorithm, trained, observations, tmp_path):
+    import mlflow
+
+    from trading_core.agents.pyfunc import SB3_ARTIFACT_KEY, StableBaselinesPolicy
+
+    policy = trained[algorithm][0]
+    weights = policy.save(tmp_path / "agent")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        experiment = mlflow.create_experiment("zoo", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            info = mlflow.pyfunc.log_model(
+                name="agent",
+                python_model=StableBaselinesPolicy(),
+                artifacts={SB3_ARTIFACT_KEY: str(weights)},
+                model_config={"algorithm": algorithm},
+            )
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    expected, _ = policy.predict(observations, deterministic=True)
+    np.testing.assert_array_equal(loaded.predict(pd.DataFrame(observations)), expected)

@@ -28,7 +28,15 @@ from trading_core.market.simulator import SimulationConfig
 from trading_core.metrics import PerformanceMetrics
 from trading_core.provenance import code_version, pinned_requirements
 
-MODEL_REQUIREMENTS = ("stable-baselines3", "torch", "gymnasium", "numpy", "pandas", "cloudpickle")
+MODEL_REQUIREMENTS = (
+    "stable-baselines3",
+    "sb3-contrib",
+    "torch",
+    "gymnasium",
+    "numpy",
+    "pandas",
+    "cloudpickle",
+)
 
 
 class TrainingSettings(dg.Config):
@@ -165,6 +173,7 @@ def trained_agent(
             name="agent",
             python_model=StableBaselinesPolicy(),
             artifacts={SB3_ARTIFACT_KEY: str(weights)},
+            model_config={"algorithm": "ppo"},
             signature=mlflow.models.infer_signature(
                 example, model.predict(example.to_numpy(), deterministic=True)[0]
             ),

@@ -1,4 +1,8 @@
-"""An MLflow ``pyfunc`` wrapper so a registered agent loads and predicts without this project's training code."""
+"""An MLflow ``pyfunc`` wrapper so a registered agent loads and predicts without this project's training code.
+
+The algorithm travels in the logged model's ``model_config`` (``{"algorithm": "sac"}``), so any agent of the
+zoo loads through the same wrapper; models logged without it are PPO.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ SB3_ARTIFACT_KEY = "sb3_model"
 
 
 class StableBaselinesPolicy(mlflow.pyfunc.PythonModel):
-    """Predicts deterministic actions (one column per asset) from observation rows."""
+    """Predicts deterministic continuous actions (one column per asset) from observation rows."""
 
     def load_context(self, context) -> None:
-        from stable_baselines3 import PPO
+        from trading_core.agents.zoo import load_policy
 
-        self.model = PPO.load(context.artifacts[SB3_ARTIFACT_KEY], device="cpu")
+        algorithm = (context.model_config or {}).get("algorithm", "ppo")
+        self.model = load_policy(algorithm, context.artifacts[SB3_ARTIFACT_KEY])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         observations = np.asarray(model_input, dtype=np.float32)
