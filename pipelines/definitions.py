@@ -7,9 +7,11 @@ import dagster as dg
 from pipelines.jobs import full_pipeline_job, weekly_retraining_job
 from pipelines.resources_by_env import resources_for
 from pipelines.schedules import weekly_retraining_schedule
-from trading_assets import evaluation, features, ingestion, robustness, training, validation
+from trading_assets import evaluation, features, ingestion, learning, robustness, training, validation
 
-all_assets = dg.load_assets_from_modules([ingestion, validation, features, training, evaluation, robustness])
+all_assets = dg.load_assets_from_modules(
+    [ingestion, validation, features, learning, training, evaluation, robustness]
+)
 
 defs = dg.Definitions(
     assets=all_assets,

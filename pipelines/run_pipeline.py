@@ -76,6 +76,15 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         if not e.passed:
             lines.append(f"  [{e.severity.value}] {e.check_name}: {e.description}")
 
+    forecaster = output("cnn_lstm_model")
+    if forecaster is not None:
+        f = forecaster.forecaster
+        lines.append("")
+        lines.append(
+            f"Forecaster  : CNN+LSTM {forecaster.version.name} v{forecaster.version.version}, best epoch "
+            f"{f.best_epoch}, validation directional accuracy {f.directional_accuracy:.1%}, IC "
+            f"{f.information_coefficient:+.3f}"
+        )
     agent = output("trained_agent")
     version = output("registered_model")
     report = output("backtest")

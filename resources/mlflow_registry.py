@@ -74,19 +74,24 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         mlflow.set_registry_uri(self.tracking_uri)
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> RegisteredVersion:
-        """Create a new version of :attr:`model_name` from a logged model."""
+    def register(
+        self, model_uri: str, run_id: str, tags: dict[str, str], model_name: str | None = None
+    ) -> RegisteredVersion:
+        """Create a new version of a registered model (:attr:`model_name` by default) from a logged model."""
         from mlflow.exceptions import MlflowException
 
+        name = model_name or self.model_name
         client = self._client()
         try:
-            client.get_registered_model(self.model_name)
+            client.get_registered_model(name)
         except MlflowException:
-            client.create_registered_model(
-                self.model_name, description="PPO trading agents trained by the Dagster pipeline"
-            )
-        version = client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags)
-        return RegisteredVersion(self.model_name, str(version.version), run_id, model_uri)
+            client.create_registered_model(name, description="trained by the rl_trading Dagster pipeline")
+        version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
+        return RegisteredVersion(name, str(version.version), run_id, model_uri)
+
+    def experiment_id(self) -> str:
+        """Id of the pipeline's experiment, created with its artifact root when missing."""
+        return ensure_experiment(self.tracking_uri, self.experiment_name, self.artifact_root)
 
     def set_alias(self, version: str, alias: str) -> None:
         self._client().set_registered_model_alias(self.model_name, alias, version)

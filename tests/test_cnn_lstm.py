@@ -208,3 +208,18 @@ def test_save_and_load_round_trip_gives_identical_outputs(forecaster, features, 
     assert restored.normalization == forecaster.normalization
     assert restored.metadata() == forecaster.metadata()
     pd.testing.assert_frame_equal(learned_features(restored, features), full_learned, check_exact=True)
+
+
+def test_pipeline_feature_builder_has_no_lookahead(slice_bars):
+    from trading_assets.learning import feature_builder
+    from trading_core.leakage import spread_cutoffs, truncate_and_compare
+    from trading_core.models.cnn_lstm import CNNLSTMConfig, train_cnn_lstm
+
+    features = build_features(slice_bars)
+    dates = features["date"].unique()
+    train, validation = features[features["date"] < dates[600]], features[features["date"] >= dates[600]]
+    forecaster = train_cnn_lstm(train, validation, CNNLSTMConfig(max_epochs=1))
+    findings = truncate_and_compare(
+        slice_bars, feature_builder(features, forecaster), spread_cutoffs(dates, 2)
+    )
+    assert findings == []

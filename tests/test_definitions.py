@@ -55,6 +55,7 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
         "Walk-forward:",
         "Attribution :",
         "Environment : fast engine",
+        "Forecaster  : CNN+LSTM rl_trading_cnn_lstm v1",
         "Verdict     :",
         "dagster dev -w workspace.yaml",
         "mlflow ui --backend-store-uri",

@@ -85,7 +85,7 @@ def backtest(
     config: PromotionSettings,
     registered_model: RegisteredVersion,
     trained_agent: TrainedAgent,
-    dataset_splits: DatasetSplits,
+    learned_features: DatasetSplits,
     model_registry: MlflowRegistryResource,
 ):
     """Backtest the registered version out of sample and attribute its PnL; the gate checks judge the backtest.
@@ -93,7 +93,10 @@ def backtest(
     Both come from one step so that the attribution is stored even when the gate fails.
     """
     policy = model_registry.load_policy(registered_model.version)
-    result = run_backtest(policy, dataset_splits.test, trained_agent.env_spec)
+    dataset_splits = learned_features
+    result = run_backtest(
+        policy, trained_agent.observation_frame(dataset_splits.test), trained_agent.env_spec
+    )
     gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.thresholds()))
     report = BacktestReport(
         model_name=registered_model.name,

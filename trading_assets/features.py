@@ -44,6 +44,19 @@ class DatasetSplits:
     def tickers(self) -> list[str]:
         return sorted(self.train["tic"].unique())
 
+    @property
+    def full(self) -> pd.DataFrame:
+        """The three periods back in one frame."""
+        return pd.concat([self.train, self.validation, self.test], ignore_index=True)
+
+    def without_learned(self) -> "DatasetSplits":
+        """The same periods without the forecaster's columns (technical features only)."""
+
+        def strip(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[[c for c in frame.columns if not c.startswith("cnn_lstm_")]]
+
+        return DatasetSplits(self.split, strip(self.train), strip(self.validation), strip(self.test))
+
 
 @dg.asset(group_name="features", compute_kind="finrl")
 def features(

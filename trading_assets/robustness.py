@@ -7,6 +7,7 @@ import pandas as pd
 
 from resources.mlflow_registry import MlflowRegistryResource, RegisteredVersion
 from trading_assets.features import DatasetSplits
+from trading_assets.learning import RegisteredForecaster, feature_builder
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.training import TrainedAgent
 from trading_core.agents.training import PPOConfig
@@ -58,20 +59,23 @@ def stress_tests(
     trained_agent: TrainedAgent,
     validated_daily_bars: pd.DataFrame,
     features: pd.DataFrame,
-    dataset_splits: DatasetSplits,
+    learned_features: DatasetSplits,
+    cnn_lstm_model: RegisteredForecaster,
     model_registry: MlflowRegistryResource,
 ):
     """The registered version through crises inside the data and synthetic shocks: gap, volatility, liquidity, correlation."""
     policy = model_registry.load_policy(registered_model.version)
-    split = dataset_splits.split
+    split = learned_features.split
+    build = feature_builder(features, cnn_lstm_model.forecaster)
     results = run_stress_tests(
         policy,
         validated_daily_bars,
-        features,
+        trained_agent.observation_frame(learned_features.full),
         split.test_start,
         split.test_end,
         trained_agent.env_spec,
         shock_offset=config.shock_offset,
+        rebuild=lambda bars: trained_agent.observation_frame(build(bars)),
     )
     worst = max(results, key=lambda r: r.max_drawdown)
     gate = (

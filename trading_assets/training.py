@@ -20,6 +20,7 @@ from trading_core.backtest import run_backtest
 from trading_core.data.schema import frame_fingerprint
 from trading_core.environment import EnvSpec
 from trading_core.envs.stock_trading import observation_at
+from trading_core.features import BASE_COLUMNS
 from trading_core.market.costs import CostModel, LinearImpact, NoImpact, SquareRootImpact, commission_model
 from trading_core.market.data import MarketArrays
 from trading_core.market.execution import ExecutionConfig
@@ -65,6 +66,7 @@ class TrainingSettings(dg.Config):
     max_drawdown_halt: float | None = 0.2
     daily_loss_limit: float | None = 0.05
     finrl_cost_pct: float = 0.001
+    use_learned_features: bool = True
 
     def env_spec(self) -> EnvSpec:
         """The environment these settings describe."""
@@ -106,11 +108,16 @@ class TrainingSettings(dg.Config):
 class TrainedAgent:
     """Where a trained agent was logged and how it was trained."""
 
+    def observation_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A features frame cut to the columns this agent observes, in its order."""
+        return frame[[*BASE_COLUMNS, *self.feature_columns]]
+
     run_id: str
     model_uri: str
     algorithm: str
     seed: int
     env_spec: EnvSpec
+    feature_columns: tuple[str, ...]
     ppo_config: PPOConfig
     data_sha256: str
     validation_metrics: PerformanceMetrics
@@ -118,11 +125,12 @@ class TrainedAgent:
 
 @dg.asset(group_name="training", compute_kind="stable_baselines3", required_resource_keys={"mlflow"})
 def trained_agent(
-    context: dg.AssetExecutionContext, config: TrainingSettings, dataset_splits: DatasetSplits
+    context: dg.AssetExecutionContext, config: TrainingSettings, learned_features: DatasetSplits
 ) -> dg.Output[TrainedAgent]:
     """A PPO agent trained over the training period (fast env with costs and risk by default), logged to MLflow."""
     tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
     env_spec = config.env_spec()
+    dataset_splits = learned_features if config.use_learned_features else learned_features.without_learned()
     ppo_config = PPOConfig(
         total_timesteps=config.total_timesteps,
         learning_rate=config.learning_rate,
@@ -189,6 +197,7 @@ def trained_agent(
         algorithm="PPO",
         seed=config.seed,
         env_spec=env_spec,
+        feature_columns=tuple(dataset_splits.feature_columns),
         ppo_config=ppo_config,
         data_sha256=data_hash,
         validation_metrics=validation.metrics,

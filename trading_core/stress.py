@@ -6,6 +6,7 @@ the agent sees the shocked market exactly as it would have; bars before the shoc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -143,6 +144,7 @@ def run_stress_tests(
     env_spec: EnvSpec,
     shock_offset: int = 10,
     min_dates: int = 10,
+    rebuild: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> list[StressResult]:
     """Every crisis replay found in the features and every synthetic shock on the test period.
 
@@ -152,6 +154,8 @@ def run_stress_tests(
     :param test_start: first date of the test period
     :param test_end: last date of the test period
     :param shock_offset: test dates before the synthetic shocks hit, so the agent holds positions
+    :param rebuild: bars -> the agent's features, for shocked bars (default: technical features rebuilt and
+        the recorded VIX kept)
     """
     results = []
     for name, (start, end) in CRISES.items():
@@ -172,11 +176,14 @@ def run_stress_tests(
         ("volatility_x3", shock_volatility(bars, shock_date)),
         ("correlations_to_1", shock_correlation(bars, shock_date)),
     ):
-        shocked_features = build_features(shocked, use_turbulence=use_turbulence)
-        if "vix" in features.columns:
-            # VIX is an input, not derived from the bars: the shocked market keeps the recorded VIX.
-            vix = features[["date", "vix"]].drop_duplicates("date")
-            shocked_features = shocked_features.merge(vix, on="date", how="inner")
+        if rebuild is not None:
+            shocked_features = rebuild(shocked)
+        else:
+            shocked_features = build_features(shocked, use_turbulence=use_turbulence)
+            if "vix" in features.columns:
+                # VIX is an input, not derived from the bars: the shocked market keeps the recorded VIX.
+                vix = features[["date", "vix"]].drop_duplicates("date")
+                shocked_features = shocked_features.merge(vix, on="date", how="inner")
         shocked_features = shocked_features[list(features.columns)]
         results.append(_scenario(name, "synthetic", policy, test_window(shocked_features), env_spec))
     if env_spec.engine == "fast":

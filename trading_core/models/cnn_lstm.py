@@ -700,3 +700,19 @@ def add_learned_features(features: pd.DataFrame, learned: pd.DataFrame) -> pd.Da
         raise ValueError(f"features already hold columns {clashes}")
     joined = features.merge(learned, on=["date", "tic"], how="inner", validate="one_to_one")
     return joined.sort_values(["date", "tic"], kind="stable", ignore_index=True)
+
+
+class ForecasterExport(nn.Module):
+    """The forecaster as one tensor in, one tensor out, for MLflow's pytorch flavour.
+
+    Input: normalized windows ``[B, window, n_inputs]``; output ``[B, 2 + embedding_dim]``: mean and
+    log-variance of the standardized next return, then the embedding.
+    """
+
+    def __init__(self, module: CNNLSTMForecaster) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        mean, logvar, embedding = self.module(windows)
+        return torch.cat([mean.reshape(-1, 1), logvar.reshape(-1, 1), embedding], dim=1)

@@ -1,0 +1,212 @@
+"""Stage 3b: the CNN+LSTM forecaster and the learned features it adds to the RL observation."""
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from resources.mlflow_registry import MlflowRegistryResource, RegisteredVersion
+from trading_assets.features import DatasetSplits
+from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
+from trading_core.data.schema import frame_fingerprint
+from trading_core.features import build_features
+from trading_core.leakage import spread_cutoffs, truncate_and_compare
+from trading_core.models.cnn_lstm import (
+    CNNLSTMConfig,
+    ForecasterExport,
+    TrainedForecaster,
+    add_learned_features,
+    train_cnn_lstm,
+)
+from trading_core.models.cnn_lstm import (
+    learned_features as forecast_features,
+)
+from trading_core.plots import equity_curve_png
+from trading_core.provenance import code_version, pinned_requirements
+from trading_core.splits import apply_split
+
+FORECASTER_MODEL_NAME = "rl_trading_cnn_lstm"
+
+
+class ForecasterSettings(dg.Config):
+    """Architecture and training of the CNN+LSTM forecaster."""
+
+    window: int = 20
+    conv_channels: int = 16
+    lstm_hidden: int = 32
+    embedding_dim: int = 4
+    learning_rate: float = 1e-3
+    max_epochs: int = 30
+    patience: int = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RegisteredForecaster:
+    """A trained forecaster and its version in the MLflow registry."""
+
+    forecaster: TrainedForecaster
+    version: RegisteredVersion
+
+
+def _log_forecaster(
+    forecaster: TrainedForecaster, splits: DatasetSplits, registry: MlflowRegistryResource
+) -> RegisteredVersion:
+    """Log the forecaster to its own MLflow run (pytorch flavour with signature) and register it."""
+    registry.experiment_id()  # points MLflow at the registry's store and makes sure the experiment exists
+    n_inputs = len(forecaster.input_columns)
+    example = np.zeros((2, forecaster.config.window, n_inputs), dtype=np.float32)
+    export = ForecasterExport(forecaster.module).eval()
+    with torch.no_grad():
+        output = export(torch.from_numpy(example)).numpy()
+    # Nested: when the step shares a process with the dagster-mlflow run of this Dagster run, the forecaster's
+    # run sits under it; in a process of its own it is a top-level run.
+    with mlflow.start_run(
+        experiment_id=registry.experiment_id(), run_name="cnn_lstm_forecaster", nested=True
+    ) as run:
+        mlflow.log_params({f"cnn_lstm_{k}": v for k, v in forecaster.config.as_dict().items()})
+        mlflow.log_metrics(
+            {
+                "validation_loss": forecaster.validation_loss,
+                "validation_directional_accuracy": forecaster.directional_accuracy,
+                "validation_information_coefficient": forecaster.information_coefficient,
+                "best_epoch": forecaster.best_epoch,
+            }
+        )
+        mlflow.set_tags(
+            {
+                "data_sha256": frame_fingerprint(splits.train),
+                "code_version": code_version(),
+                "input_columns": ",".join(forecaster.input_columns),
+                **{f"data_{k}": v for k, v in splits.split.as_dict().items()},
+            }
+        )
+        info = mlflow.pytorch.log_model(
+            export,
+            name="cnn_lstm",
+            signature=mlflow.models.infer_signature(example, output),
+            input_example=example,
+            pip_requirements=pinned_requirements(("torch", "numpy")),
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            # Normalization statistics and input columns: what turns a features frame into model inputs.
+            mlflow.log_artifacts(str(forecaster.save(Path(folder) / "forecaster")), "forecaster")
+        run_id = run.info.run_id
+    return registry.register(
+        info.model_uri,
+        run_id,
+        tags={"window": str(forecaster.config.window), "data_sha256": frame_fingerprint(splits.train)},
+        model_name=FORECASTER_MODEL_NAME,
+    )
+
+
+@dg.asset(group_name="learning", compute_kind="pytorch")
+def cnn_lstm_model(
+    context: dg.AssetExecutionContext,
+    config: ForecasterSettings,
+    dataset_splits: DatasetSplits,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output[RegisteredForecaster]:
+    """A CNN+LSTM forecast of next-day returns per asset, early-stopped on validation, registered in MLflow."""
+    settings = CNNLSTMConfig(
+        window=config.window,
+        conv_channels=config.conv_channels,
+        lstm_hidden=config.lstm_hidden,
+        embedding_dim=config.embedding_dim,
+        learning_rate=config.learning_rate,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        seed=config.seed,
+    )
+    forecaster = train_cnn_lstm(
+        dataset_splits.train, dataset_splits.validation, settings, report=context.log.info
+    )
+    version = _log_forecaster(forecaster, dataset_splits, model_registry)
+    history = pd.DataFrame(forecaster.history).set_index("epoch")
+    png = equity_curve_png(
+        {"train": history["train_loss"], "validation": history["validation_loss"]},
+        "CNN+LSTM training (Gaussian NLL)",
+        ylabel="loss",
+    )
+    return dg.Output(
+        RegisteredForecaster(forecaster, version),
+        metadata={
+            "model": f"{version.name} v{version.version}",
+            "best_epoch": forecaster.best_epoch,
+            "validation_loss": dg.MetadataValue.float(forecaster.validation_loss),
+            "validation_directional_accuracy": dg.MetadataValue.float(forecaster.directional_accuracy),
+            "validation_information_coefficient": dg.MetadataValue.float(forecaster.information_coefficient),
+            "loss_curves": png_metadata(png),
+        },
+    )
+
+
+def feature_builder(features: pd.DataFrame, forecaster: TrainedForecaster):
+    """bars -> features with the forecaster's outputs, built the way the ``features`` asset built them."""
+    vix = features.drop_duplicates("date").set_index("date")["vix"] if "vix" in features.columns else None
+    use_turbulence = "turbulence" in features.columns
+
+    def build(bars: pd.DataFrame) -> pd.DataFrame:
+        cut_vix = vix[vix.index <= bars["date"].max()] if vix is not None else None
+        base = build_features(bars, use_turbulence=use_turbulence, vix=cut_vix)
+        return add_learned_features(base, forecast_features(forecaster, base))
+
+    return build
+
+
+@dg.asset(
+    group_name="learning",
+    compute_kind="pytorch",
+    check_specs=[
+        dg.AssetCheckSpec(
+            name="no_lookahead",
+            asset="learned_features",
+            description="features and forecasts rebuilt from bars cut at date t equal the full-data values at t",
+            blocking=True,
+        )
+    ],
+)
+def learned_features(
+    context: dg.AssetExecutionContext,
+    validated_daily_bars: pd.DataFrame,
+    features: pd.DataFrame,
+    dataset_splits: DatasetSplits,
+    cnn_lstm_model: RegisteredForecaster,
+):
+    """Technical features plus the forecaster's mean, variance and embedding per asset, split like the features."""
+    forecaster = cnn_lstm_model.forecaster
+    full = add_learned_features(features, forecast_features(forecaster, features))
+    build = feature_builder(features, forecaster)
+    cutoffs = spread_cutoffs(full["date"], count=3, skip=forecaster.config.window + 1)
+    findings = truncate_and_compare(validated_daily_bars, build, cutoffs)
+    passed = not findings
+    description = (
+        f"identical at {', '.join(str(c.date()) for c in cutoffs)}"
+        if passed
+        else "; ".join(
+            f"{f.cutoff.date()}: {', '.join(f.columns)} differ by {f.max_abs_difference:.3g}"
+            for f in findings
+        )
+    )
+    if passed:
+        splits = DatasetSplits(split=dataset_splits.split, **apply_split(full, dataset_splits.split))
+        metadata = frame_metadata(full)
+        metadata["learned_columns"] = dg.MetadataValue.text(", ".join(forecaster.output_columns))
+        metadata["periods"] = markdown_table(
+            [{"period": name, "rows": len(getattr(splits, name))} for name in ("train", "validation", "test")]
+        )
+        yield dg.Output(splits, metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name="no_lookahead",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"cutoffs": ", ".join(str(c.date()) for c in cutoffs)},
+    )
+    if not passed:
+        raise dg.Failure(description=f"lookahead in learned features: {description}")
