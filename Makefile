@@ -7,7 +7,7 @@ export RL_TRADING_HOME ?= $(CURDIR)/.rl_trading
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test install lint dagster-ui mlflow-ui clean-state
+.PHONY: run test install lint dagster-ui mlflow-ui rollback clean-state
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ dagster-ui: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(RL_TRADING_HOME)/mlflow/mlflow.db \
 		--default-artifact-root file://$(RL_TRADING_HOME)/mlflow/artifacts --port 5000
+
+rollback: $(STAMP)
+	$(BIN)/python -m pipelines.rollback
 
 clean-state:
 	rm -rf $(RL_TRADING_HOME)

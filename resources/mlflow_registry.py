@@ -14,6 +14,7 @@ from pydantic import Field
 
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
+PREVIOUS_ALIAS = "previous"
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: str) -> str:
@@ -104,6 +105,22 @@ class MlflowRegistryResource(dg.ConfigurableResource):
             return str(self._client().get_model_version_by_alias(self.model_name, alias).version)
         except MlflowException:
             return None
+
+    def rollback(self) -> tuple[str, str]:
+        """Give ``champion`` back to the version holding ``previous``; the demoted version becomes ``previous``.
+
+        :return: (demoted version, restored version)
+        """
+        champion, previous = self.version_for_alias(CHAMPION_ALIAS), self.version_for_alias(PREVIOUS_ALIAS)
+        if champion is None or previous is None:
+            raise ValueError(
+                f"{self.model_name}: rollback needs versions holding both '{CHAMPION_ALIAS}' (has {champion}) "
+                f"and '{PREVIOUS_ALIAS}' (has {previous})"
+            )
+        self.set_alias(previous, CHAMPION_ALIAS)
+        self.set_alias(champion, PREVIOUS_ALIAS)
+        self.set_version_tags(champion, {"rolled_back": "true"})
+        return champion, previous
 
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
         client = self._client()

@@ -130,6 +130,10 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert registry.version_for_alias(CHAMPION_ALIAS) == "3"
     assert registry.version_for_alias("previous") == "1"
 
+    assert registry.rollback() == ("3", "1")
+    assert registry.version_for_alias(CHAMPION_ALIAS) == "1"
+    assert registry.version_for_alias("previous") == "3"
+
 
 def test_failed_gate_blocks_promotion_and_keeps_champion(tmp_path, slice_csv):
     resources = pipeline_resources(tmp_path, slice_csv)
@@ -146,6 +150,8 @@ def test_failed_gate_blocks_promotion_and_keeps_champion(tmp_path, slice_csv):
     assert failed == {"min_sharpe"}
     assert registry.version_for_alias(CHAMPION_ALIAS) is None
     assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"
+    with pytest.raises(ValueError, match="rollback needs"):
+        registry.rollback()
 
 
 def test_failed_stress_limit_blocks_promotion(tmp_path, slice_csv):

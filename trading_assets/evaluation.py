@@ -9,7 +9,12 @@ from dataclasses import dataclass
 import dagster as dg
 import pandas as pd
 
-from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, RegisteredVersion
+from resources.mlflow_registry import (
+    CHAMPION_ALIAS,
+    PREVIOUS_ALIAS,
+    MlflowRegistryResource,
+    RegisteredVersion,
+)
 from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.robustness import StressReport
@@ -21,7 +26,6 @@ from trading_core.metrics import PerformanceMetrics
 from trading_core.plots import equity_curve_png, grouped_bars_png
 from trading_core.promotion import GateResult, PromotionThresholds, evaluate_gate
 
-PREVIOUS_ALIAS = "previous"
 GATE_CHECKS = {
     "min_sharpe": "out-of-sample Sharpe after costs at least the configured minimum",
     "max_drawdown": "out-of-sample max drawdown at most the configured limit",
