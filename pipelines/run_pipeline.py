@@ -68,7 +68,9 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
 
     evaluations = result.get_asset_check_evaluations()
     data_checks = [e for e in evaluations if e.asset_key.to_user_string() == "validated_daily_bars"]
-    gate_checks = [e for e in evaluations if e.asset_key.to_user_string() in ("backtest", "stress_tests")]
+    gate_checks = [
+        e for e in evaluations if e.asset_key.to_user_string() in ("backtest", "stress_tests", "seed_sweep")
+    ]
     passed = sum(e.passed for e in data_checks)
     lines.append("")
     lines.append(f"Data checks : {passed} passed, {len(data_checks) - passed} failed")
@@ -128,9 +130,10 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         )
         for gate in report.gate:
             lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
-        stress_report = output("stress_tests")
-        for gate in stress_report.gate if stress_report is not None else ():
-            lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
+        for upstream in ("stress_tests", "seed_sweep"):
+            report_of = output(upstream)
+            for gate in report_of.gate if report_of is not None else ():
+                lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
         if champion is not None:
             lines.append(
                 f"Verdict     : PROMOTED — version {version.version} now holds alias '{CHAMPION_ALIAS}'"
@@ -157,6 +160,17 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             lines.append(
                 f"  {scenario.name:<28}{scenario.total_return:>+8.1%} /{scenario.max_drawdown:>6.1%}   "
                 f"b&h {scenario.benchmark_return:>+7.1%}"
+            )
+    sweep = output("seed_sweep")
+    if sweep is not None:
+        lines.append("")
+        lines.append(f"Seed variance ({len(sweep.table)} seeds, {sweep.n_trials} trials in the experiment):")
+        stats = sweep.distribution
+        lines.append(f"    {'metric':<20}{'min':>8}{'p25':>8}{'median':>8}{'max':>8}")
+        for metric in ("validation_sharpe", "test_sharpe", "test_return", "test_max_drawdown"):
+            row = stats.loc[metric]
+            lines.append(
+                f"    {metric:<20}{row['min']:>8.2f}{row['p25']:>8.2f}{row['median']:>8.2f}{row['max']:>8.2f}"
             )
     walk = output("walk_forward")
     if walk is not None:

@@ -15,6 +15,7 @@ from pydantic import Field
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_ALIAS = "previous"
+TRIAL_TAG = "rl_trading.trial"
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: str) -> str:
@@ -121,6 +122,24 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         self.set_alias(champion, PREVIOUS_ALIAS)
         self.set_version_tags(champion, {"rolled_back": "true"})
         return champion, previous
+
+    def log_trial(
+        self, run_name: str, params: dict[str, object], metrics: dict[str, float], kind: str
+    ) -> str:
+        """Record one trial (a trained-and-evaluated configuration) as its own run; returns its id."""
+        client = self._client()
+        run = client.create_run(self.experiment_id(), run_name=run_name, tags={TRIAL_TAG: kind})
+        for key, value in params.items():
+            client.log_param(run.info.run_id, key, value)
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, float(value))
+        client.set_terminated(run.info.run_id)
+        return run.info.run_id
+
+    def trial_count(self) -> int:
+        """Runs of the experiment recorded as trials: what the deflated Sharpe ratio deflates for."""
+        runs = self._client().search_runs([self.experiment_id()], max_results=50_000)
+        return sum(1 for run in runs if TRIAL_TAG in run.data.tags)
 
     def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
         client = self._client()

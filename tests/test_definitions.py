@@ -53,6 +53,8 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
         "Promotion gate (",
         "stress_drawdown_limit",
         "Walk-forward:",
+        "Seed variance (",
+        "seed_p25_sharpe",
         "Attribution :",
         "Environment : fast engine",
         "Forecaster  : CNN+LSTM rl_trading_cnn_lstm v1",

@@ -28,6 +28,7 @@ ALL_ASSET_NAMES = {
     "performance_attribution",
     "cnn_lstm_model",
     "learned_features",
+    "seed_sweep",
 }
 TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
 LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
@@ -54,6 +55,13 @@ def pipeline_resources(tmp_path: Path, data_path: Path, vix_path: Path | None = 
 
 TINY_WALK_FORWARD = {"n_windows": 2, "test_dates": 60, "timesteps_per_window": 256}
 TINY_FORECASTER = {"max_epochs": 2, "patience": 1}
+LENIENT_SWEEP = {
+    "n_seeds": 2,
+    "timesteps": 256,
+    "use_ray": False,
+    "min_p25_sharpe": -100.0,
+    "min_deflated_sharpe": 0.0,
+}
 
 
 def run_config(gate: dict | None = None, stress_limit: float = 1.0) -> dict:
@@ -62,6 +70,7 @@ def run_config(gate: dict | None = None, stress_limit: float = 1.0) -> dict:
             "trained_agent": {"config": TINY_TRAINING},
             "walk_forward": {"config": TINY_WALK_FORWARD},
             "cnn_lstm_model": {"config": TINY_FORECASTER},
+            "seed_sweep": {"config": LENIENT_SWEEP},
             "stress_tests": {"config": {"max_stress_drawdown": stress_limit}},
         }
     }
@@ -91,6 +100,9 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert {"cnn_lstm_mean", "cnn_lstm_emb_0"} <= set(agent.feature_columns)  # forecasts in the observation
     forecaster_version = client.get_model_version("rl_trading_cnn_lstm", "1")
     assert {a.path for a in client.list_artifacts(forecaster_version.run_id)} >= {"forecaster"}
+    sweep = first.asset_value("seed_sweep")
+    assert list(sweep.table["seed"]) == [11, 12] and sweep.n_trials >= 3  # candidate + two seed runs
+    assert {"min", "p25", "median", "max"} <= set(sweep.distribution.columns)
     lookahead = [e for e in first.get_asset_check_evaluations() if e.check_name == "no_lookahead"]
     assert len(lookahead) == 1 and lookahead[0].passed
     run = client.get_run(agent.run_id)

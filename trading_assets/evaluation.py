@@ -17,7 +17,7 @@ from resources.mlflow_registry import (
 )
 from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table, png_metadata
-from trading_assets.robustness import StressReport
+from trading_assets.robustness import SeedSweepReport, StressReport
 from trading_assets.training import TrainedAgent
 from trading_core.attribution import attribute_pnl, attribution_summary
 from trading_core.backtest import BacktestResult, run_backtest
@@ -178,11 +178,12 @@ def champion_model(
     context: dg.AssetExecutionContext,
     backtest: BacktestReport,
     stress_tests: StressReport,
+    seed_sweep: SeedSweepReport,
     registered_model: RegisteredVersion,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[dict]:
     """The registry version holding alias ``champion``, moved here only when every gate check passed."""
-    failed = [r.description for r in (*backtest.gate, *stress_tests.gate) if not r.passed]
+    failed = [r.description for r in (*backtest.gate, *stress_tests.gate, *seed_sweep.gate) if not r.passed]
     if failed or stress_tests.version != registered_model.version:
         # Also guards materializations that run without the blocking checks upstream in the same run.
         reasons = "; ".join(failed) or f"stress tests are of version {stress_tests.version}"

@@ -11,8 +11,17 @@ from trading_assets.learning import RegisteredForecaster, feature_builder
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.training import TrainedAgent
 from trading_core.agents.training import PPOConfig
-from trading_core.plots import equity_curve_png
+from trading_core.agents.zoo import AgentConfig
+from trading_core.metrics import deflated_sharpe_ratio
+from trading_core.plots import equity_curve_png, grouped_bars_png
 from trading_core.promotion import GateResult
+from trading_core.seed_sweep import (
+    SeedTask,
+    distribution,
+    per_period_sharpe_variance,
+    run_seed_sweep,
+    seed_table,
+)
 from trading_core.stress import StressResult, run_stress_tests
 from trading_core.walk_forward import WalkForwardResult, run_walk_forward, walk_forward_windows
 
@@ -188,3 +197,135 @@ def walk_forward(
             "equity_curve": png_metadata(png),
         },
     )
+
+
+class SeedSweepSettings(dg.Config):
+    """Seeds of the sweep and the gate on its distribution."""
+
+    n_seeds: int = 3
+    timesteps: int | None = None
+    use_ray: bool = True
+    min_p25_sharpe: float = 0.5
+    min_deflated_sharpe: float = 0.5
+
+
+@dataclass(frozen=True)
+class SeedSweepReport:
+    """The candidate recipe under several seeds, the distribution of its metrics and the gate on them."""
+
+    table: pd.DataFrame
+    distribution: pd.DataFrame
+    n_trials: int
+    deflated_sharpe: float
+    gate: tuple[GateResult, ...]
+
+
+SEED_GATE_CHECKS = {
+    "seed_p25_sharpe": "25th percentile over seeds of the out-of-sample Sharpe at least the configured minimum",
+    "deflated_sharpe": "deflated Sharpe ratio (trials counted from the experiment's MLflow runs) at least the minimum",
+}
+
+
+@dg.asset(
+    group_name="evaluation",
+    compute_kind="ray",
+    check_specs=[
+        dg.AssetCheckSpec(name=name, asset="seed_sweep", description=text, blocking=True)
+        for name, text in SEED_GATE_CHECKS.items()
+    ],
+)
+def seed_sweep(
+    context: dg.AssetExecutionContext,
+    config: SeedSweepSettings,
+    trained_agent: TrainedAgent,
+    learned_features: DatasetSplits,
+    model_registry: MlflowRegistryResource,
+):
+    """The candidate's training recipe retrained under several seeds (Ray tasks), each judged out of sample."""
+    ppo = trained_agent.ppo_config
+    recipe = AgentConfig(
+        "ppo",
+        total_timesteps=config.timesteps or ppo.total_timesteps,
+        learning_rate=ppo.learning_rate,
+        gamma=ppo.gamma,
+        net_arch=ppo.net_arch,
+        hyperparameters={"n_steps": ppo.n_steps, "batch_size": ppo.batch_size, "ent_coef": ppo.ent_coef},
+    )
+    frames = [
+        trained_agent.observation_frame(f)
+        for f in (learned_features.train, learned_features.validation, learned_features.test)
+    ]
+    seeds = [trained_agent.seed + offset for offset in range(config.n_seeds)]
+    tasks = [SeedTask("ppo", seed, recipe, trained_agent.env_spec, *frames) for seed in seeds]
+    context.log.info(f"seed sweep: {len(tasks)} seeds {'on Ray' if config.use_ray else 'in turn'}")
+    outcomes = run_seed_sweep(tasks, use_ray=config.use_ray)
+    for outcome in outcomes:
+        model_registry.log_trial(
+            f"seed_sweep_seed_{outcome.seed}",
+            params={"algorithm": "ppo", "seed": outcome.seed, "candidate_run": trained_agent.run_id},
+            metrics={
+                "validation_sharpe": outcome.validation_sharpe,
+                "test_sharpe": outcome.test_sharpe,
+                "test_max_drawdown": outcome.test_max_drawdown,
+            },
+            kind="seed_sweep",
+        )
+    table = seed_table(outcomes)
+    stats = distribution(table)
+    n_trials = max(model_registry.trial_count(), 1)
+    candidate = next(o for o in outcomes if o.seed == trained_agent.seed)
+    deflated = deflated_sharpe_ratio(candidate.test_returns, n_trials, per_period_sharpe_variance(outcomes))
+    p25 = float(stats.loc["test_sharpe", "p25"])
+    gate = (
+        GateResult(
+            "seed_p25_sharpe",
+            p25 >= config.min_p25_sharpe,
+            p25,
+            config.min_p25_sharpe,
+            f"25th percentile of test Sharpe over {len(outcomes)} seeds {p25:.2f} vs required >= {config.min_p25_sharpe:.2f}",
+        ),
+        GateResult(
+            "deflated_sharpe",
+            deflated >= config.min_deflated_sharpe,
+            deflated,
+            config.min_deflated_sharpe,
+            f"deflated Sharpe {deflated:.2f} over {n_trials} trials vs required >= {config.min_deflated_sharpe:.2f}",
+        ),
+    )
+    report = SeedSweepReport(table, stats, n_trials, deflated, gate)
+    png = grouped_bars_png(
+        table.set_index("seed")[["validation_sharpe", "test_sharpe"]], "Sharpe ratio per seed", "Sharpe"
+    )
+    model_registry.log_evaluation(
+        trained_agent.run_id,
+        metrics={
+            "seed_sweep_test_sharpe_p25": p25,
+            "seed_sweep_test_sharpe_median": float(stats.loc["test_sharpe", "median"]),
+            "seed_sweep_test_sharpe_std": float(stats.loc["test_sharpe", "std"]),
+            "deflated_sharpe": deflated,
+            "trials": n_trials,
+        },
+        files={"seed_sweep.png": png},
+        tables={
+            "seed_sweep.json": table.to_dict(orient="records"),
+            "seed_distribution.json": stats.reset_index(names="metric").to_dict(orient="records"),
+        },
+    )
+    yield dg.Output(
+        report,
+        metadata={
+            "seeds": markdown_table(table.to_dict(orient="records")),
+            "distribution": dg.MetadataValue.md(stats.to_markdown(floatfmt=".3f")),
+            "deflated_sharpe": dg.MetadataValue.float(deflated),
+            "trials": n_trials,
+            "sharpe_per_seed": png_metadata(png),
+        },
+    )
+    for result in gate:
+        yield dg.AssetCheckResult(
+            check_name=result.name,
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=result.description,
+            metadata={"value": float(result.value), "threshold": float(result.threshold)},
+        )

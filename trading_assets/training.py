@@ -11,13 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistryResource, RegisteredVersion
+from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
 from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table
 from trading_core.agents.pyfunc import SB3_ARTIFACT_KEY, StableBaselinesPolicy
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.backtest import run_backtest
 from trading_core.data.schema import frame_fingerprint
+from trading_core.distributed import single_torch_thread
 from trading_core.environment import EnvSpec
 from trading_core.envs.stock_trading import observation_at
 from trading_core.features import BASE_COLUMNS
@@ -139,7 +140,11 @@ def trained_agent(
         ent_coef=config.ent_coef,
     )
     started = time.perf_counter()
-    model = train_ppo(dataset_splits.train, env_spec, ppo_config, seed=config.seed, report=context.log.info)
+    # One torch thread: the seed sweep's run of this seed then reproduces this agent exactly.
+    with single_torch_thread():
+        model = train_ppo(
+            dataset_splits.train, env_spec, ppo_config, seed=config.seed, report=context.log.info
+        )
     training_seconds = time.perf_counter() - started
     validation = run_backtest(model, dataset_splits.validation, env_spec)
 
@@ -160,6 +165,7 @@ def trained_agent(
             "data_sha256": data_hash,
             "code_version": code_version(),
             "dagster_asset": "trained_agent",
+            TRIAL_TAG: "candidate",
             **{f"data_{k}": v for k, v in split.items()},
         }
     )
