@@ -53,7 +53,7 @@ def pipeline_resources(tmp_path: Path, data_path: Path, vix_path: Path | None = 
     }
 
 
-TINY_WALK_FORWARD = {"n_windows": 2, "test_dates": 60, "timesteps_per_window": 256}
+TINY_WALK_FORWARD = {"n_windows": 2, "test_dates": 60, "timesteps_per_window": 256, "use_ray": False}
 TINY_FORECASTER = {"max_epochs": 2, "patience": 1}
 LENIENT_SWEEP = {
     "n_seeds": 2,

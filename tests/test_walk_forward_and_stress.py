@@ -64,7 +64,7 @@ def test_walk_forward_retrains_per_window_and_is_deterministic(features):
     spec = EnvSpec(n_envs=2)
     budget = PPOConfig(total_timesteps=256, n_steps=128, batch_size=64)
     first = run_walk_forward(features, windows, spec, budget, seed=3)
-    second = run_walk_forward(features, windows, spec, budget, seed=3)
+    second = run_walk_forward(features, windows, spec, budget, seed=3, use_ray=True)  # windows as Ray tasks
     pd.testing.assert_series_equal(first.equity, second.equity)
     assert len(first.results) == 2
     assert first.equity.index.min() == windows[0].test_start

@@ -140,6 +140,7 @@ class WalkForwardSettings(dg.Config):
     purge: int = 5
     embargo: int = 5
     timesteps_per_window: int = 10_000
+    use_ray: bool = True
 
 
 @dg.asset(group_name="evaluation", compute_kind="stable_baselines3")
@@ -171,7 +172,13 @@ def walk_forward(
         net_arch=ppo.net_arch,
     )
     result = run_walk_forward(
-        features, windows, trained_agent.env_spec, budget, seed=trained_agent.seed, report=context.log.info
+        features,
+        windows,
+        trained_agent.env_spec,
+        budget,
+        seed=trained_agent.seed,
+        report=context.log.info,
+        use_ray=config.use_ray,
     )
     png = equity_curve_png(
         {"walk-forward agent": result.equity, "equal-weight buy and hold": result.benchmark_equity},

@@ -12,6 +12,7 @@ import pandas as pd
 
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.backtest import BacktestResult, run_backtest
+from trading_core.distributed import fan_out, single_torch_thread
 from trading_core.environment import EnvSpec
 from trading_core.metrics import PerformanceMetrics, compute_metrics
 
@@ -109,6 +110,24 @@ def stitch(curves: list[pd.Series], initial: float) -> pd.Series:
     return pd.concat([pd.Series([initial], index=[start]), stitched]).rename(curves[0].name)
 
 
+@dataclass(frozen=True)
+class WindowTask:
+    """Training and test data of one walk-forward window."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    env_spec: EnvSpec
+    ppo_config: PPOConfig
+    seed: int
+
+
+def train_and_test_window(task: WindowTask) -> BacktestResult:
+    """Train on the window's training dates, backtest on its test dates (module level so Ray can ship it)."""
+    with single_torch_thread():
+        model = train_ppo(task.train, task.env_spec, task.ppo_config, seed=task.seed)
+        return run_backtest(model, task.test, task.env_spec)
+
+
 def run_walk_forward(
     features: pd.DataFrame,
     windows: list[WalkForwardWindow],
@@ -116,16 +135,24 @@ def run_walk_forward(
     ppo_config: PPOConfig,
     seed: int,
     report: Callable[[str], None] | None = None,
+    use_ray: bool = False,
 ) -> WalkForwardResult:
-    """Train a fresh agent per window on its training dates and backtest it on its test dates."""
-    results = []
+    """Train a fresh agent per window on its training dates and backtest it on its test dates.
+
+    :param use_ray: train the windows as parallel Ray tasks (same results as in turn)
+    """
+    tasks = []
     for number, window in enumerate(windows, start=1):
         train = features[(features["date"] >= window.train_start) & (features["date"] <= window.train_end)]
         test = features[(features["date"] >= window.test_start) & (features["date"] <= window.test_end)]
-        if report:
-            report(f"walk-forward window {number}/{len(windows)}: train to {window.train_end.date()}")
-        model = train_ppo(train.reset_index(drop=True), env_spec, ppo_config, seed=seed + number)
-        results.append(run_backtest(model, test.reset_index(drop=True), env_spec))
+        tasks.append(
+            WindowTask(
+                train.reset_index(drop=True), test.reset_index(drop=True), env_spec, ppo_config, seed + number
+            )
+        )
+    if report:
+        report(f"walk-forward: {len(tasks)} windows {'on Ray' if use_ray else 'in turn'}")
+    results = fan_out(train_and_test_window, tasks, use_ray=use_ray)
     equity = stitch([r.equity for r in results], env_spec.initial_amount)
     benchmark = stitch([r.benchmark_equity for r in results], env_spec.initial_amount)
     return WalkForwardResult(
