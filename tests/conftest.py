@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import settings
+
+# CI explores the same examples on every run (reproducible failures); local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # Importing the Definitions prepares the state home: keep tests out of the user's project-local folder.

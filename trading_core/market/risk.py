@@ -350,7 +350,11 @@ def historical_var(weights: np.ndarray, returns_window: np.ndarray, confidence: 
 
 
 def historical_cvar(weights: np.ndarray, returns_window: np.ndarray, confidence: float = 0.95) -> np.ndarray:
-    """Historical expected shortfall: mean loss of the window's returns at or beyond the historical VaR.
+    """Historical expected shortfall: mean loss of the ``floor((1 - confidence) * L)`` worst returns (at least one).
+
+    Counting the tail instead of comparing against the VaR cut-off keeps the estimate positively homogeneous
+    when returns tie at the cut-off; every counted return lies at or below the historical VaR quantile, so
+    CVaR >= VaR.
 
     :param weights: portfolio weights ``[B, N]`` (or ``[N]``)
     :param returns_window: trailing asset returns ``[L, N]``
@@ -358,10 +362,10 @@ def historical_cvar(weights: np.ndarray, returns_window: np.ndarray, confidence:
     :return: CVaR per portfolio ``[B]`` as a fraction of equity
     """
     weights = np.asarray(weights, dtype=np.float64)
-    pnl = weights @ np.asarray(returns_window, dtype=np.float64).T
-    cutoff = _lower_tail_quantile(pnl, 1.0 - confidence)
-    tail = pnl <= cutoff[..., None]  # never empty: the window's minimum is at or below any quantile
-    return -np.where(tail, pnl, 0.0).sum(axis=-1) / tail.sum(axis=-1)
+    pnl = np.sort(weights @ np.asarray(returns_window, dtype=np.float64).T, axis=-1)
+    # The small epsilon keeps e.g. (1 - 0.9) * 20 = 2.0000000000000004 from counting as 3.
+    count = max(int(np.floor((1.0 - confidence) * pnl.shape[-1] + 1e-9)), 1)
+    return -pnl[..., :count].mean(axis=-1)
 
 
 def capped_kelly_fraction(
