@@ -10,7 +10,9 @@ import pandas as pd
 
 from trading_core.data.files import read_bars_file
 from trading_core.data.validation import to_validated_bars
-from trading_core.features import build_features
+from trading_core.features import build_features, indicator_columns_of
+from trading_core.finrl_compat import StockTradingEnvNumpy
+from trading_core.market.data import MarketArrays
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RL_TRADING_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
@@ -26,6 +28,18 @@ def dow30_features(start: str = "2009-01-01", end: str = "2021-12-31") -> pd.Dat
     bars = to_validated_bars(read_bars_file(path))
     bars = bars[(bars["tic"] != "DOW") & (bars["date"] >= start) & (bars["date"] <= end)]
     return build_features(bars)
+
+
+def finrl_numpy_env(features: pd.DataFrame, market: MarketArrays, if_train: bool) -> StockTradingEnvNumpy:
+    """FinRL's ``env_stocktrading_np`` over the same panel: closes, FinRL's indicators and turbulence."""
+    tech_index = [market.feature_names.index(name) for name in indicator_columns_of(features)]
+    config = {
+        "price_array": market.close,
+        "tech_array": market.features[:, tech_index, :].reshape(market.n_steps, -1),
+        "turbulence_array": market.turbulence,
+        "if_train": if_train,
+    }
+    return StockTradingEnvNumpy(config=config)
 
 
 class Timer:

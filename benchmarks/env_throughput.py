@@ -11,11 +11,9 @@ import json
 
 import numpy as np
 
-from benchmarks.common import Timer, dow30_features
+from benchmarks.common import Timer, dow30_features, finrl_numpy_env
 from trading_core.environment import TradingEnvConfig, make_stock_trading_env
 from trading_core.envs.stock_trading import FastStockTradingEnv, StockTradingVecEnv
-from trading_core.features import indicator_columns_of
-from trading_core.finrl_compat import StockTradingEnvNumpy
 from trading_core.market.data import MarketArrays
 from trading_core.market.simulator import SimulationConfig
 
@@ -35,17 +33,6 @@ def finrl_steps_per_s(features, actions: np.ndarray) -> float:
     return single_env_steps_per_s(
         make_stock_trading_env(features, TradingEnvConfig(initial_amount=1_000_000)), actions
     )
-
-
-def finrl_np_steps_per_s(market: MarketArrays, tech_names: list[str], actions: np.ndarray) -> float:
-    tech_index = [market.feature_names.index(name) for name in tech_names]
-    config = {
-        "price_array": market.close,
-        "tech_array": market.features[:, tech_index, :].reshape(market.n_steps, -1),
-        "turbulence_array": market.turbulence,
-        "if_train": False,
-    }
-    return single_env_steps_per_s(StockTradingEnvNumpy(config=config), actions)
 
 
 def fast_single_steps_per_s(market: MarketArrays, actions: np.ndarray) -> float:
@@ -82,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
 
     finrl = finrl_steps_per_s(features, actions)
-    finrl_np = finrl_np_steps_per_s(market, indicator_columns_of(features), actions)
+    finrl_np = single_env_steps_per_s(finrl_numpy_env(features, market, if_train=False), actions)
     single = fast_single_steps_per_s(market, actions)
     vectorised = fast_vec_steps_per_s(market, actions, args.n_envs)
     result = {

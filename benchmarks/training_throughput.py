@@ -14,10 +14,8 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from benchmarks.common import Timer, dow30_features
+from benchmarks.common import Timer, dow30_features, finrl_numpy_env
 from trading_core.environment import EnvSpec
-from trading_core.features import indicator_columns_of
-from trading_core.finrl_compat import StockTradingEnvNumpy
 from trading_core.market.data import MarketArrays
 
 ROLLOUT = 2048  # timesteps per PPO update, over all environments
@@ -49,15 +47,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     features = dow30_features()
     market = MarketArrays.from_features(features)
-    tech_index = [market.feature_names.index(name) for name in indicator_columns_of(features)]
-    finrl_config = {
-        "price_array": market.close,
-        "tech_array": market.features[:, tech_index, :].reshape(market.n_steps, -1),
-        "turbulence_array": market.turbulence,
-        "if_train": True,
-    }
     finrl_np = timesteps_per_s(
-        DummyVecEnv([lambda: StockTradingEnvNumpy(config=finrl_config)]), args.timesteps, args.seed
+        DummyVecEnv([lambda: finrl_numpy_env(features, market, if_train=True)]), args.timesteps, args.seed
     )
     ours = timesteps_per_s(EnvSpec(n_envs=args.n_envs).make_training_env(features), args.timesteps, args.seed)
     result = {

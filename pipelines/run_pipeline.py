@@ -91,6 +91,8 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
     version = output("registered_model")
     report = output("backtest")
     champion = output("champion_model")
+    stress = output("stress_tests")
+    sweep = output("seed_sweep")
     if agent is not None:
         lines.append("")
         lines.append(
@@ -130,9 +132,8 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         )
         for gate in report.gate:
             lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
-        for upstream in ("stress_tests", "seed_sweep"):
-            report_of = output(upstream)
-            for gate in report_of.gate if report_of is not None else ():
+        for upstream in (stress, sweep):
+            for gate in upstream.gate if upstream is not None else ():
                 lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
         if champion is not None:
             lines.append(
@@ -152,7 +153,6 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             and error.cls_name == "DagsterAssetCheckFailedError"
         )
 
-    stress = output("stress_tests")
     if stress is not None:
         lines.append("")
         lines.append("Stress tests (agent return / max drawdown vs buy & hold return):")
@@ -161,7 +161,6 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
                 f"  {scenario.name:<28}{scenario.total_return:>+8.1%} /{scenario.max_drawdown:>6.1%}   "
                 f"b&h {scenario.benchmark_return:>+7.1%}"
             )
-    sweep = output("seed_sweep")
     if sweep is not None:
         lines.append("")
         lines.append(f"Seed variance ({len(sweep.table)} seeds, {sweep.n_trials} trials in the experiment):")

@@ -1,4 +1,4 @@
-"""One project-local folder for all state: Dagster home, MLflow store and cached data.
+"""One project-local folder for all state: Dagster home and MLflow store.
 
 ``RL_TRADING_HOME`` overrides the default ``<project root>/.rl_trading`` (git-ignored).
 """
@@ -53,13 +53,9 @@ class StateHome:
     def mlflow_artifact_root(self) -> str:
         return (self.mlflow_dir / "artifacts").as_uri()
 
-    @property
-    def data_cache(self) -> Path:
-        return self.root / "data"
-
     def prepare(self) -> StateHome:
         """Create the folders and Dagster's instance config if they are missing; never touches existing state."""
-        for folder in (self.dagster_home, self.mlflow_dir / "artifacts", self.data_cache):
+        for folder in (self.dagster_home, self.mlflow_dir / "artifacts"):
             folder.mkdir(parents=True, exist_ok=True)
         dagster_yaml = self.dagster_home / "dagster.yaml"
         if not dagster_yaml.exists():

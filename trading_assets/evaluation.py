@@ -97,9 +97,8 @@ def backtest(
     Both come from one step so that the attribution is stored even when the gate fails.
     """
     policy = model_registry.load_policy(registered_model.version)
-    dataset_splits = learned_features
     result = run_backtest(
-        policy, trained_agent.observation_frame(dataset_splits.test), trained_agent.env_spec
+        policy, trained_agent.observation_frame(learned_features.test), trained_agent.env_spec
     )
     gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.thresholds()))
     report = BacktestReport(
@@ -119,7 +118,7 @@ def backtest(
             f"{registered_model.name} v{registered_model.version}": result.equity,
             "equal-weight buy and hold": result.benchmark_equity,
         },
-        f"Out-of-sample test {dataset_splits.split.test_start.date()} .. {dataset_splits.split.test_end.date()}",
+        f"Out-of-sample test {learned_features.split.test_start.date()} .. {learned_features.split.test_end.date()}",
     )
     comparison = [
         {"metric": key, "agent": value, "buy_and_hold": result.benchmark_metrics.as_dict()[key]}
@@ -158,7 +157,7 @@ def backtest(
         },
     )
     if result.record is not None:
-        yield _attribution_output(result, dataset_splits, registered_model, model_registry)
+        yield _attribution_output(result, learned_features, registered_model, model_registry)
     for gate_result in gate:
         yield dg.AssetCheckResult(
             check_name=gate_result.name,

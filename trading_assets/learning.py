@@ -58,7 +58,7 @@ def _log_forecaster(
     forecaster: TrainedForecaster, splits: DatasetSplits, registry: MlflowRegistryResource
 ) -> RegisteredVersion:
     """Log the forecaster to its own MLflow run (pytorch flavour with signature) and register it."""
-    registry.experiment_id()  # points MLflow at the registry's store and makes sure the experiment exists
+    experiment_id = registry.experiment_id()  # also points MLflow at the registry's store
     n_inputs = len(forecaster.input_columns)
     example = np.zeros((2, forecaster.config.window, n_inputs), dtype=np.float32)
     export = ForecasterExport(forecaster.module).eval()
@@ -66,9 +66,7 @@ def _log_forecaster(
         output = export(torch.from_numpy(example)).numpy()
     # Nested: when the step shares a process with the dagster-mlflow run of this Dagster run, the forecaster's
     # run sits under it; in a process of its own it is a top-level run.
-    with mlflow.start_run(
-        experiment_id=registry.experiment_id(), run_name="cnn_lstm_forecaster", nested=True
-    ) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name="cnn_lstm_forecaster", nested=True) as run:
         mlflow.log_params({f"cnn_lstm_{k}": v for k, v in forecaster.config.as_dict().items()})
         mlflow.log_metrics(
             {

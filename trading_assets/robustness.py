@@ -1,6 +1,6 @@
 """Stage 6: robustness of the candidate — stress tests (part of the promotion gate) and walk-forward retraining."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import dagster as dg
 import pandas as pd
@@ -10,8 +10,6 @@ from trading_assets.features import DatasetSplits
 from trading_assets.learning import RegisteredForecaster, feature_builder
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.training import TrainedAgent
-from trading_core.agents.training import PPOConfig
-from trading_core.agents.zoo import AgentConfig
 from trading_core.metrics import deflated_sharpe_ratio
 from trading_core.plots import equity_curve_png, grouped_bars_png
 from trading_core.promotion import GateResult
@@ -161,16 +159,7 @@ def walk_forward(
         purge=config.purge,
         embargo=config.embargo,
     )
-    ppo = trained_agent.ppo_config
-    budget = PPOConfig(
-        total_timesteps=config.timesteps_per_window,
-        learning_rate=ppo.learning_rate,
-        n_steps=ppo.n_steps,
-        batch_size=ppo.batch_size,
-        ent_coef=ppo.ent_coef,
-        gamma=ppo.gamma,
-        net_arch=ppo.net_arch,
-    )
+    budget = replace(trained_agent.ppo_config, total_timesteps=config.timesteps_per_window)
     result = run_walk_forward(
         features,
         windows,
@@ -250,14 +239,7 @@ def seed_sweep(
 ):
     """The candidate's training recipe retrained under several seeds (Ray tasks), each judged out of sample."""
     ppo = trained_agent.ppo_config
-    recipe = AgentConfig(
-        "ppo",
-        total_timesteps=config.timesteps or ppo.total_timesteps,
-        learning_rate=ppo.learning_rate,
-        gamma=ppo.gamma,
-        net_arch=ppo.net_arch,
-        hyperparameters={"n_steps": ppo.n_steps, "batch_size": ppo.batch_size, "ent_coef": ppo.ent_coef},
-    )
+    recipe = replace(ppo, total_timesteps=config.timesteps or ppo.total_timesteps).as_agent_config()
     frames = [
         trained_agent.observation_frame(f)
         for f in (learned_features.train, learned_features.validation, learned_features.test)

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from trading_core.agents.training import PPOConfig, train_ppo
@@ -163,8 +162,3 @@ def run_walk_forward(
         metrics=compute_metrics(equity),
         benchmark_metrics=compute_metrics(benchmark),
     )
-
-
-def window_returns(result: WalkForwardResult) -> np.ndarray:
-    """Total return of each test window."""
-    return np.array([r.metrics.total_return for r in result.results])

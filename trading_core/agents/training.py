@@ -1,21 +1,16 @@
-"""Seeded training of stable-baselines3 agents on the trading environment."""
+"""The pipeline's PPO recipe, trained through the agent zoo."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.utils import set_random_seed
 
+from trading_core.agents.zoo import AgentConfig, train_agent
 from trading_core.environment import EnvSpec
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,19 +30,20 @@ class PPOConfig:
         params["net_arch"] = list(self.net_arch)
         return params
 
-
-class _ProgressCallback(BaseCallback):
-    """Reports progress every ``every`` timesteps to a plain callable (a logger in Dagster)."""
-
-    def __init__(self, report: Callable[[str], None], total: int, every: int) -> None:
-        super().__init__()
-        self._report, self._total, self._every, self._next = report, total, every, every
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self._next:
-            self._report(f"PPO: {self.num_timesteps}/{self._total} timesteps")
-            self._next += self._every
-        return True
+    def as_agent_config(self) -> AgentConfig:
+        """The same recipe in the agent zoo's terms."""
+        return AgentConfig(
+            "ppo",
+            total_timesteps=self.total_timesteps,
+            learning_rate=self.learning_rate,
+            gamma=self.gamma,
+            net_arch=self.net_arch,
+            hyperparameters={
+                "n_steps": self.n_steps,
+                "batch_size": self.batch_size,
+                "ent_coef": self.ent_coef,
+            },
+        )
 
 
 def train_ppo(
@@ -57,7 +53,7 @@ def train_ppo(
     seed: int,
     report: Callable[[str], None] | None = None,
 ) -> PPO:
-    """Train PPO over the training period; same seed and data give the same policy.
+    """Train PPO over the training period through the agent zoo; same seed and data give the same policy.
 
     :param train_features: training split of the features frame
     :param env_spec: environment engine and settings
@@ -65,31 +61,9 @@ def train_ppo(
     :param seed: seeds Python, NumPy, torch and the agent
     :param report: receives progress lines
     """
-    set_random_seed(seed)
-    torch.manual_seed(seed)
-    env = env_spec.make_training_env(train_features)
-    env.seed(seed)
-    # ``n_steps`` is the rollout size over all portfolios, so the update batch is the same for any n_envs.
-    rollout = min(ppo_config.n_steps, max(ppo_config.total_timesteps, ppo_config.batch_size))
-    n_steps = max(rollout // env.num_envs, 8)
-    model = PPO(
-        "MlpPolicy",
-        env,
-        learning_rate=ppo_config.learning_rate,
-        n_steps=n_steps,
-        batch_size=ppo_config.batch_size,
-        ent_coef=ppo_config.ent_coef,
-        gamma=ppo_config.gamma,
-        policy_kwargs={"net_arch": list(ppo_config.net_arch)},
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
-    callback = _ProgressCallback(
-        report or logger.info, ppo_config.total_timesteps, every=n_steps * env.num_envs
-    )
-    model.learn(total_timesteps=ppo_config.total_timesteps, callback=callback)
-    return model
+    return train_agent(
+        "ppo", train_features, env_spec, ppo_config.as_agent_config(), seed=seed, report=report
+    ).model
 
 
 def policy_actions(model: PPO, observations: np.ndarray) -> np.ndarray:
