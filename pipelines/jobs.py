@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import dagster as dg
+
+RETRAINING_TIMEZONE = "America/New_York"
+
+
+@dg.weekly_partitioned_config(
+    start_date=datetime(2005, 1, 3), day_offset=1, hour_offset=6, timezone=RETRAINING_TIMEZONE
+)
+def weekly_data_cutoff(start: datetime, end: datetime) -> dict:
+    """Each weekly partition retrains on the bars up to the last day of its week (Monday 06:00 to Monday 06:00)."""
+    return {"ops": {"raw_daily_bars": {"config": {"as_of": (end - timedelta(days=1)).date().isoformat()}}}}
+
 
 full_pipeline_job = dg.define_asset_job(
     name="full_pipeline",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring"),
     description="Raw bars to validated data, features, training, registration, backtest and promotion.",
 )
 
 weekly_retraining_job = dg.define_asset_job(
     name="weekly_retraining",
-    selection=dg.AssetSelection.all(),
-    description="Refresh and validate the data, then retrain, register, backtest and gate promotion.",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring"),
+    config=weekly_data_cutoff,
+    description="One partition per week: retrain on the data up to the week's end, register, backtest and gate "
+    "promotion. Backfill old weeks to see how the recipe would have fared.",
+)
+
+champion_monitoring_job = dg.define_asset_job(
+    name="champion_monitoring",
+    selection=dg.AssetSelection.groups("monitoring"),
+    description="Feature drift and performance decay of the model holding alias champion.",
 )

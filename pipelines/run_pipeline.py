@@ -171,6 +171,37 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             lines.append(
                 f"    {metric:<20}{row['min']:>8.2f}{row['p25']:>8.2f}{row['median']:>8.2f}{row['max']:>8.2f}"
             )
+    verdicts = output("candidate_verdicts")
+    ensemble = output("agent_ensemble")
+    if verdicts is not None:
+        lines.append("")
+        lines.append(
+            f"Candidates  : gate verdict per candidate ({verdicts.n_trials} trials; buy & hold Sharpe "
+            f"{verdicts.benchmark_sharpe:.2f})"
+        )
+        lines.append(
+            f"    {'candidate':<20}{'runs':>5}{'p25 SR':>8}{'med SR':>8}{'worst DD':>10}{'DSR':>6}  verdict"
+        )
+        for row in verdicts.table().to_dict(orient="records"):
+            lines.append(
+                f"    {row['candidate']:<20}{row['runs']:>5}{row['p25_sharpe']:>8.2f}{row['median_sharpe']:>8.2f}"
+                f"{row['worst_drawdown']:>10.1%}{row['deflated_sharpe']:>6.2f}  {row['verdict']}"
+            )
+        if report is not None:
+            failed = [
+                g.name
+                for g in (*report.gate, *(stress.gate if stress else ()), *(sweep.gate if sweep else ()))
+                if not g.passed
+            ]
+            lines.append(
+                f"    {'registered ' + (agent.algorithm if agent else ''):<20} v{report.version}: "
+                + ("pass (promoted)" if champion is not None else "fail: " + ", ".join(failed))
+            )
+    if ensemble is not None:
+        lines.append(
+            f"Ensemble    : {ensemble.version.name} v{ensemble.version.version} (pyfunc, alias challenger), weights "
+            + ", ".join(f"{k} {w:.2f}" for k, w in ensemble.weights.items())
+        )
     walk = output("walk_forward")
     if walk is not None:
         lines.append(
@@ -218,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="PPO budget per walk-forward window (default 10000)",
     )
+    parser.add_argument(
+        "--zoo-timesteps", type=int, default=None, help="budget of each agent-zoo run (default 4000)"
+    )
     args = parser.parse_args(argv)
 
     home = StateHome.from_env().prepare()
@@ -234,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         run_config["ops"]["trained_agent"] = {"config": training}
     if args.walk_forward_timesteps is not None:
         run_config["ops"]["walk_forward"] = {"config": {"timesteps_per_window": args.walk_forward_timesteps}}
+    if args.zoo_timesteps is not None:
+        run_config["ops"]["agent_zoo"] = {"config": {"timesteps": args.zoo_timesteps}}
     instance = DagsterInstance.get()
     job = defs.resolve_job_def("full_pipeline")
     result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)

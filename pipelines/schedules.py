@@ -1,16 +1,25 @@
-"""Schedules: weekly retraining before the Monday open."""
+"""Schedules: weekly retraining before the Monday open, daily champion monitoring after the close."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.jobs import weekly_retraining_job
+from pipelines.jobs import RETRAINING_TIMEZONE, champion_monitoring_job, weekly_retraining_job
 
-weekly_retraining_schedule = dg.ScheduleDefinition(
+# The partitioned config's weeks run Monday 06:00 to Monday 06:00 New York, so the schedule fires Mondays at 06:00
+# for the week that just ended.
+weekly_retraining_schedule = dg.build_schedule_from_partitioned_job(
+    weekly_retraining_job,
     name="weekly_retraining_schedule",
-    job=weekly_retraining_job,
-    cron_schedule="0 6 * * 1",
-    execution_timezone="America/New_York",
+    description="Mondays 06:00 New York: retrain on the data up to the week just ended and gate promotion.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Mondays 06:00 New York: retrain on the latest data and gate promotion of the new version.",
+)
+
+champion_monitoring_schedule = dg.ScheduleDefinition(
+    name="champion_monitoring_schedule",
+    job=champion_monitoring_job,
+    cron_schedule="30 17 * * 1-5",
+    execution_timezone=RETRAINING_TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Weekdays 17:30 New York: check the champion for feature drift and performance decay.",
 )

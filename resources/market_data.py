@@ -74,6 +74,11 @@ class MarketDataResource(dg.ConfigurableResource):
             return RawBars(frame, f"file {self.path}", str(self.path))
         return self._load_from_alpaca()
 
+    def latest_bar_date(self) -> pd.Timestamp | None:
+        """Date of the newest bar the source holds now (what the new-data sensor watches)."""
+        dates = pd.to_datetime(self.load_daily_bars().frame["date"], errors="coerce").dropna()
+        return None if dates.empty else pd.Timestamp(dates.max()).normalize()
+
     def load_vix(self) -> pd.Series | None:
         """Daily VIX close indexed by date when ``vix_path`` is set, else ``None``."""
         if not self.vix_path:

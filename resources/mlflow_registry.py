@@ -95,15 +95,17 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         """Id of the pipeline's experiment, created with its artifact root when missing."""
         return ensure_experiment(self.tracking_uri, self.experiment_name, self.artifact_root)
 
-    def set_alias(self, version: str, alias: str) -> None:
-        self._client().set_registered_model_alias(self.model_name, alias, version)
+    def set_alias(self, version: str, alias: str, model_name: str | None = None) -> None:
+        self._client().set_registered_model_alias(model_name or self.model_name, alias, version)
 
-    def version_for_alias(self, alias: str) -> str | None:
+    def version_for_alias(self, alias: str, model_name: str | None = None) -> str | None:
         """The version holding ``alias``, or ``None`` when no version holds it."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return str(self._client().get_model_version_by_alias(self.model_name, alias).version)
+            return str(
+                self._client().get_model_version_by_alias(model_name or self.model_name, alias).version
+            )
         except MlflowException:
             return None
 
@@ -141,17 +143,17 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         runs = self._client().search_runs([self.experiment_id()], max_results=50_000)
         return sum(1 for run in runs if TRIAL_TAG in run.data.tags)
 
-    def set_version_tags(self, version: str, tags: dict[str, str]) -> None:
+    def set_version_tags(self, version: str, tags: dict[str, str], model_name: str | None = None) -> None:
         client = self._client()
         for key, value in tags.items():
-            client.set_model_version_tag(self.model_name, version, key, value)
+            client.set_model_version_tag(model_name or self.model_name, version, key, value)
 
-    def load_policy(self, version: str):
-        """Load a registered agent through its pyfunc flavour and return the underlying SB3 policy."""
+    def load_policy(self, version: str, model_name: str | None = None):
+        """Load a registered agent (or ensemble) through its pyfunc flavour and return the policy inside."""
         import mlflow
 
         self._client()
-        pyfunc_model = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+        pyfunc_model = mlflow.pyfunc.load_model(f"models:/{model_name or self.model_name}/{version}")
         return pyfunc_model.unwrap_python_model().model
 
     def log_evaluation(

@@ -41,7 +41,9 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
     from pipelines import run_pipeline
 
     monkeypatch.setenv("DAGSTER_HOME", os.environ["RL_TRADING_HOME"])  # restored after the test
-    exit_code = run_pipeline.main(["--timesteps", "256", "--seed", "5", "--walk-forward-timesteps", "256"])
+    exit_code = run_pipeline.main(
+        ["--timesteps", "256", "--seed", "5", "--walk-forward-timesteps", "256", "--zoo-timesteps", "256"]
+    )
     summary = capsys.readouterr().out
     assert exit_code == 0, summary
     for expected in (
@@ -59,6 +61,10 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
         "Environment : fast engine",
         "Forecaster  : CNN+LSTM rl_trading_cnn_lstm v1",
         "Verdict     :",
+        "Candidates  : gate verdict per candidate",
+        "weighted_ensemble",
+        "rolling_selection",
+        "Ensemble    : rl_trading_ensemble",
         "dagster dev -w workspace.yaml",
         "mlflow ui --backend-store-uri",
     ):

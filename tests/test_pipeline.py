@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,6 +14,7 @@ from pipelines.definitions import all_assets
 from resources.market_data import MarketDataResource
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource, mlflow_run
 from tests.test_validation import corrupt
+from trading_assets.candidates import ENSEMBLE_MODEL_NAME
 
 ALL_ASSET_NAMES = {
     "raw_daily_bars",
@@ -29,6 +31,9 @@ ALL_ASSET_NAMES = {
     "cnn_lstm_model",
     "learned_features",
     "seed_sweep",
+    "agent_zoo",
+    "agent_ensemble",
+    "candidate_verdicts",
 }
 TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
 LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
@@ -64,9 +69,15 @@ LENIENT_SWEEP = {
 }
 
 
+TINY_ZOO = {"algorithms": ["a2c", "qrdqn"], "n_seeds": 1, "timesteps": 200, "use_ray": False}
+SHORT_ENSEMBLE_WINDOWS = {"rebalance_dates": 20, "validation_dates": 20}
+
+
 def run_config(gate: dict | None = None, stress_limit: float = 1.0) -> dict:
     config = {
         "ops": {
+            "agent_zoo": {"config": TINY_ZOO},
+            "agent_ensemble": {"config": SHORT_ENSEMBLE_WINDOWS},
             "trained_agent": {"config": TINY_TRAINING},
             "walk_forward": {"config": TINY_WALK_FORWARD},
             "cnn_lstm_model": {"config": TINY_FORECASTER},
@@ -108,6 +119,8 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     run = client.get_run(agent.run_id)
     assert run.data.params["seed"] == "11" and run.data.params["algorithm"] == "PPO"
     assert len(run.data.tags["data_sha256"]) == 64
+    assert run.data.tags["cnn_lstm_model"] == "rl_trading_cnn_lstm/1" == agent.forecaster
+    assert len(run.data.tags["code_version"]) >= 7
     assert run.data.tags["data_train_start"] <= run.data.tags["data_train_end"]
     assert {"test_sharpe", "test_max_drawdown", "test_buy_and_hold_sharpe", "validation_sharpe"} <= set(
         run.data.metrics
@@ -129,6 +142,17 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
         report.equity.iloc[-1] - report.equity.iloc[0], rel=1e-9
     )
     assert report.equity.index.min() > first.asset_value("dataset_splits").split.validation_end
+
+    verdicts = first.asset_value("candidate_verdicts").table()
+    assert list(verdicts["candidate"]) == ["a2c", "qrdqn", "weighted_ensemble", "rolling_selection"]
+    assert verdicts["verdict"].str.match(r"^(pass|fail: .+)$").all()
+    ensemble = first.asset_value("agent_ensemble")
+    loaded = registry.load_policy(ensemble.version.version, model_name=ENSEMBLE_MODEL_NAME)
+    assert set(loaded.weights) == {"a2c", "qrdqn"}
+    observation = np.zeros((1, *loaded.members["a2c"].model.observation_space.shape), dtype=np.float32)
+    action, _ = loaded.predict(observation)
+    assert action.shape == (1, len(first.asset_value("dataset_splits").tickers))
+    assert registry.version_for_alias(CHALLENGER_ALIAS, model_name=ENSEMBLE_MODEL_NAME) == "1"
 
     # A step in another process starts with MLflow's default store; registering must not depend on it.
     mlflow.set_tracking_uri((tmp_path / "elsewhere").as_uri())

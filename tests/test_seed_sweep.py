@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -9,7 +10,14 @@ from trading_core.agents.zoo import AgentConfig
 from trading_core.distributed import fan_out
 from trading_core.environment import EnvSpec
 from trading_core.features import build_features
-from trading_core.seed_sweep import SeedTask, distribution, run_seed_sweep, seed_table
+from trading_core.seed_sweep import (
+    SeedTask,
+    distribution,
+    grid_tasks,
+    run_seed_sweep,
+    seed_table,
+    train_and_evaluate,
+)
 
 
 def square(value: int) -> int:
@@ -52,3 +60,34 @@ def test_distribution_per_metric():
     assert stats.loc["test_sharpe", "p25"] == pytest.approx(0.75)
     assert stats.loc["test_sharpe", "median"] == pytest.approx(1.5)
     assert stats.loc["test_return", "std"] == pytest.approx(0.0)
+
+
+def test_agents_seeds_windows_grid_on_ray_equals_sequential_and_keeps_policies(tasks):
+    train, validation, test = tasks[0].train, tasks[0].validation, tasks[0].test
+    configs = {
+        "a2c": AgentConfig("a2c", total_timesteps=128, learning_rate=7e-4, hyperparameters={"n_steps": 8}),
+        "ppo": tasks[0].config,
+    }
+    periods = {"split": (train, validation, test), "late": (pd.concat([train, validation]), validation, test)}
+    grid = grid_tasks(configs, [5, 6], periods, EnvSpec(n_envs=2), keep_policies=True)
+    assert [(t.algorithm, t.seed, t.window) for t in grid][:3] == [
+        ("a2c", 5, "split"),
+        ("a2c", 5, "late"),
+        ("a2c", 6, "split"),
+    ]
+    assert len(grid) == 8
+    on_ray = run_seed_sweep(grid, use_ray=True)
+    in_turn = run_seed_sweep(grid, use_ray=False)
+    pd.testing.assert_frame_equal(seed_table(on_ray), seed_table(in_turn))
+    # The policy that travelled back from a Ray worker predicts what the sequential one predicts.
+    observation = np.zeros((1, *in_turn[0].policy().model.observation_space.shape), dtype=np.float32)
+    assert np.array_equal(
+        on_ray[0].policy().predict(observation)[0], in_turn[0].policy().predict(observation)[0]
+    )
+    assert on_ray[0].policy().algorithm == "a2c" and on_ray[-1].policy().seed == 6
+
+
+def test_policy_is_kept_only_on_request(tasks):
+    outcome = train_and_evaluate(tasks[0])
+    with pytest.raises(ValueError, match="did not keep"):
+        outcome.policy()

@@ -13,6 +13,7 @@ import pandas as pd
 
 from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
 from trading_assets.features import DatasetSplits
+from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table
 from trading_core.agents.pyfunc import SB3_ARTIFACT_KEY, StableBaselinesPolicy
 from trading_core.agents.training import PPOConfig, train_ppo
@@ -122,11 +123,15 @@ class TrainedAgent:
     ppo_config: PPOConfig
     data_sha256: str
     validation_metrics: PerformanceMetrics
+    forecaster: str = ""  # registered CNN+LSTM "name/version" whose outputs the agent observes
 
 
 @dg.asset(group_name="training", compute_kind="stable_baselines3", required_resource_keys={"mlflow"})
 def trained_agent(
-    context: dg.AssetExecutionContext, config: TrainingSettings, learned_features: DatasetSplits
+    context: dg.AssetExecutionContext,
+    config: TrainingSettings,
+    learned_features: DatasetSplits,
+    cnn_lstm_model: RegisteredForecaster,
 ) -> dg.Output[TrainedAgent]:
     """A PPO agent trained over the training period (fast env with costs and risk by default), logged to MLflow."""
     tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
@@ -150,6 +155,11 @@ def trained_agent(
 
     data_hash = frame_fingerprint(dataset_splits.train)
     split = dataset_splits.split.as_dict()
+    forecaster = (
+        f"{cnn_lstm_model.version.name}/{cnn_lstm_model.version.version}"
+        if config.use_learned_features
+        else ""
+    )
     tracking.log_params(
         {
             "algorithm": "PPO",
@@ -165,6 +175,7 @@ def trained_agent(
             "data_sha256": data_hash,
             "code_version": code_version(),
             "dagster_asset": "trained_agent",
+            "cnn_lstm_model": forecaster or "none",
             TRIAL_TAG: "candidate",
             **{f"data_{k}": v for k, v in split.items()},
         }
@@ -207,6 +218,7 @@ def trained_agent(
         ppo_config=ppo_config,
         data_sha256=data_hash,
         validation_metrics=validation.metrics,
+        forecaster=forecaster,
     )
     return dg.Output(
         agent,
@@ -217,6 +229,7 @@ def trained_agent(
             "total_timesteps": config.total_timesteps,
             "seed": config.seed,
             "data_sha256": data_hash,
+            "cnn_lstm_model": forecaster or "none",
             "validation_metrics": markdown_table([validation.metrics.as_dict()]),
         },
     )
@@ -234,6 +247,8 @@ def registered_model(
             "algorithm": trained_agent.algorithm,
             "seed": str(trained_agent.seed),
             "data_sha256": trained_agent.data_sha256,
+            "cnn_lstm_model": trained_agent.forecaster or "none",
+            "code_version": code_version(),
             "test_period": f"{dataset_splits.split.test_start.date()}..{dataset_splits.split.test_end.date()}",
         },
     )

@@ -1,8 +1,11 @@
-"""The promotion gate: out-of-sample backtest figures against thresholds."""
+"""The promotion gate: out-of-sample backtest figures against thresholds, for one run or a candidate over seeds."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from trading_core.metrics import PerformanceMetrics
 
@@ -72,3 +75,104 @@ def evaluate_gate(
             )
         )
     return results
+
+
+@dataclass(frozen=True)
+class CandidateThresholds:
+    """The gate on a candidate judged over several training runs (seeds).
+
+    :param min_p25_sharpe: lowest acceptable 25th percentile over runs of the out-of-sample Sharpe
+    :param max_drawdown: largest acceptable out-of-sample max drawdown of any run
+    :param min_deflated_sharpe: lowest acceptable deflated Sharpe ratio of the representative run
+    :param must_beat_buy_and_hold: require a median Sharpe above equal-weight buy-and-hold
+    """
+
+    min_p25_sharpe: float = 0.5
+    max_drawdown: float = 0.15
+    min_deflated_sharpe: float = 0.5
+    must_beat_buy_and_hold: bool = True
+
+
+@dataclass(frozen=True)
+class CandidateVerdict:
+    """A candidate's out-of-sample evidence and the gate's verdict on it."""
+
+    name: str
+    runs: int
+    p25_sharpe: float
+    median_sharpe: float
+    worst_drawdown: float
+    deflated_sharpe: float
+    gate: tuple[GateResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.gate)
+
+    def row(self) -> dict[str, object]:
+        failed = [result.name for result in self.gate if not result.passed]
+        return {
+            "candidate": self.name,
+            "runs": self.runs,
+            "p25_sharpe": self.p25_sharpe,
+            "median_sharpe": self.median_sharpe,
+            "worst_drawdown": self.worst_drawdown,
+            "deflated_sharpe": self.deflated_sharpe,
+            "verdict": "pass" if self.passed else "fail: " + ", ".join(failed),
+        }
+
+
+def judge_candidate(
+    name: str,
+    test_sharpes: Sequence[float],
+    test_drawdowns: Sequence[float],
+    deflated_sharpe: float,
+    benchmark_sharpe: float,
+    thresholds: CandidateThresholds,
+) -> CandidateVerdict:
+    """The gate over every run of one candidate (one algorithm over seeds, or an ensemble).
+
+    :param test_sharpes: out-of-sample Sharpe ratio of each run
+    :param test_drawdowns: out-of-sample max drawdown of each run
+    :param deflated_sharpe: DSR of the run that validation picks as the candidate's representative
+    :param benchmark_sharpe: equal-weight buy-and-hold Sharpe ratio over the same period
+    """
+    sharpes = np.asarray(test_sharpes, dtype=np.float64)
+    if sharpes.size == 0 or sharpes.size != len(test_drawdowns):
+        raise ValueError(f"{name}: need one drawdown per Sharpe ratio and at least one run")
+    p25, median = float(np.quantile(sharpes, 0.25)), float(np.median(sharpes))
+    worst = float(np.max(test_drawdowns))
+    gate = [
+        GateResult(
+            "p25_sharpe",
+            p25 >= thresholds.min_p25_sharpe,
+            p25,
+            thresholds.min_p25_sharpe,
+            f"25th percentile Sharpe over {sharpes.size} runs {p25:.2f} vs required >= {thresholds.min_p25_sharpe:.2f}",
+        ),
+        GateResult(
+            "max_drawdown",
+            worst <= thresholds.max_drawdown,
+            worst,
+            thresholds.max_drawdown,
+            f"worst max drawdown {worst:.1%} vs allowed <= {thresholds.max_drawdown:.1%}",
+        ),
+        GateResult(
+            "deflated_sharpe",
+            deflated_sharpe >= thresholds.min_deflated_sharpe,
+            deflated_sharpe,
+            thresholds.min_deflated_sharpe,
+            f"deflated Sharpe {deflated_sharpe:.2f} vs required >= {thresholds.min_deflated_sharpe:.2f}",
+        ),
+    ]
+    if thresholds.must_beat_buy_and_hold:
+        gate.append(
+            GateResult(
+                "beats_buy_and_hold",
+                median > benchmark_sharpe,
+                median,
+                benchmark_sharpe,
+                f"median Sharpe {median:.2f} vs equal-weight buy-and-hold {benchmark_sharpe:.2f}",
+            )
+        )
+    return CandidateVerdict(name, int(sharpes.size), p25, median, worst, float(deflated_sharpe), tuple(gate))

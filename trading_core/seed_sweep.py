@@ -3,12 +3,18 @@ sample, and the distribution of every metric across seeds."""
 
 from __future__ import annotations
 
+import io
+import tempfile
+import zipfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import product
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from trading_core.agents.zoo import AgentConfig, train_agent
+from trading_core.agents.zoo import AgentConfig, TrainedPolicy, load_policy, train_agent
 from trading_core.backtest import run_backtest
 from trading_core.distributed import fan_out, single_torch_thread
 from trading_core.environment import EnvSpec
@@ -26,11 +32,32 @@ class SeedTask:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
+    window: str = "split"
+    keep_policy: bool = False
+
+
+def policy_to_bytes(policy: TrainedPolicy) -> bytes:
+    """A trained policy as zip bytes, so it travels back from a Ray worker on another machine."""
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as folder:
+        model_file = policy.save(Path(folder) / "policy")
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for path in (model_file, model_file.with_suffix(".json")):
+                archive.write(path, path.name)
+    return buffer.getvalue()
+
+
+def policy_from_bytes(algorithm: str, archive: bytes) -> TrainedPolicy:
+    """Inverse of :func:`policy_to_bytes`."""
+    with tempfile.TemporaryDirectory() as folder:
+        with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+            opened.extractall(folder)
+        return load_policy(algorithm, Path(folder) / "policy.zip")
 
 
 @dataclass(frozen=True)
 class SeedOutcome:
-    """Validation and test results of one seed."""
+    """Validation and test results of one trained agent (one algorithm, seed and window)."""
 
     algorithm: str
     seed: int
@@ -39,10 +66,18 @@ class SeedOutcome:
     test_return: float
     test_max_drawdown: float
     test_returns: pd.Series
+    window: str = "split"
+    policy_archive: bytes | None = None
+
+    def policy(self) -> TrainedPolicy:
+        """The trained agent, when the task asked to keep it."""
+        if self.policy_archive is None:
+            raise ValueError(f"{self.algorithm} seed {self.seed}: the task did not keep its policy")
+        return policy_from_bytes(self.algorithm, self.policy_archive)
 
 
 def train_and_evaluate(task: SeedTask) -> SeedOutcome:
-    """Train one seed and backtest it on validation and test (module level so Ray can ship it)."""
+    """Train one agent and backtest it on validation and test (module level so Ray can ship it)."""
     with single_torch_thread():
         policy = train_agent(task.algorithm, task.train, task.env_spec, task.config, seed=task.seed)
         validation = run_backtest(policy, task.validation, task.env_spec)
@@ -55,7 +90,33 @@ def train_and_evaluate(task: SeedTask) -> SeedOutcome:
         test_return=test.metrics.total_return,
         test_max_drawdown=test.metrics.max_drawdown,
         test_returns=daily_returns(test.equity),
+        window=task.window,
+        policy_archive=policy_to_bytes(policy) if task.keep_policy else None,
     )
+
+
+Periods = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+
+
+def grid_tasks(
+    configs: Mapping[str, AgentConfig],
+    seeds: Iterable[int],
+    periods: Mapping[str, Periods],
+    env_spec: EnvSpec,
+    keep_policies: bool = False,
+) -> list[SeedTask]:
+    """Every agent x seed x window combination as one task.
+
+    :param configs: training configuration by algorithm
+    :param seeds: training seeds
+    :param periods: (train, validation, test) features by window name
+    :param env_spec: environment of every task
+    :param keep_policies: return the trained policies with the outcomes
+    """
+    return [
+        SeedTask(algorithm, seed, configs[algorithm], env_spec, *periods[window], window, keep_policies)
+        for algorithm, seed, window in product(configs, list(seeds), periods)
+    ]
 
 
 def run_seed_sweep(tasks: list[SeedTask], use_ray: bool = True) -> list[SeedOutcome]:
@@ -69,6 +130,7 @@ def seed_table(outcomes: list[SeedOutcome]) -> pd.DataFrame:
         [
             {
                 "algorithm": o.algorithm,
+                "window": o.window,
                 "seed": o.seed,
                 "validation_sharpe": o.validation_sharpe,
                 "test_sharpe": o.test_sharpe,
@@ -82,7 +144,7 @@ def seed_table(outcomes: list[SeedOutcome]) -> pd.DataFrame:
 
 def distribution(table: pd.DataFrame) -> pd.DataFrame:
     """Min, 25th percentile, median, mean, std and max of every metric across seeds."""
-    metrics = table.drop(columns=["algorithm", "seed"])
+    metrics = table.drop(columns=["algorithm", "window", "seed"], errors="ignore")
     return pd.DataFrame(
         {
             "min": metrics.min(),

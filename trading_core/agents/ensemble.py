@@ -21,6 +21,7 @@ import pandas as pd
 from trading_core.agents.zoo import load_policy
 from trading_core.backtest import run_backtest
 from trading_core.environment import EnvSpec
+from trading_core.walk_forward import stitch
 
 MANIFEST = "ensemble.json"
 
@@ -289,3 +290,25 @@ class WeightedEnsemblePolicy:
         has_sharpes = all(entry["sharpe"] is not None for entry in entries)
         sharpes = {entry["name"]: entry["sharpe"] for entry in entries} if has_sharpes else None
         return cls(members, weights, sharpes=sharpes, temperature=manifest["temperature"])
+
+
+def trade_selections(
+    selections: Sequence[WindowSelection],
+    candidates: Mapping[str, Policy],
+    features: pd.DataFrame,
+    env_spec: EnvSpec,
+) -> pd.Series:
+    """Trade each window with its chosen candidate and chain the windows into one equity curve.
+
+    :param selections: output of :func:`rolling_selection`
+    :param candidates: the policies the selections name
+    :param features: features frame covering every trade window
+    :param env_spec: engine and settings the candidates trained in
+    """
+    if not selections:
+        raise ValueError("no windows to trade")
+    curves = [
+        run_backtest(candidates[s.chosen], s.window.trade_slice(features), env_spec).equity
+        for s in selections
+    ]
+    return stitch(curves, env_spec.initial_amount)

@@ -26,3 +26,19 @@ class StableBaselinesPolicy(mlflow.pyfunc.PythonModel):
         observations = np.asarray(model_input, dtype=np.float32)
         actions, _ = self.model.predict(observations, deterministic=True)
         return np.asarray(actions)
+
+
+ENSEMBLE_ARTIFACT_KEY = "ensemble"
+
+
+class EnsemblePolicyModel(mlflow.pyfunc.PythonModel):
+    """Predicts the weighted ensemble's blended actions; every member travels in the one artifact folder."""
+
+    def load_context(self, context) -> None:
+        from trading_core.agents.ensemble import WeightedEnsemblePolicy
+
+        self.model = WeightedEnsemblePolicy.load(context.artifacts[ENSEMBLE_ARTIFACT_KEY])
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
+        actions, _ = self.model.predict(np.asarray(model_input, dtype=np.float32), deterministic=True)
+        return np.asarray(actions)
