@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.jobs import champion_monitoring_job, full_pipeline_job, weekly_retraining_job
+from pipelines.jobs import (
+    champion_monitoring_job,
+    full_pipeline_job,
+    hyperparameter_search_job,
+    weekly_retraining_job,
+)
 from pipelines.resources_by_env import resources_for
 from pipelines.schedules import champion_monitoring_schedule, weekly_retraining_schedule
 from pipelines.sensors import champion_degradation_sensor, new_market_data_sensor
@@ -14,18 +19,19 @@ from trading_assets import (
     features,
     ingestion,
     learning,
+    monitoring,
     robustness,
     training,
     validation,
 )
 
 all_assets = dg.load_assets_from_modules(
-    [ingestion, validation, features, learning, training, candidates, evaluation, robustness]
+    [ingestion, validation, features, learning, training, candidates, evaluation, robustness, monitoring]
 )
 
 defs = dg.Definitions(
     assets=all_assets,
-    jobs=[full_pipeline_job, weekly_retraining_job, champion_monitoring_job],
+    jobs=[full_pipeline_job, weekly_retraining_job, champion_monitoring_job, hyperparameter_search_job],
     schedules=[weekly_retraining_schedule, champion_monitoring_schedule],
     sensors=[new_market_data_sensor, champion_degradation_sensor],
     resources=resources_for(),

@@ -17,15 +17,18 @@ def weekly_data_cutoff(start: datetime, end: datetime) -> dict:
     return {"ops": {"raw_daily_bars": {"config": {"as_of": (end - timedelta(days=1)).date().isoformat()}}}}
 
 
+# Monitoring runs on its own schedule and the hyperparameter search on demand; neither belongs to a retraining run.
+PIPELINE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring", "tuning")
+
 full_pipeline_job = dg.define_asset_job(
     name="full_pipeline",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring"),
+    selection=PIPELINE_SELECTION,
     description="Raw bars to validated data, features, training, registration, backtest and promotion.",
 )
 
 weekly_retraining_job = dg.define_asset_job(
     name="weekly_retraining",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring"),
+    selection=PIPELINE_SELECTION,
     config=weekly_data_cutoff,
     description="One partition per week: retrain on the data up to the week's end, register, backtest and gate "
     "promotion. Backfill old weeks to see how the recipe would have fared.",
@@ -35,4 +38,10 @@ champion_monitoring_job = dg.define_asset_job(
     name="champion_monitoring",
     selection=dg.AssetSelection.groups("monitoring"),
     description="Feature drift and performance decay of the model holding alias champion.",
+)
+
+hyperparameter_search_job = dg.define_asset_job(
+    name="hyperparameter_search",
+    selection=dg.AssetSelection.groups("tuning"),
+    description="Optional: Optuna search of one agent's hyperparameters on validation (trials count for the DSR).",
 )

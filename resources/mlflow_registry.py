@@ -156,6 +156,32 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         pyfunc_model = mlflow.pyfunc.load_model(f"models:/{model_name or self.model_name}/{version}")
         return pyfunc_model.unwrap_python_model().model
 
+    def version_run_tags(self, version: str, model_name: str | None = None) -> dict[str, str]:
+        """Tags of the run that produced a registered version (data ranges, hashes, code version)."""
+        client = self._client()
+        run_id = client.get_model_version(model_name or self.model_name, version).run_id
+        return dict(client.get_run(run_id).data.tags)
+
+    def load_decision_bundle(self, version: str, model_name: str | None = None):
+        """(policy, decision spec) of a registered agent or ensemble; the spec is ``None`` for models logged
+        without one."""
+        import mlflow
+
+        self._client()
+        wrapper = mlflow.pyfunc.load_model(f"models:/{model_name or self.model_name}/{version}")
+        python_model = wrapper.unwrap_python_model()
+        return python_model.model, getattr(python_model, "decision_spec", None)
+
+    def load_forecaster(self, model_uri: str):
+        """The CNN+LSTM behind ``models:/<name>/<version>`` with its input normalization, ready to add features."""
+        from trading_core.models.cnn_lstm import TrainedForecaster
+
+        name, version = model_uri.removeprefix("models:/").split("/")
+        run_id = self._client().get_model_version(name, version).run_id
+        with tempfile.TemporaryDirectory() as folder:
+            local = self._client().download_artifacts(run_id, "forecaster", folder)
+            return TrainedForecaster.load(local)
+
     def log_evaluation(
         self,
         run_id: str,

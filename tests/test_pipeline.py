@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines.definitions import all_assets
+from pipelines.jobs import PIPELINE_SELECTION
 from resources.market_data import MarketDataResource
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource, mlflow_run
 from tests.test_validation import corrupt
@@ -70,6 +71,7 @@ LENIENT_SWEEP = {
 
 
 TINY_ZOO = {"algorithms": ["a2c", "qrdqn"], "n_seeds": 1, "timesteps": 200, "use_ray": False}
+TINY_SEARCH = {"algorithm": "a2c", "n_trials": 2, "timesteps": 128, "use_ray": False}
 SHORT_ENSEMBLE_WINDOWS = {"rebalance_dates": 20, "validation_dates": 20}
 
 
@@ -98,7 +100,11 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     resources = pipeline_resources(tmp_path, slice_csv, vix_file)
     instance = dg.DagsterInstance.ephemeral()
     first = dg.materialize(
-        all_assets, resources=resources, run_config=run_config(LENIENT_GATE), instance=instance
+        all_assets,
+        selection=PIPELINE_SELECTION,
+        resources=resources,
+        run_config=run_config(LENIENT_GATE),
+        instance=instance,
     )
     assert first.success
     assert materialized(first) == ALL_ASSET_NAMES
@@ -154,13 +160,42 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert action.shape == (1, len(first.asset_value("dataset_splits").tickers))
     assert registry.version_for_alias(CHALLENGER_ALIAS, model_name=ENSEMBLE_MODEL_NAME) == "1"
 
+    # Champion monitoring reads the champion's decision spec and forecaster back from the registry.
+    monitored = dg.materialize(
+        all_assets, selection=dg.AssetSelection.groups("monitoring"), resources=resources, instance=instance
+    )
+    assert monitored.success
+    health = monitored.asset_value("champion_monitoring")
+    assert health.version == "1" and set(health.drift.columns) >= {"psi", "ks_pvalue", "drifted"}
+    assert "macd" in health.drift.index and health.decay.recent_periods > 10
+    checks = {e.check_name for e in monitored.get_asset_check_evaluations()}
+    assert checks == {"feature_drift", "performance_decay"}
+
+    # The optional hyperparameter search runs on demand from the stored upstream values.
+    trials_before = registry.trial_count()
+    search = dg.materialize(
+        all_assets,
+        selection=dg.AssetSelection.groups("tuning"),
+        resources=resources,
+        run_config={"ops": {"tuned_hyperparameters": {"config": TINY_SEARCH}}},
+        instance=instance,
+    )
+    assert search.success
+    tuned = search.asset_value("tuned_hyperparameters")
+    assert len(tuned.trials) == 2 and "learning_rate" in tuned.best_params
+    assert registry.trial_count() == trials_before + 2  # every trial counts for the deflated Sharpe
+
     # A step in another process starts with MLflow's default store; registering must not depend on it.
     mlflow.set_tracking_uri((tmp_path / "elsewhere").as_uri())
     extra = registry.register(agent.model_uri, agent.run_id, tags={})
     assert extra.version == "2"
 
     second = dg.materialize(
-        all_assets, resources=resources, run_config=run_config(LENIENT_GATE), instance=instance
+        all_assets,
+        selection=PIPELINE_SELECTION,
+        resources=resources,
+        run_config=run_config(LENIENT_GATE),
+        instance=instance,
     )
     assert second.success
     assert registry.version_for_alias(CHAMPION_ALIAS) == "3"
@@ -176,7 +211,11 @@ def test_failed_gate_blocks_promotion_and_keeps_champion(tmp_path, slice_csv):
     registry: MlflowRegistryResource = resources["model_registry"]
     impossible = {**LENIENT_GATE, "min_sharpe": 100.0}
     result = dg.materialize(
-        all_assets, resources=resources, run_config=run_config(impossible), raise_on_error=False
+        all_assets,
+        selection=PIPELINE_SELECTION,
+        resources=resources,
+        run_config=run_config(impossible),
+        raise_on_error=False,
     )
     assert not result.success
     # The attribution comes from the backtest step, so it is stored even though the gate failed.
@@ -195,6 +234,7 @@ def test_failed_stress_limit_blocks_promotion(tmp_path, slice_csv):
     registry: MlflowRegistryResource = resources["model_registry"]
     result = dg.materialize(
         all_assets,
+        selection=PIPELINE_SELECTION,
         resources=resources,
         run_config=run_config(LENIENT_GATE, stress_limit=0.0),
         raise_on_error=False,

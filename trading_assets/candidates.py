@@ -1,5 +1,5 @@
-"""Stage 4b: the agent zoo (agents x seeds x windows on Ray), the ensembles built from it, and the gate's
-verdict on every candidate."""
+"""Stage 4b: the agent zoo (agents x seeds x windows on Ray), the ensembles built from it, the gate's verdict
+on every candidate, and an optional hyperparameter search."""
 
 import tempfile
 from dataclasses import dataclass, replace
@@ -13,14 +13,15 @@ import pandas as pd
 from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
 from trading_assets.features import DatasetSplits
 from trading_assets.metadata import markdown_table, png_metadata
-from trading_assets.training import TrainedAgent
+from trading_assets.training import TrainedAgent, decision_spec_for
+from trading_core.agents.decision_spec import DecisionSpec
 from trading_core.agents.ensemble import (
     WeightedEnsemblePolicy,
     rebalance_windows,
     rolling_selection,
     trade_selections,
 )
-from trading_core.agents.pyfunc import ENSEMBLE_ARTIFACT_KEY, EnsemblePolicyModel
+from trading_core.agents.pyfunc import DECISION_SPEC_KEY, ENSEMBLE_ARTIFACT_KEY, EnsemblePolicyModel
 from trading_core.agents.zoo import ALGORITHMS, DEFAULT_CONFIGS
 from trading_core.backtest import run_backtest
 from trading_core.backtester import buy_and_hold_record
@@ -38,6 +39,7 @@ from trading_core.seed_sweep import (
     run_seed_sweep,
     seed_table,
 )
+from trading_core.tuning import search_hyperparameters
 from trading_core.walk_forward import walk_forward_windows
 
 ENSEMBLE_MODEL_NAME = "rl_trading_ensemble"
@@ -188,6 +190,7 @@ def _log_ensemble(
     ensemble: WeightedEnsemblePolicy,
     example: pd.DataFrame,
     splits: DatasetSplits,
+    decision_spec: DecisionSpec,
     registry: MlflowRegistryResource,
 ) -> RegisteredVersion:
     """Log the ensemble as one pyfunc model (every member inside) in its own run and register it."""
@@ -210,7 +213,10 @@ def _log_ensemble(
         info = mlflow.pyfunc.log_model(
             name="ensemble",
             python_model=EnsemblePolicyModel(),
-            artifacts={ENSEMBLE_ARTIFACT_KEY: str(Path(folder) / "ensemble")},
+            artifacts={
+                ENSEMBLE_ARTIFACT_KEY: str(Path(folder) / "ensemble"),
+                DECISION_SPEC_KEY: str(decision_spec.save(Path(folder) / "decision_spec.pkl")),
+            },
             signature=mlflow.models.infer_signature(
                 example, ensemble.predict(example.to_numpy(dtype=np.float32))[0]
             ),
@@ -266,7 +272,8 @@ def agent_ensemble(
         market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
     )
     example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
-    version = _log_ensemble(ensemble, example, learned_features, model_registry)
+    spec = decision_spec_for(learned_features, env_spec, trained_agent.forecaster)
+    version = _log_ensemble(ensemble, example, learned_features, spec, model_registry)
     context.log.info(f"{ENSEMBLE_MODEL_NAME} v{version.version} registered with weights {ensemble.weights}")
     png = equity_curve_png(
         {
@@ -384,5 +391,76 @@ def candidate_verdicts(
             "buy_and_hold_sharpe": dg.MetadataValue.float(benchmark.sharpe),
             "trials": n_trials,
             "passing": dg.MetadataValue.text(", ".join(passing) or "none"),
+        },
+    )
+
+
+class HyperparameterSearchSettings(dg.Config):
+    """An optional Optuna search; every trial counts toward the deflated Sharpe's number of trials."""
+
+    algorithm: str = "ppo"
+    n_trials: int = 8
+    timesteps: int = 4_000
+    parallel_trials: int = 2
+    seed: int = 0
+    use_ray: bool = True
+
+
+@dataclass(frozen=True)
+class HyperparameterSearch:
+    """Trials of the search and the best configuration by validation Sharpe."""
+
+    algorithm: str
+    trials: pd.DataFrame
+    best_params: dict[str, object]
+    best_validation_sharpe: float
+
+
+@dg.asset(group_name="tuning", compute_kind="optuna")
+def tuned_hyperparameters(
+    context: dg.AssetExecutionContext,
+    config: HyperparameterSearchSettings,
+    learned_features: DatasetSplits,
+    trained_agent: TrainedAgent,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output[HyperparameterSearch]:
+    """Optuna TPE search of one zoo agent's hyperparameters, trials trained on Ray, scored on validation only."""
+
+    def record(number: int, params: dict[str, object], score: float) -> None:
+        context.log.info(f"trial {number}: {params} -> validation Sharpe {score:.3f}")
+        model_registry.log_trial(
+            f"hpo_{config.algorithm}_trial_{number}",
+            params={"algorithm": config.algorithm, "timesteps": config.timesteps, **params},
+            metrics={"validation_sharpe": score},
+            kind="hyperparameter_search",
+        )
+
+    result = search_hyperparameters(
+        config.algorithm,
+        trained_agent.observation_frame(learned_features.train),
+        trained_agent.observation_frame(learned_features.validation),
+        trained_agent.env_spec,
+        n_trials=config.n_trials,
+        timesteps=config.timesteps,
+        seed=config.seed,
+        batch_size=config.parallel_trials,
+        use_ray=config.use_ray,
+        on_trial=record,
+    )
+    search = HyperparameterSearch(
+        config.algorithm, result.trials, result.best_params, result.best_validation_sharpe
+    )
+    png = grouped_bars_png(
+        result.trials[["validation_sharpe"]].rename(index=lambda n: f"trial {n}"),
+        f"{config.algorithm.upper()} hyperparameter search",
+        "validation Sharpe",
+    )
+    return dg.Output(
+        search,
+        metadata={
+            "trials": dg.MetadataValue.md(result.trials.to_markdown(floatfmt=".4g")),
+            "best_params": dg.MetadataValue.json(result.best_params),
+            "best_validation_sharpe": dg.MetadataValue.float(result.best_validation_sharpe),
+            "validation_sharpe_per_trial": png_metadata(png),
         },
     )

@@ -15,7 +15,8 @@ from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistr
 from trading_assets.features import DatasetSplits
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table
-from trading_core.agents.pyfunc import SB3_ARTIFACT_KEY, StableBaselinesPolicy
+from trading_core.agents.decision_spec import DecisionSpec
+from trading_core.agents.pyfunc import DECISION_SPEC_KEY, SB3_ARTIFACT_KEY, StableBaselinesPolicy
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.backtest import run_backtest
 from trading_core.data.schema import frame_fingerprint
@@ -126,6 +127,18 @@ class TrainedAgent:
     forecaster: str = ""  # registered CNN+LSTM "name/version" whose outputs the agent observes
 
 
+def decision_spec_for(splits: DatasetSplits, env_spec: EnvSpec, forecaster: str) -> DecisionSpec:
+    """The spec registered with an agent trained on ``splits`` (forecaster as "name/version", or empty)."""
+    return DecisionSpec(
+        tickers=tuple(splits.tickers),
+        feature_columns=tuple(splits.feature_columns),
+        env_spec=env_spec,
+        forecaster_uri=f"models:/{forecaster}" if forecaster else None,
+        use_turbulence="turbulence" in splits.feature_columns,
+        uses_vix="vix" in splits.feature_columns,
+    )
+
+
 @dg.asset(group_name="training", compute_kind="stable_baselines3", required_resource_keys={"mlflow"})
 def trained_agent(
     context: dg.AssetExecutionContext,
@@ -191,13 +204,17 @@ def trained_agent(
         market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
     )
     example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
+    decision_spec = decision_spec_for(dataset_splits, env_spec, forecaster)
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / "ppo_agent.zip"
         model.save(weights)
         model_info = mlflow.pyfunc.log_model(
             name="agent",
             python_model=StableBaselinesPolicy(),
-            artifacts={SB3_ARTIFACT_KEY: str(weights)},
+            artifacts={
+                SB3_ARTIFACT_KEY: str(weights),
+                DECISION_SPEC_KEY: str(decision_spec.save(Path(folder) / "decision_spec.pkl")),
+            },
             model_config={"algorithm": "ppo"},
             signature=mlflow.models.infer_signature(
                 example, model.predict(example.to_numpy(), deterministic=True)[0]

@@ -1,0 +1,152 @@
+"""Stage 7: the champion under watch — feature drift and performance decay that can trigger retraining."""
+
+from dataclasses import dataclass
+
+import dagster as dg
+import pandas as pd
+
+from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
+from trading_assets.metadata import markdown_table
+from trading_core.backtest import run_backtest
+from trading_core.features import indicator_columns_of
+from trading_core.metrics import daily_returns
+from trading_core.models.cnn_lstm import add_learned_features
+from trading_core.models.cnn_lstm import learned_features as forecast_features
+from trading_core.monitoring.drift import PerformanceDecay, feature_drift, performance_decay
+
+MONITORING_CHECKS = {
+    "feature_drift": "share of technical features drifted since the champion's training window below the limit",
+    "performance_decay": "the champion's recent returns not significantly below its out-of-sample test returns",
+}
+
+
+class ChampionMonitoringSettings(dg.Config):
+    """Windows and thresholds of champion monitoring."""
+
+    recent_dates: int = 63
+    psi_threshold: float = 0.25
+    ks_pvalue_threshold: float = 0.01
+    max_drifted_share: float = 0.5
+    decay_alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class ChampionHealth:
+    """Drift and decay of the model holding ``champion`` and whether to retrain."""
+
+    version: str | None
+    drift: pd.DataFrame | None
+    drifted_share: float
+    decay: PerformanceDecay | None
+    recent_window: str
+    recent_is_new_data: bool
+    reasons: tuple[str, ...]
+
+    @property
+    def retrain_recommended(self) -> bool:
+        return bool(self.reasons)
+
+
+def _window(frame: pd.DataFrame, start: str, end: str) -> pd.DataFrame:
+    return frame[frame["date"].between(pd.Timestamp(start), pd.Timestamp(end))]
+
+
+@dg.asset(
+    group_name="monitoring",
+    compute_kind="scipy",
+    check_specs=[
+        dg.AssetCheckSpec(name=name, asset="champion_monitoring", description=text)
+        for name, text in MONITORING_CHECKS.items()
+    ],
+)
+def champion_monitoring(
+    context: dg.AssetExecutionContext,
+    config: ChampionMonitoringSettings,
+    features: pd.DataFrame,
+    model_registry: MlflowRegistryResource,
+):
+    """PSI/KS drift of the features and a decay test of the champion's recent returns against its test period."""
+    version = model_registry.version_for_alias(CHAMPION_ALIAS)
+    if version is None:
+        health = ChampionHealth(None, None, 0.0, None, "", False, ())
+        yield dg.Output(
+            health, metadata={"champion": "none yet", "retrain_recommended": False, "reasons": ""}
+        )
+        for name in MONITORING_CHECKS:
+            yield dg.AssetCheckResult(check_name=name, passed=True, description="no champion to monitor yet")
+        return
+
+    tags = model_registry.version_run_tags(version)
+    policy, spec = model_registry.load_decision_bundle(version)
+    if spec is None:
+        raise dg.Failure(
+            f"champion v{version} was registered without a decision spec; retrain it to monitor it"
+        )
+    frame = features
+    if spec.forecaster_uri:
+        forecaster = model_registry.load_forecaster(spec.forecaster_uri)
+        frame = add_learned_features(features, forecast_features(forecaster, features))
+    missing = [c for c in spec.observation_columns if c not in frame.columns]
+    if missing:
+        raise dg.Failure(f"features lack columns the champion observes: {', '.join(missing)}")
+    frame = frame[frame["tic"].isin(spec.tickers)][spec.observation_columns]
+
+    dates = frame["date"].drop_duplicates().sort_values()
+    recent = frame[frame["date"] >= dates.iloc[-config.recent_dates]]
+    test_end = pd.Timestamp(tags["data_test_end"])
+    recent_is_new = recent["date"].min() > test_end
+    reference = _window(frame, tags["data_train_start"], tags["data_train_end"])
+    columns = [c for c in indicator_columns_of(features) if c in frame.columns]
+    drift = feature_drift(
+        reference,
+        recent,
+        columns,
+        psi_threshold=config.psi_threshold,
+        ks_pvalue_threshold=config.ks_pvalue_threshold,
+    )
+    drifted_share = float(drift["drifted"].mean()) if len(drift) else 0.0
+
+    test = _window(frame, tags["data_test_start"], tags["data_test_end"])
+    test_returns = daily_returns(run_backtest(policy, test, spec.env_spec).equity)
+    recent_returns = daily_returns(run_backtest(policy, recent, spec.env_spec).equity)
+    decay = performance_decay(test_returns, recent_returns, alpha=config.decay_alpha)
+
+    reasons = []
+    if drifted_share >= config.max_drifted_share:
+        drifted = ", ".join(drift.index[drift["drifted"]])
+        reasons.append(f"feature drift: {drifted_share:.0%} of features drifted ({drifted})")
+    if decay.decayed:
+        reasons.append(
+            f"performance decay: recent Sharpe {decay.recent_sharpe:.2f} vs test {decay.reference_sharpe:.2f} "
+            f"(p={decay.p_value:.3f})"
+        )
+    window = f"{recent['date'].min().date()}..{recent['date'].max().date()}"
+    health = ChampionHealth(version, drift, drifted_share, decay, window, recent_is_new, tuple(reasons))
+    context.log.info(f"champion v{version}: {'; '.join(reasons) or 'healthy'}")
+    yield dg.Output(
+        health,
+        metadata={
+            "champion": f"{model_registry.model_name} v{version}",
+            "recent_window": window,
+            "recent_is_new_data": recent_is_new,
+            "drifted_share": dg.MetadataValue.float(drifted_share),
+            "drift": dg.MetadataValue.md(drift.to_markdown(floatfmt=".3f")),
+            "decay": markdown_table([decay.as_dict()]),
+            "retrain_recommended": health.retrain_recommended,
+            "reasons": "; ".join(reasons),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="feature_drift",
+        passed=drifted_share < config.max_drifted_share,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{drifted_share:.0%} of {len(drift)} features drifted (limit {config.max_drifted_share:.0%})",
+    )
+    note = "" if recent_is_new else " (the recent window overlaps the test period: no new data since)"
+    yield dg.AssetCheckResult(
+        check_name="performance_decay",
+        passed=not decay.decayed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"recent Sharpe {decay.recent_sharpe:.2f} vs test {decay.reference_sharpe:.2f}, "
+        f"p={decay.p_value:.3f}{note}",
+    )

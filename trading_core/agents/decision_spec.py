@@ -1,0 +1,52 @@
+"""What a registered agent needs besides its weights to decide live exactly as it did in training and backtest.
+
+The spec travels inside the registered model (an artifact of its pyfunc), so paper trading, monitoring and any
+later evaluation rebuild the same observation, with the same costs, fills and risk limits.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+from trading_core.environment import EnvSpec
+from trading_core.features import BASE_COLUMNS
+
+
+@dataclass(frozen=True)
+class DecisionSpec:
+    """How observations are built and actions turned into orders for one registered agent.
+
+    :param tickers: the assets in observation order
+    :param feature_columns: per-asset feature columns after the base columns, in observation order
+    :param env_spec: engine, simulation (costs, fills, risk limits), ``hmax`` and action mode
+    :param forecaster_uri: ``models:/<name>/<version>`` of the CNN+LSTM whose outputs the agent observes, if any
+    :param use_turbulence: the features include FinRL's turbulence index
+    :param uses_vix: the features include the VIX close (a live source for it is then required)
+    """
+
+    tickers: tuple[str, ...]
+    feature_columns: tuple[str, ...]
+    env_spec: EnvSpec
+    forecaster_uri: str | None = None
+    use_turbulence: bool = True
+    uses_vix: bool = False
+
+    @property
+    def observation_columns(self) -> list[str]:
+        return [*BASE_COLUMNS, *self.feature_columns]
+
+    def save(self, path: str | Path) -> Path:
+        """Pickle the spec (its cost and risk models are plain dataclasses of this package)."""
+        target = Path(path)
+        target.write_bytes(pickle.dumps(self))
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> DecisionSpec:
+        """Read a spec written by :meth:`save`; only load specs from your own model registry."""
+        spec = pickle.loads(Path(path).read_bytes())  # noqa: S301 - artifacts of the project's own registry
+        if not isinstance(spec, cls):
+            raise TypeError(f"{path} holds a {type(spec).__name__}, not a DecisionSpec")
+        return spec

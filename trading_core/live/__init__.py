@@ -1,0 +1,1 @@
+"""Live trading: durable session state, broker adapters and the bar-by-bar trading loop."""
