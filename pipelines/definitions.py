@@ -8,10 +8,15 @@ from pipelines.jobs import (
     champion_monitoring_job,
     full_pipeline_job,
     hyperparameter_search_job,
+    paper_trading_review_job,
     weekly_retraining_job,
 )
 from pipelines.resources_by_env import resources_for
-from pipelines.schedules import champion_monitoring_schedule, weekly_retraining_schedule
+from pipelines.schedules import (
+    champion_monitoring_schedule,
+    paper_trading_review_schedule,
+    weekly_retraining_schedule,
+)
 from pipelines.sensors import champion_degradation_sensor, new_market_data_sensor
 from trading_assets import (
     candidates,
@@ -20,19 +25,37 @@ from trading_assets import (
     ingestion,
     learning,
     monitoring,
+    paper_trading,
     robustness,
     training,
     validation,
 )
 
 all_assets = dg.load_assets_from_modules(
-    [ingestion, validation, features, learning, training, candidates, evaluation, robustness, monitoring]
+    [
+        ingestion,
+        validation,
+        features,
+        learning,
+        training,
+        candidates,
+        evaluation,
+        robustness,
+        monitoring,
+        paper_trading,
+    ]
 )
 
 defs = dg.Definitions(
     assets=all_assets,
-    jobs=[full_pipeline_job, weekly_retraining_job, champion_monitoring_job, hyperparameter_search_job],
-    schedules=[weekly_retraining_schedule, champion_monitoring_schedule],
+    jobs=[
+        full_pipeline_job,
+        weekly_retraining_job,
+        champion_monitoring_job,
+        hyperparameter_search_job,
+        paper_trading_review_job,
+    ],
+    schedules=[weekly_retraining_schedule, champion_monitoring_schedule, paper_trading_review_schedule],
     sensors=[new_market_data_sensor, champion_degradation_sensor],
     resources=resources_for(),
 )

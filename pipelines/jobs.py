@@ -17,8 +17,11 @@ def weekly_data_cutoff(start: datetime, end: datetime) -> dict:
     return {"ops": {"raw_daily_bars": {"config": {"as_of": (end - timedelta(days=1)).date().isoformat()}}}}
 
 
-# Monitoring runs on its own schedule and the hyperparameter search on demand; neither belongs to a retraining run.
-PIPELINE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups("monitoring", "tuning")
+# Monitoring and the paper-trading review run on their own schedules, the hyperparameter search on demand; none
+# belongs to a retraining run.
+PIPELINE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups(
+    "monitoring", "tuning", "paper_trading"
+)
 
 full_pipeline_job = dg.define_asset_job(
     name="full_pipeline",
@@ -44,4 +47,10 @@ hyperparameter_search_job = dg.define_asset_job(
     name="hyperparameter_search",
     selection=dg.AssetSelection.groups("tuning"),
     description="Optional: Optuna search of one agent's hyperparameters on validation (trials count for the DSR).",
+)
+
+paper_trading_review_job = dg.define_asset_job(
+    name="paper_trading_review",
+    selection=dg.AssetSelection.groups("paper_trading"),
+    description="Sessions recorded by paper trading, fill reconciliation against the simulator, and the A/B test.",
 )

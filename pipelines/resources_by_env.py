@@ -13,6 +13,7 @@ import os
 from resources.market_data import MarketDataResource
 from resources.mlflow_registry import MlflowRegistryResource, mlflow_run
 from resources.state_home import StateHome
+from resources.trading_state import TradingStateResource
 
 EXPERIMENT_NAME = "rl_trading"
 MODEL_NAME = "rl_trading_agent"
@@ -59,6 +60,7 @@ def resources_for(env: str | None = None, home: StateHome | None = None) -> dict
             experiment_name=EXPERIMENT_NAME,
             model_name=MODEL_NAME,
         ),
+        "trading_state": TradingStateResource(url=home.trading_state_url),
         "mlflow": mlflow_run.configured(
             {
                 "experiment_name": EXPERIMENT_NAME,

@@ -1,4 +1,4 @@
-"""One project-local folder for all state: Dagster home and MLflow store.
+"""One project-local folder for all state: Dagster home, MLflow store and paper-trading state.
 
 ``RL_TRADING_HOME`` overrides the default ``<project root>/.rl_trading`` (git-ignored).
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STATE_HOME_ENV = "RL_TRADING_HOME"
+TRADING_STATE_ENV = "RL_TRADING_STATE_DB_URL"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 _DAGSTER_YAML = """\
@@ -53,9 +54,14 @@ class StateHome:
     def mlflow_artifact_root(self) -> str:
         return (self.mlflow_dir / "artifacts").as_uri()
 
+    @property
+    def trading_state_url(self) -> str:
+        """Paper-trading state: ``RL_TRADING_STATE_DB_URL`` (e.g. PostgreSQL), else sqlite under this folder."""
+        return os.environ.get(TRADING_STATE_ENV) or f"sqlite:///{self.root / 'live' / 'trading_state.db'}"
+
     def prepare(self) -> StateHome:
         """Create the folders and Dagster's instance config if they are missing; never touches existing state."""
-        for folder in (self.dagster_home, self.mlflow_dir / "artifacts"):
+        for folder in (self.dagster_home, self.mlflow_dir / "artifacts", self.root / "live"):
             folder.mkdir(parents=True, exist_ok=True)
         dagster_yaml = self.dagster_home / "dagster.yaml"
         if not dagster_yaml.exists():

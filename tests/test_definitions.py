@@ -16,7 +16,13 @@ def test_definitions_load_with_full_graph():
 
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == ALL_ASSET_NAMES | {"tuned_hyperparameters", "champion_monitoring"}
+    assert keys == ALL_ASSET_NAMES | {
+        "tuned_hyperparameters",
+        "champion_monitoring",
+        "paper_trading_sessions",
+        "fill_reconciliation",
+        "ab_test",
+    }
     check_names = {key.name for key in graph.asset_check_keys}
     assert {"no_nulls", "completeness", "return_outliers", "min_sharpe", "beats_buy_and_hold"} <= check_names
     assert defs.resolve_job_def("full_pipeline") is not None

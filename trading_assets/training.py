@@ -15,7 +15,7 @@ from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistr
 from trading_assets.features import DatasetSplits
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table
-from trading_core.agents.decision_spec import DecisionSpec
+from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
 from trading_core.agents.pyfunc import DECISION_SPEC_KEY, SB3_ARTIFACT_KEY, StableBaselinesPolicy
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.backtest import run_backtest
@@ -23,7 +23,7 @@ from trading_core.data.schema import frame_fingerprint
 from trading_core.distributed import single_torch_thread
 from trading_core.environment import EnvSpec
 from trading_core.envs.stock_trading import observation_at
-from trading_core.features import BASE_COLUMNS
+from trading_core.features import BASE_COLUMNS, indicator_columns_of
 from trading_core.market.costs import CostModel, LinearImpact, NoImpact, SquareRootImpact, commission_model
 from trading_core.market.data import MarketArrays
 from trading_core.market.execution import ExecutionConfig
@@ -136,6 +136,9 @@ def decision_spec_for(splits: DatasetSplits, env_spec: EnvSpec, forecaster: str)
         forecaster_uri=f"models:/{forecaster}" if forecaster else None,
         use_turbulence="turbulence" in splits.feature_columns,
         uses_vix="vix" in splits.feature_columns,
+        reference_quantiles=feature_deciles(
+            splits.train, [c for c in indicator_columns_of(splits.train) if not c.startswith("cnn_lstm_")]
+        ),
     )
 
 

@@ -10,6 +10,9 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from trading_core.environment import EnvSpec
 from trading_core.features import BASE_COLUMNS
 
@@ -24,6 +27,8 @@ class DecisionSpec:
     :param forecaster_uri: ``models:/<name>/<version>`` of the CNN+LSTM whose outputs the agent observes, if any
     :param use_turbulence: the features include FinRL's turbulence index
     :param uses_vix: the features include the VIX close (a live source for it is then required)
+    :param reference_quantiles: deciles of each technical feature over the training period, the reference of
+        the live model-drift score
     """
 
     tickers: tuple[str, ...]
@@ -32,6 +37,7 @@ class DecisionSpec:
     forecaster_uri: str | None = None
     use_turbulence: bool = True
     uses_vix: bool = False
+    reference_quantiles: dict[str, tuple[float, ...]] | None = None
 
     @property
     def observation_columns(self) -> list[str]:
@@ -50,3 +56,12 @@ class DecisionSpec:
         if not isinstance(spec, cls):
             raise TypeError(f"{path} holds a {type(spec).__name__}, not a DecisionSpec")
         return spec
+
+
+def feature_deciles(train: pd.DataFrame, columns: list[str]) -> dict[str, tuple[float, ...]]:
+    """The nine inner deciles of each column over the training rows (bins of equal expected share)."""
+    levels = np.linspace(0.1, 0.9, 9)
+    return {
+        c: tuple(float(q) for q in np.nanquantile(train[c].to_numpy(dtype=np.float64), levels))
+        for c in columns
+    }

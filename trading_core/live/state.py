@@ -206,7 +206,8 @@ fills_table = Table(
     Column("source", String(16), nullable=False),
     _one_of("side", SIDES),
     _one_of("source", FILL_SOURCES),
-    UniqueConstraint("client_order_id", "filled_at", "qty", "price"),
+    # The source is part of the key: the simulated mirror of a broker fill may match it exactly.
+    UniqueConstraint("client_order_id", "source", "filled_at", "qty", "price"),
     Index(None, "session_id"),
 )
 
@@ -511,6 +512,10 @@ class TradingStateStore:
         """The stored session, ``None`` when unknown."""
         with self._reading() as connection:
             return self._session(connection, session_id)
+
+    def sessions(self) -> pd.DataFrame:
+        """Every stored session, oldest first."""
+        return self._frame(sessions_table, select(sessions_table).order_by(sessions_table.c.started_at))
 
     @staticmethod
     def _session(connection: Connection, session_id: str, *, lock: bool = False) -> SessionRecord | None:

@@ -206,3 +206,24 @@ def performance_decay(
         reference_periods=len(reference),
         recent_periods=len(recent),
     )
+
+
+def psi_against_quantiles(
+    inner_edges: np.ndarray, current: np.ndarray, *, epsilon: float = PSI_EPSILON
+) -> float:
+    """PSI of ``current`` against a reference known only by its quantiles (bins of equal expected share).
+
+    :param inner_edges: the reference's inner bin edges, e.g. its nine inner deciles
+    :param current: values of the period under test (NaNs dropped)
+    """
+    values = np.asarray(current, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    n_bins = len(inner_edges) + 1
+    if values.size == 0:
+        return 0.0
+    current_share = np.maximum(
+        np.bincount(np.searchsorted(inner_edges, values, side="right"), minlength=n_bins) / values.size,
+        epsilon,
+    )
+    reference_share = np.full(n_bins, 1.0 / n_bins)
+    return float(np.sum((current_share - reference_share) * np.log(current_share / reference_share)))

@@ -1,0 +1,161 @@
+"""The live loop on real 1-minute bars: orders, fills, durable state, kill switch, market hours, crash recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import SHARED_DATA
+from tests.live_support import LIVE_TICKERS, minute_bars, split_first_day, train_live_agent
+from trading_core.broker.simulated import SimulatedBroker
+from trading_core.live.engine import DecisionEngine
+from trading_core.live.loop import LiveConfig, LiveTradingLoop, kill_session
+from trading_core.live.sources import BarEvent, replay
+from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
+
+BARS = 240
+
+
+@pytest.fixture(scope="module")
+def agent(dow30_bars):
+    return train_live_agent(dow30_bars)
+
+
+@pytest.fixture(scope="module")
+def other_agent(dow30_bars):
+    return train_live_agent(dow30_bars, seed=4)
+
+
+@pytest.fixture(scope="module")
+def minutes(dow30_file):
+    path = SHARED_DATA / "intraday_1min_us_equities_2019.csv.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return split_first_day(minute_bars(SHARED_DATA))
+
+
+def make_loop(agent, minutes, store, session="s1", challenger=None, broker=None) -> LiveTradingLoop:
+    policy, spec = agent
+    history, _ = minutes
+    broker = broker or SimulatedBroker(list(spec.tickers), spec.env_spec.simulation)
+    return LiveTradingLoop(
+        LiveConfig(session_id=session),
+        store,
+        broker,
+        (DecisionEngine(policy, spec), "1"),
+        (DecisionEngine(challenger[0], challenger[1]), "2") if challenger else None,
+        history=history,
+    )
+
+
+def new_store(tmp_path, name="state.db") -> TradingStateStore:
+    store = TradingStateStore.sqlite(tmp_path / name)
+    store.create_schema()
+    return store
+
+
+def test_session_trades_records_and_fills_next_bar(agent, other_agent, minutes, tmp_path):
+    store = new_store(tmp_path)
+    loop = make_loop(agent, minutes, store, challenger=other_agent)
+    summary = loop.run(replay(minutes[1]), max_bars=BARS)
+    assert summary.bars == BARS and summary.decisions == BARS  # warm from the first day's history
+    assert summary.orders_sent > 0
+    orders = store.orders("s1")
+    fills = store.fills("s1")
+    assert set(orders["status"]) <= {"new", "accepted", "filled", "canceled", "partially_filled"}
+    broker_fills = fills[fills["source"] == "broker"]
+    assert len(broker_fills) > 0
+    # Orders decided at bar t fill on a later bar, never on the bar they were decided on.
+    decided = orders.set_index("client_order_id")["decision_time"]
+    assert (
+        broker_fills["filled_at"].to_numpy() > decided.loc[broker_fills["client_order_id"]].to_numpy()
+    ).all()
+    # The local broker and the simulated mirror run the same fill code: no slippage between them.
+    merged = broker_fills.merge(fills[fills["source"] == "simulated"], on="client_order_id")
+    assert len(merged) == len(broker_fills)
+    np.testing.assert_allclose(merged["price_x"], merged["price_y"])
+    assert store.positions("s1", CHAMPION) == {k: v for k, v in loop.broker.positions().items() if v}
+    assert len(store.decisions("s1", CHALLENGER)) == BARS  # the challenger decided in shadow on every bar
+    assert len(store.equity_curve("s1", CHAMPION)) == BARS
+    status = loop.status()
+    assert status["session_id"] == "s1" and len(status["equity_curve"]) == BARS
+
+
+def test_market_hours_come_from_the_exchange_calendar(agent, minutes, tmp_path):
+    loop = make_loop(agent, minutes, new_store(tmp_path))
+    saturday = pd.Timestamp("2019-02-16 15:00", tz="UTC")
+    assert not loop.market_open(saturday)
+    assert loop.market_open(pd.Timestamp("2019-02-12 15:00", tz="UTC"))  # 10:00 New York on a Tuesday
+    assert not loop.market_open(pd.Timestamp("2019-02-18 15:00", tz="UTC"))  # Presidents' Day
+    event = next(replay(minutes[1]))
+    loop.run([BarEvent(saturday, event.bars)])
+    assert loop.summary.skipped_closed == 1 and loop.summary.bars == 0
+
+
+def test_kill_switch_cancels_flattens_and_stops_deciding(agent, minutes, tmp_path):
+    store = new_store(tmp_path)
+    loop = make_loop(agent, minutes, store)
+    events = list(replay(minutes[1]))[:160]
+    loop.run(events[:100])
+    assert loop.broker.positions(), "the agent should hold something before the kill"
+    kill_session(store, "s1", "operator test")
+    resumed = make_loop(agent, minutes, store)
+    resumed.run(events)
+    assert resumed.summary.killed
+    assert resumed.summary.decisions == 0
+    assert not resumed.broker.positions()  # closed on the bar after the kill
+    assert "kill_switch" in set(store.alerts("s1")["rule"])
+
+
+class CrashingBroker(SimulatedBroker):
+    """Dies after its n-th order reached it: the process 'crashes' between the broker call and the commit."""
+
+    crash_after = 0
+
+    def submit_order(self, request):
+        state = super().submit_order(request)
+        CrashingBroker.crash_after -= 1
+        if CrashingBroker.crash_after == 0:
+            raise SystemExit("simulated crash")
+        return state
+
+
+def test_restart_after_a_crash_loses_nothing_and_sends_nothing_twice(agent, minutes, tmp_path):
+    policy, spec = agent
+    events = list(replay(minutes[1]))[:BARS]
+    reference_store = new_store(tmp_path, "reference.db")
+    reference = make_loop(agent, minutes, reference_store, session="same")
+    reference.run(events)
+
+    store = new_store(tmp_path, "crashed.db")
+    CrashingBroker.crash_after = 7
+    crashing = make_loop(
+        agent,
+        minutes,
+        store,
+        session="same",
+        broker=CrashingBroker(list(spec.tickers), spec.env_spec.simulation),
+    )
+    with pytest.raises(SystemExit):
+        crashing.run(events)
+    # A new process: a fresh broker object, state restored from the store, the replay restarted from the top.
+    restarted = make_loop(agent, minutes, store, session="same")
+    restarted.run(events)
+
+    for role in (CHAMPION,):
+        pd.testing.assert_frame_equal(
+            store.equity_curve("same", role), reference_store.equity_curve("same", role), check_exact=True
+        )
+    crashed_orders = store.orders("same").set_index("client_order_id").sort_index()
+    reference_orders = reference_store.orders("same").set_index("client_order_id").sort_index()
+    assert list(crashed_orders.index) == list(reference_orders.index)  # same ids, each once
+    assert (crashed_orders["status"] == reference_orders["status"]).all()
+    assert restarted.broker.positions() == reference.broker.positions()
+    assert len(store.decisions("same", CHAMPION)) == len(events)
+    fills = store.fills("same")
+    assert not fills.duplicated(["client_order_id", "source"]).any()
+
+
+def test_live_tickers_are_the_specs(agent):
+    assert sorted(LIVE_TICKERS) == list(agent[1].tickers)

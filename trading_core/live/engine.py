@@ -1,0 +1,125 @@
+"""One decision per bar: streaming features -> the registered policy -> target holdings -> the shared risk manager.
+
+The observation is laid out exactly as the training environment lays it out
+(:func:`trading_core.envs.stock_trading.observation_at`), from features that equal the batch pipeline's
+(:class:`trading_core.live.features.StreamingFeatures`), so the agent sees live what it saw in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from trading_core.agents.decision_spec import DecisionSpec
+from trading_core.envs.stock_trading import targets_from_actions
+from trading_core.market.risk import RiskManager, RiskReview, TradingState
+from trading_core.models.cnn_lstm import TrainedForecaster, add_learned_features
+from trading_core.models.cnn_lstm import learned_features as forecast_features
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the engine decided on one bar for one portfolio."""
+
+    bar_time: pd.Timestamp
+    prices: np.ndarray
+    actions: np.ndarray
+    targets: np.ndarray
+    approved: np.ndarray
+    review: RiskReview | None
+    trading_state: TradingState
+
+
+@dataclass
+class PortfolioBook:
+    """Cash and holdings a decision starts from, and the trailing returns the risk manager's VaR needs."""
+
+    cash: float
+    holdings: np.ndarray
+    returns: list[np.ndarray] = field(default_factory=list)
+
+
+class DecisionEngine:
+    """Turns feature rows of one bar into risk-approved target holdings for one registered agent.
+
+    :param policy: anything with SB3's ``predict`` (a zoo policy or an ensemble)
+    :param spec: the agent's decision spec from the registry
+    :param forecaster: the CNN+LSTM named by ``spec.forecaster_uri`` (``None`` when the agent uses none)
+    """
+
+    def __init__(self, policy, spec: DecisionSpec, forecaster: TrainedForecaster | None = None) -> None:
+        if spec.forecaster_uri and forecaster is None:
+            raise ValueError(f"the agent observes {spec.forecaster_uri}; load that forecaster first")
+        if list(spec.tickers) != sorted(spec.tickers):
+            raise ValueError(f"decision spec tickers must be sorted as in training, got {spec.tickers}")
+        self.policy, self.spec, self.forecaster = policy, spec, forecaster
+        simulation = spec.env_spec.simulation
+        limits = simulation.risk if spec.env_spec.engine == "fast" else None
+        self.risk = RiskManager(limits, 1, len(spec.tickers)) if limits is not None else None
+        self.var_lookback = simulation.var_lookback
+        self.base_features = [c for c in spec.feature_columns if not c.startswith("cnn_lstm_")]
+
+    @property
+    def history_dates(self) -> int:
+        """Dates of feature history a decision needs (the forecaster's window plus one)."""
+        return self.forecaster.config.window + 1 if self.forecaster is not None else 1
+
+    def reset(self, equity: float) -> None:
+        if self.risk is not None:
+            self.risk.reset(np.array([equity]))
+
+    def feature_rows(self, recent: pd.DataFrame) -> pd.DataFrame | None:
+        """The last date's rows with every observed column, or ``None`` while the forecaster warms up."""
+        if self.forecaster is None:
+            last = recent[recent["date"] == recent["date"].max()]
+            return last.reset_index(drop=True)
+        learned = forecast_features(self.forecaster, recent)
+        if learned.empty:
+            return None
+        last_date = recent["date"].max()
+        joined = add_learned_features(
+            recent[recent["date"] == last_date], learned[learned["date"] == last_date]
+        )
+        return joined if len(joined) == len(self.spec.tickers) else None
+
+    def observation(self, rows: pd.DataFrame, book: PortfolioBook) -> np.ndarray:
+        """``[cash, closes, holdings, feature_1 (N), ..., feature_F (N)]`` as float32, as in training."""
+        rows = rows.sort_values("tic")
+        closes = rows["close"].to_numpy(dtype=np.float64)
+        features = rows[list(self.spec.feature_columns)].to_numpy(dtype=np.float64).T.reshape(-1)
+        return np.concatenate([[book.cash], closes, book.holdings, features]).astype(np.float32)[None, :]
+
+    def mark(self, equity: float, turbulence: float) -> None:
+        """Let the risk manager see the bar's close (drawdown, daily loss and turbulence breakers)."""
+        if self.risk is not None:
+            self.risk.on_bar(np.array([equity]), turbulence)
+
+    def decide(self, bar_time: pd.Timestamp, rows: pd.DataFrame, book: PortfolioBook) -> Decision:
+        """Risk-approved target holdings for the bar whose feature rows are given."""
+        prices = rows.sort_values("tic")["close"].to_numpy(dtype=np.float64)
+        action, _ = self.policy.predict(self.observation(rows, book), deterministic=True)
+        equity = book.cash + float(book.holdings @ prices)
+        env = self.spec.env_spec
+        targets = targets_from_actions(
+            np.asarray(action, dtype=np.float64).reshape(1, -1),
+            book.holdings[None, :],
+            np.array([equity]),
+            prices[None, :],
+            "shares",  # the fast environment trades FinRL share actions
+            env.hmax,
+        )
+        approved, review, state = targets, None, TradingState.ACTIVE
+        if self.risk is not None:
+            window = (
+                np.array(book.returns[-self.var_lookback :]) if book.returns else np.zeros((0, len(prices)))
+            )
+            review = self.risk.review(
+                targets, book.holdings[None, :], prices[None, :], np.array([book.cash]), window
+            )
+            approved = review.approved
+            state = TradingState(int(self.risk.state[0]))
+        return Decision(
+            bar_time, prices, np.asarray(action).reshape(-1), targets[0], approved[0], review, state
+        )

@@ -1,0 +1,719 @@
+"""The live trading loop: bars -> features -> the champion's decision -> the shared risk manager -> orders.
+
+One path for every broker (:class:`trading_core.broker.base.Broker`): the local simulated broker fills through
+the same cost and fill code as training and backtests, Alpaca paper trading through alpaca-py. Beside the
+champion, an optional challenger decides in shadow on the same bars with its own simulated book (A/B test), and
+a simulated mirror of the champion's book fills the champion's own orders through the shared cost model, so the
+broker's fills can be reconciled against what the simulator expected.
+
+Durability: every bar is written in two transactions. The first records the decisions and the order intents
+(write-ahead) before anything reaches the broker; the second records the broker's answers, fills, positions and
+the loop's own state (features, risk managers, simulated books) together with the bar's time. After a crash the
+loop restores the state of the last completed bar, asks the broker about every pending intent (client order ids
+are derived from the session, bar and symbol, so a re-sent order is the same order), and replays from there:
+nothing is lost and nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import pickle
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from trading_core.broker.base import (
+    Broker,
+    Fill,
+    OrderRequest,
+    OrderState,
+    RetryPolicy,
+    call_with_retries,
+    make_client_order_id,
+)
+from trading_core.broker.simulated import SimulatedBroker
+from trading_core.live.engine import Decision, DecisionEngine, PortfolioBook
+from trading_core.live.features import StreamingFeatures
+from trading_core.live.sources import BarEvent
+from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
+from trading_core.market.risk import TradingState
+from trading_core.monitoring.alerts import Alert, AlertEvaluator, AlertSink, AlertSnapshot
+from trading_core.monitoring.drift import psi_against_quantiles
+from trading_core.monitoring.live_metrics import LiveMetrics
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """Settings of one paper-trading session.
+
+    :param session_id: names the session in the state store and seeds its client order ids
+    :param calendar: exchange calendar for market hours (``None`` trades every bar it is given)
+    :param decide_every: bars between decisions
+    :param flatten_on_kill: close every position when the kill switch engages
+    :param drift_window: feature rows kept for the live drift score
+    :param drift_every: bars between drift scores
+    """
+
+    session_id: str
+    calendar: str | None = "XNYS"
+    decide_every: int = 1
+    flatten_on_kill: bool = True
+    drift_window: int = 200
+    drift_every: int = 50
+
+
+@dataclass
+class RoleState:
+    """One decision maker of the session: the champion on the broker, or the challenger in shadow."""
+
+    role: str
+    version: str
+    engine: DecisionEngine
+    peak_equity: float = float("nan")
+    last_equity: float = float("nan")
+    last_var: float = 0.0
+    returns: deque = field(default_factory=lambda: deque(maxlen=500))
+
+
+@dataclass
+class LiveSummary:
+    """What a run of the loop did."""
+
+    bars: int = 0
+    skipped_closed: int = 0
+    decisions: int = 0
+    orders_sent: int = 0
+    fills: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    killed: bool = False
+
+
+class LiveTradingLoop:
+    """Runs a session over a stream of bar events.
+
+    :param config: session settings
+    :param store: durable state
+    :param broker: where the champion's orders go
+    :param champion: the champion's decision engine and registry version
+    :param challenger: an optional challenger (decides in shadow)
+    :param initial_cash: starting cash of the simulated books (mirror and challenger)
+    :param metrics: Prometheus metrics (optional)
+    :param alerts: alert rules and where alerts go (optional)
+    :param retry: retry policy for broker calls
+    :param history: bars before the first traded bar (``date, tic, open, high, low, close, volume``) that warm
+        the features up; ignored when a saved session is resumed
+    """
+
+    def __init__(
+        self,
+        config: LiveConfig,
+        store: TradingStateStore,
+        broker: Broker,
+        champion: tuple[DecisionEngine, str],
+        challenger: tuple[DecisionEngine, str] | None = None,
+        initial_cash: float | None = None,
+        metrics: LiveMetrics | None = None,
+        alerts: tuple[AlertEvaluator, AlertSink] | None = None,
+        retry: RetryPolicy | None = None,
+        history: pd.DataFrame | None = None,
+    ) -> None:
+        engine, version = champion
+        self.spec = engine.spec
+        self.tickers = list(self.spec.tickers)
+        if challenger is not None and list(challenger[0].spec.tickers) != self.tickers:
+            raise ValueError(
+                f"challenger trades {challenger[0].spec.tickers}, champion {self.spec.tickers}: A/B needs one universe"
+            )
+        self.config, self.store, self.broker = config, store, broker
+        self.metrics, self.retry = metrics, retry or RetryPolicy()
+        self.alert_evaluator, self.alert_sink = alerts if alerts is not None else (None, None)
+        simulation = self.spec.env_spec.simulation
+        self.initial_cash = float(simulation.initial_amount if initial_cash is None else initial_cash)
+        self.roles = [RoleState(CHAMPION, version, engine)]
+        if challenger is not None:
+            self.roles.append(RoleState(CHALLENGER, challenger[1], challenger[0]))
+        self.features = StreamingFeatures(
+            self.tickers, use_turbulence=self.spec.use_turbulence, history=history
+        )
+        # The mirror fills the champion's own orders through the shared cost model (slippage reconciliation);
+        # the challenger's shadow book fills the challenger's orders.
+        self.mirror = SimulatedBroker(self.tickers, simulation, self.initial_cash)
+        self.shadow = SimulatedBroker(self.tickers, simulation, self.initial_cash) if challenger else None
+        self.calendar = None
+        if config.calendar:
+            import exchange_calendars
+
+            self.calendar = exchange_calendars.get_calendar(config.calendar)
+        self.last_close: np.ndarray | None = None
+        self.bar_count = 0
+        self.last_bar_time: pd.Timestamp | None = None
+        self.kill_handled = False
+        self.recent_alerts: deque = deque(maxlen=20)
+        self.recent_interventions: deque = deque(maxlen=20)
+        self.drift_rows: deque = deque(maxlen=config.drift_window)
+        self.drift_score: float | None = None
+        self.alive = False
+        self.summary = LiveSummary()
+
+    # -------------------------------------------------------------------------------- session and recovery
+
+    def start(self) -> None:
+        """Open the session, or resume it: restore the last completed bar's state and reconcile the broker."""
+        session = self.store.get_session(self.config.session_id)
+        if session is None:
+            challenger = self.roles[1].version if len(self.roles) > 1 else None
+            self.store.start_session(
+                self.config.session_id,
+                model_name="champion",
+                model_version=self.roles[0].version,
+                broker=getattr(self.broker, "name", type(self.broker).__name__),
+                challenger_version=challenger,
+            )
+            for role in self.roles:
+                role.engine.reset(self.initial_cash)
+        else:
+            self._restore()
+            self._reconcile()
+        self.alive = True
+
+    def _engine_state(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "features": self.features.snapshot(),
+            "risk": [role.engine.risk for role in self.roles],
+            "roles": [(r.peak_equity, r.last_equity, r.last_var, list(r.returns)) for r in self.roles],
+            "mirror": self.mirror.snapshot(),
+            "shadow": self.shadow.snapshot() if self.shadow else None,
+            "broker": self.broker.snapshot() if isinstance(self.broker, SimulatedBroker) else None,
+            "last_close": self.last_close,
+            "bar_count": self.bar_count,
+            "kill_handled": self.kill_handled,
+            "drift_rows": list(self.drift_rows),
+        }
+
+    def _restore(self) -> None:
+        saved = self.store.load_broker_snapshot(self.config.session_id)
+        if saved is None:
+            for role in self.roles:
+                role.engine.reset(self.initial_cash)
+            return
+        # The state is the loop's own, written by this code into the project's own database.
+        state = pickle.loads(base64.b64decode(saved.payload["engine_state"]))  # noqa: S301
+        if state["format"] != STATE_FORMAT:
+            raise RuntimeError(
+                f"session {self.config.session_id}: saved state format {state['format']} unknown"
+            )
+        simulation = self.spec.env_spec.simulation
+        self.features = StreamingFeatures.from_snapshot(state["features"])
+        for role, risk, (peak, last, var, returns) in zip(
+            self.roles, state["risk"], state["roles"], strict=True
+        ):
+            role.engine.risk = risk
+            role.peak_equity, role.last_equity, role.last_var = peak, last, var
+            role.returns.extend(returns)
+        self.mirror = SimulatedBroker.from_snapshot(state["mirror"], simulation)
+        if state["shadow"] is not None:
+            self.shadow = SimulatedBroker.from_snapshot(state["shadow"], simulation)
+        if state["broker"] is not None:
+            if not isinstance(self.broker, SimulatedBroker):
+                raise RuntimeError(
+                    "the session traded on the local simulated broker; resume it with that broker"
+                )
+            self.broker = SimulatedBroker.from_snapshot(state["broker"], simulation)
+        self.last_close = state["last_close"]
+        self.bar_count = state["bar_count"]
+        self.kill_handled = state["kill_handled"]
+        self.drift_rows.extend(state["drift_rows"])
+        self.last_bar_time = saved.bar_time
+        logger.info(f"session {self.config.session_id} resumed after bar {saved.bar_time}")
+
+    def _reconcile(self) -> None:
+        """Bring the store in line with the broker after a restart: the broker is the truth."""
+        for intent in self.store.pending_intents(self.config.session_id).itertuples(index=False):
+            state = call_with_retries(
+                lambda cid=intent.client_order_id: self.broker.get_order(cid), self.retry
+            )
+            if state is not None:
+                self._record_order_state(state)
+            elif self.last_bar_time is not None and pd.Timestamp(intent.decision_time) <= self.last_bar_time:
+                # Its bar completed yet the broker never saw it: too late to send now.
+                self.store.update_order(intent.client_order_id, status="canceled")
+                self._raise(
+                    Alert(
+                        "order_reconciliation",
+                        "warning",
+                        f"intent {intent.client_order_id} never "
+                        "reached the broker before its bar completed; canceled",
+                        pd.Timestamp.now(tz="UTC"),
+                        False,
+                    )
+                )
+            # Otherwise the intent's bar is replayed and the order (same id) is sent then.
+        broker_positions = call_with_retries(self.broker.positions, self.retry)
+        stored = self.store.positions(self.config.session_id, CHAMPION)
+        if {k: v for k, v in broker_positions.items() if v} != {k: v for k, v in stored.items() if v}:
+            self._raise(
+                Alert(
+                    "position_reconciliation",
+                    "warning",
+                    f"positions differ after restart: stored "
+                    f"{stored}, broker {broker_positions}; the broker's are kept",
+                    pd.Timestamp.now(tz="UTC"),
+                    False,
+                )
+            )
+            self.store.set_positions(self.config.session_id, CHAMPION, broker_positions)
+
+    # ----------------------------------------------------------------------------------------------- bars
+
+    def market_open(self, bar_end: pd.Timestamp) -> bool:
+        """Whether the exchange was open during the bar ending at ``bar_end``."""
+        if self.calendar is None:
+            return True
+        minute = (bar_end - pd.Timedelta(minutes=1)).floor("min")
+        return bool(self.calendar.is_open_on_minute(minute))
+
+    def run(self, events: Iterable[BarEvent], max_bars: int | None = None) -> LiveSummary:
+        """Process bar events until the source ends (or ``max_bars`` were processed)."""
+        self.start()
+        try:
+            for event in events:
+                if self.last_bar_time is not None and event.timestamp <= self.last_bar_time:
+                    continue  # already processed before a restart
+                self.process(event)
+                if max_bars is not None and self.summary.bars >= max_bars:
+                    break
+        finally:
+            self.alive = False
+        return self.summary
+
+    def process(self, event: BarEvent) -> None:
+        """One bar: fills of earlier orders, features, marks, decisions, orders, state."""
+        if not self.market_open(event.timestamp):
+            self.summary.skipped_closed += 1
+            return
+        started = time.perf_counter()
+        session_id, bar_time = self.config.session_id, event.timestamp
+        bars = {s: b for s, b in event.bars.items() if s in self.tickers}
+        broker_fills = self.broker.on_bar(bar_time, bars) if isinstance(self.broker, SimulatedBroker) else []
+        mirror_fills = self.mirror.on_bar(bar_time, bars)
+        if self.shadow is not None:
+            self.shadow.on_bar(bar_time, bars)
+        rows = self.features.update(
+            bar_time, {s: (b.open, b.high, b.low, b.close, b.volume) for s, b in bars.items()}
+        )
+        closes = self._closes(bars)
+        killed = self._kill_switch_engaged()
+        decisions: list[tuple[RoleState, Decision, PortfolioBook]] = []
+        for role in self.roles:
+            book = self._book(role)
+            equity = book.cash + float(book.holdings @ closes)
+            self._mark(role, equity, rows)
+            due = self.bar_count % self.config.decide_every == 0
+            if killed or not due:
+                continue
+            feature_rows = self._feature_rows(role, rows)
+            if feature_rows is None:
+                continue
+            book.returns = list(role.returns)
+            decisions.append((role, role.engine.decide(bar_time, feature_rows, book), book))
+        decided = time.perf_counter()
+        if decisions:
+            self.summary.latencies_ms.append((decided - started) * 1e3)
+        orders = self._orders(decisions)
+        with self.store.transaction():  # write-ahead: decisions and intents before the broker hears of them
+            for role, decision, book in decisions:
+                self._record_decision(role, decision, book, (decided - started) * 1e3)
+            for request, expected in orders:
+                self.store.record_order_intent(
+                    client_order_id=request.client_order_id,
+                    session_id=session_id,
+                    symbol=request.symbol,
+                    side=request.side,
+                    qty=request.qty,
+                    decision_time=bar_time,
+                    expected_price=expected,
+                )
+        states = [self._submit(request) for request, _ in orders]
+        for role, decision, _ in decisions:
+            if role.role == CHALLENGER and self.shadow is not None:
+                for request, _ in self._role_orders(role, decision, self.shadow.positions(), shadow=True):
+                    self.shadow.submit_order(request)
+        if killed and not self.kill_handled:
+            self._flatten(bar_time)
+        open_states = self._poll_open_orders()
+        with self.store.transaction():
+            for state in [*states, *open_states]:
+                if state is not None:
+                    self._record_order_state(state)
+            for fill in broker_fills:
+                self._record_fill(fill, "broker")
+            for fill in mirror_fills:
+                self._record_fill(fill, "simulated")
+            self.store.set_positions(session_id, CHAMPION, self.broker.positions())
+            if self.shadow is not None:
+                self.store.set_positions(session_id, CHALLENGER, self.shadow.positions())
+            self.bar_count += 1
+            self.last_bar_time = bar_time
+            payload = {"engine_state": base64.b64encode(pickle.dumps(self._engine_state())).decode()}
+            self.store.save_broker_snapshot(session_id, bar_time, payload)
+            self.store.set_last_bar_time(session_id, bar_time)
+        self.summary.bars += 1
+        self.summary.fills += len(broker_fills)
+        self._update_drift(rows)
+        self._monitor(bar_time, closes)
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    def _closes(self, bars: dict) -> np.ndarray:
+        closes = np.array([bars[s].close if s in bars else np.nan for s in self.tickers])
+        if self.last_close is not None:
+            closes = np.where(np.isnan(closes), self.last_close, closes)
+        self.last_close = closes
+        return np.nan_to_num(closes)
+
+    def _book(self, role: RoleState) -> PortfolioBook:
+        broker = self.broker if role.role == CHAMPION else self.shadow
+        positions = broker.positions() if broker is not None else {}
+        cash = broker.account().cash
+        return PortfolioBook(cash, np.array([positions.get(s, 0.0) for s in self.tickers]))
+
+    def _mark(self, role: RoleState, equity: float, rows: pd.DataFrame | None) -> None:
+        """Mark a book to the bar's close and let its risk manager see the bar."""
+        turbulence = float(rows["turbulence"].iloc[0]) if rows is not None and "turbulence" in rows else 0.0
+        role.engine.mark(equity, turbulence)
+        role.peak_equity = equity if not np.isfinite(role.peak_equity) else max(role.peak_equity, equity)
+        role.last_equity = equity
+        if rows is not None:
+            role.returns.append(self._asset_returns())
+
+    def _asset_returns(self) -> np.ndarray:
+        recent = self.features.latest_frame(2)
+        if recent is None or recent["date"].nunique() < 2:
+            return np.zeros(len(self.tickers))
+        closes = recent.pivot(index="date", columns="tic", values="close")[self.tickers].to_numpy()
+        return closes[-1] / closes[-2] - 1.0
+
+    def _feature_rows(self, role: RoleState, rows: pd.DataFrame | None) -> pd.DataFrame | None:
+        if rows is None:
+            return None
+        if role.engine.forecaster is None:
+            return rows
+        return role.engine.feature_rows(self.features.latest_frame(role.engine.history_dates))
+
+    def _orders(self, decisions) -> list[tuple[OrderRequest, float]]:
+        for role, decision, book in decisions:
+            if role.role == CHAMPION:
+                return self._role_orders(role, decision, dict(zip(self.tickers, book.holdings, strict=True)))
+        return []
+
+    def _role_orders(
+        self, role: RoleState, decision: Decision, positions: dict[str, float], shadow: bool = False
+    ) -> list[tuple[OrderRequest, float]]:
+        orders = []
+        session = self.config.session_id + ("/challenger" if shadow else "")
+        for symbol, target, price in zip(self.tickers, decision.approved, decision.prices, strict=True):
+            delta = float(np.trunc(target - positions.get(symbol, 0.0)))
+            if delta == 0:
+                continue
+            side = "buy" if delta > 0 else "sell"
+            request = OrderRequest(
+                client_order_id=make_client_order_id(session, decision.bar_time, symbol, side),
+                symbol=symbol,
+                side=side,
+                qty=abs(delta),
+            )
+            orders.append((request, float(price)))
+        return orders
+
+    def _submit(self, request: OrderRequest) -> OrderState | None:
+        try:
+            state = call_with_retries(lambda: self.broker.submit_order(request), self.retry)
+        except Exception as error:  # noqa: BLE001 - one failed order must not stop the session
+            logger.error(f"order {request.client_order_id} failed: {error}")
+            self.store.update_order(request.client_order_id, status="rejected")
+            if self.metrics:
+                self.metrics.observe_order("rejected")
+            return None
+        self.mirror.submit_order(request)
+        self.summary.orders_sent += 1
+        if self.metrics:
+            self.metrics.observe_order(str(state.status))
+        return state
+
+    def _poll_open_orders(self) -> list[OrderState]:
+        states = []
+        open_orders = self.store.orders(
+            self.config.session_id, statuses=("new", "accepted", "partially_filled")
+        )
+        for client_order_id in open_orders.get("client_order_id", []):
+            state = call_with_retries(lambda cid=client_order_id: self.broker.get_order(cid), self.retry)
+            if state is not None:
+                states.append(state)
+        return states
+
+    def _record_order_state(self, state: OrderState) -> None:
+        before = self.store.get_order(state.client_order_id)
+        self.store.update_order(
+            state.client_order_id,
+            status=state.status,
+            broker_order_id=state.broker_order_id,
+            filled_qty=state.filled_qty,
+            filled_avg_price=state.filled_avg_price,
+        )
+        previous = float(before["filled_qty"] or 0.0) if before else 0.0
+        if (
+            not isinstance(self.broker, SimulatedBroker)
+            and state.filled_qty > previous
+            and state.filled_avg_price
+        ):
+            # The broker reports cumulative fills; the new part is booked at the average price.
+            self.store.record_fill(
+                client_order_id=state.client_order_id,
+                session_id=self.config.session_id,
+                symbol=state.symbol,
+                side=state.side,
+                qty=state.filled_qty - previous,
+                price=float(state.filled_avg_price),
+                filled_at=state.updated_at,
+                source="broker",
+            )
+            self.summary.fills += 1
+
+    def _record_fill(self, fill: Fill, source: str) -> None:
+        self.store.record_fill(
+            client_order_id=fill.client_order_id,
+            session_id=self.config.session_id,
+            symbol=fill.symbol,
+            side=fill.side,
+            qty=fill.qty,
+            price=fill.price,
+            filled_at=fill.filled_at,
+            commission=fill.commission,
+            spread_cost=fill.spread_cost,
+            impact_cost=fill.impact_cost,
+            source=source,
+        )
+
+    def _record_decision(
+        self, role: RoleState, decision: Decision, book: PortfolioBook, latency_ms: float
+    ) -> None:
+        session_id = self.config.session_id
+        equity = book.cash + float(book.holdings @ decision.prices)
+        self.store.record_decision(
+            session_id=session_id,
+            role=role.role,
+            bar_time=decision.bar_time,
+            model_version=role.version,
+            targets=dict(zip(self.tickers, decision.targets.tolist(), strict=True)),
+            approved=dict(zip(self.tickers, decision.approved.tolist(), strict=True)),
+            latency_ms=latency_ms,
+            cash=book.cash,
+            equity=equity,
+        )
+        if decision.review is not None:
+            rows = [
+                {
+                    "rule": i.rule,
+                    "symbol": self.tickers[i.asset] if i.asset is not None else None,
+                    "requested": i.requested,
+                    "approved": i.approved,
+                    "reason": i.reason,
+                }
+                for i in decision.review.interventions(self.bar_count)
+            ]
+            if rows:
+                self.store.record_interventions(session_id, role.role, decision.bar_time, rows)
+                if role.role == CHAMPION:
+                    self.recent_interventions.extend(
+                        {
+                            "time": decision.bar_time.isoformat(),
+                            **{k: r[k] for k in ("rule", "symbol", "reason")},
+                        }
+                        for r in rows
+                    )
+        drawdown = 1.0 - equity / role.peak_equity if role.peak_equity > 0 else 0.0
+        self.store.record_equity(
+            session_id=session_id,
+            role=role.role,
+            bar_time=decision.bar_time,
+            equity=equity,
+            cash=book.cash,
+            drawdown=max(drawdown, 0.0),
+            var_95=self._var(role, book, decision.prices, equity),
+            trading_state=TradingState(decision.trading_state).name,
+        )
+        self.summary.decisions += role.role == CHAMPION
+        if self.metrics:
+            self.metrics.observe_decision(role.role, latency_ms / 1e3)
+
+    def _var(self, role: RoleState, book: PortfolioBook, prices: np.ndarray, equity: float) -> float:
+        returns = np.array(role.returns)[-60:]
+        if len(returns) < 20 or equity <= 0:
+            return 0.0
+        pnl = returns @ (book.holdings * prices) / equity
+        role.last_var = float(max(-np.quantile(pnl, 0.05), 0.0))
+        return role.last_var
+
+    def _update_drift(self, rows: pd.DataFrame | None) -> None:
+        """Largest PSI of the recent feature rows against the training deciles (the model-drift score)."""
+        reference = self.spec.reference_quantiles
+        if rows is None or not reference:
+            return
+        self.drift_rows.append(rows[list(reference)].to_numpy(dtype=np.float64))
+        if self.bar_count % self.config.drift_every or len(self.drift_rows) < self.config.drift_window // 2:
+            return
+        recent = np.concatenate(list(self.drift_rows))
+        self.drift_score = max(
+            psi_against_quantiles(np.asarray(edges), recent[:, i])
+            for i, edges in enumerate(reference.values())
+        )
+
+    def _kill_switch_engaged(self) -> bool:
+        session = self.store.get_session(self.config.session_id)
+        return bool(session is not None and session.kill_switch)
+
+    def _flatten(self, bar_time: pd.Timestamp) -> None:
+        """Cancel open orders and, when configured, close every position with orders of the session's own."""
+        call_with_retries(self.broker.cancel_all_orders, self.retry)
+        if self.config.flatten_on_kill:
+            positions = call_with_retries(self.broker.positions, self.retry)
+            closing = []
+            for symbol, qty in positions.items():
+                side = "sell" if qty > 0 else "buy"
+                request = OrderRequest(
+                    client_order_id=make_client_order_id(
+                        self.config.session_id + "/kill", bar_time, symbol, side
+                    ),
+                    symbol=symbol,
+                    side=side,
+                    qty=abs(qty),
+                )
+                closing.append(request)
+            with self.store.transaction():
+                for request in closing:
+                    self.store.record_order_intent(
+                        client_order_id=request.client_order_id,
+                        session_id=self.config.session_id,
+                        symbol=request.symbol,
+                        side=request.side,
+                        qty=request.qty,
+                        decision_time=bar_time,
+                    )
+            for request in closing:
+                state = self._submit(request)
+                if state is not None:
+                    self._record_order_state(state)
+        self.kill_handled = True
+        self.summary.killed = True
+        session = self.store.get_session(self.config.session_id)
+        closed = ", positions closed" if self.config.flatten_on_kill else ""
+        self._raise(
+            Alert(
+                "kill_switch",
+                "critical",
+                f"kill switch engaged: {session.kill_reason}; orders canceled{closed}",
+                pd.Timestamp.now(tz="UTC"),
+                False,
+            )
+        )
+
+    def _raise(self, alert: Alert) -> None:
+        self.recent_alerts.append(alert.to_payload(self.config.session_id))
+        self.store.record_alert(self.config.session_id, alert.rule, alert.severity, alert.message)
+        if self.metrics:
+            self.metrics.observe_alert(alert.rule)
+        if self.alert_sink is not None:
+            self.alert_sink.send(alert)
+        else:
+            logger.warning(f"[{alert.severity}] {alert.rule}: {alert.message}")
+
+    def _monitor(self, bar_time: pd.Timestamp, closes: np.ndarray) -> None:
+        champion = self.roles[0]
+        positions = self.broker.positions()
+        drawdown = 1.0 - champion.last_equity / champion.peak_equity if champion.peak_equity > 0 else 0.0
+        state = (
+            TradingState(int(champion.engine.risk.state[0]))
+            if champion.engine.risk is not None
+            else TradingState.ACTIVE
+        )
+        if self.metrics:
+            self.metrics.observe_bar(bar_time.to_pydatetime())
+            self.metrics.set_portfolio(
+                champion.last_equity,
+                champion.last_equity - self.initial_cash,
+                max(drawdown, 0.0),
+                champion.last_var,
+                state,
+                positions,
+            )
+            self.metrics.set_kill_switch(self.kill_handled)
+        if self.alert_evaluator is not None:
+            snapshot = AlertSnapshot(
+                drawdown=max(drawdown, 0.0),
+                trading_state=state,
+                last_bar_time=bar_time.timestamp(),
+                market_open=True,
+                drift_score=self.drift_score,
+            )
+            for alert in self.alert_evaluator.evaluate(snapshot):
+                self._raise(alert)
+
+    # ------------------------------------------------------------------------------------ status for the UI
+
+    def status(self) -> dict:
+        """What ``/api/status`` serves to the dashboard."""
+        session_id = self.config.session_id
+        champion = self.roles[0]
+        curve = self.store.equity_curve(session_id, CHAMPION).tail(2_000)
+        closes = self.last_close if self.last_close is not None else np.zeros(len(self.tickers))
+        positions = self.broker.positions()
+        session = self.store.get_session(session_id)
+        state = champion.engine.risk.state[0] if champion.engine.risk is not None else TradingState.ACTIVE
+        return {
+            "loop_alive": self.alive,
+            "session_id": session_id,
+            "model_version": champion.version,
+            "broker": getattr(self.broker, "name", type(self.broker).__name__),
+            "trading_state": TradingState(int(state)).name,
+            "kill_switch": bool(session.kill_switch) if session else False,
+            "equity_curve": [{"t": t.isoformat(), "equity": float(v)} for t, v in curve["equity"].items()],
+            "positions": [
+                {"symbol": s, "qty": q, "price": float(p), "value": q * float(p)}
+                for s, p in zip(self.tickers, closes, strict=True)
+                if (q := positions.get(s, 0.0))
+            ],
+            "cash": self.broker.account().cash,
+            "equity": champion.last_equity,
+            "drawdown": max(1.0 - champion.last_equity / champion.peak_equity, 0.0)
+            if champion.peak_equity > 0
+            else 0.0,
+            "var_95": champion.last_var,
+            "last_bar_time": self.last_bar_time.isoformat() if self.last_bar_time is not None else None,
+            "recent_alerts": list(self.recent_alerts),
+            "recent_interventions": list(self.recent_interventions),
+        }
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready when the loop runs and the broker answers."""
+        if not self.alive:
+            return False, "the trading loop is not running"
+        try:
+            self.broker.account()
+        except Exception as error:  # noqa: BLE001 - readiness reports any failure
+            return False, f"broker unreachable: {type(error).__name__}"
+        return True, "ok"
+
+
+def kill_session(store: TradingStateStore, session_id: str, reason: str) -> bool:
+    """Engage a session's kill switch; the running loop cancels orders and flattens on its next bar."""
+    return store.set_kill_switch(session_id, reason)

@@ -1,0 +1,136 @@
+"""Bar sources for the live loop: a replay of recorded bars (the default) or Alpaca's live bar stream.
+
+Every source yields :class:`BarEvent` s in time order, one per bar timestamp, holding the bars of every symbol
+that traded in it. Timestamps are UTC and label the bar's END (Alpaca labels bars by their start; the stream
+adapter adds the bar length), so a decision taken on a bar only ever uses prices up to its timestamp.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from trading_core.broker.base import Bar
+
+EXCHANGE_TIMEZONE = "America/New_York"
+DAILY_CLOSE = pd.Timedelta(hours=16)
+MINUTE = pd.Timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class BarEvent:
+    """The bars of one timestamp (bar end, UTC) by symbol."""
+
+    timestamp: pd.Timestamp
+    bars: dict[str, Bar]
+
+
+def read_bars(path: str | Path, tickers: Sequence[str] | None = None) -> pd.DataFrame:
+    """Recorded bars as ``timestamp (UTC bar end), tic, open, high, low, close, volume``.
+
+    Reads the intraday layout (``datetime`` in exchange time, labelled at bar end) and the daily layout
+    (``date``; the bar ends at the 16:00 close).
+
+    :param path: CSV file (optionally gzipped)
+    :param tickers: keep only these symbols
+    """
+    frame = pd.read_csv(path)
+    if "datetime" in frame.columns:
+        local = pd.to_datetime(frame.pop("datetime"), errors="coerce")
+    elif "date" in frame.columns:
+        local = pd.to_datetime(frame.pop("date"), errors="coerce") + DAILY_CLOSE
+    else:
+        raise ValueError(f"{path}: needs a 'datetime' or 'date' column, has {list(frame.columns)}")
+    bad = local.isna()
+    if bad.any():
+        rows = ", ".join(str(i + 2) for i in bad[bad].index[:5])  # +2: header line and 1-based lines
+        raise ValueError(f"{path}: unparseable timestamps on line(s) {rows}")
+    frame["timestamp"] = local.dt.tz_localize(EXCHANGE_TIMEZONE).dt.tz_convert("UTC")
+    if tickers is not None:
+        missing = sorted(set(tickers) - set(frame["tic"].unique()))
+        if missing:
+            raise ValueError(f"{path}: no bars for {', '.join(missing)}")
+        frame = frame[frame["tic"].isin(tickers)]
+    columns = ["timestamp", "tic", "open", "high", "low", "close", "volume"]
+    return frame[columns].sort_values(["timestamp", "tic"], ignore_index=True)
+
+
+def replay(frame: pd.DataFrame, start: pd.Timestamp | None = None) -> Iterator[BarEvent]:
+    """Replay recorded bars (from :func:`read_bars`) in time order, from ``start`` on.
+
+    :param frame: recorded bars
+    :param start: first bar end to replay (UTC); earlier bars are skipped
+    """
+    if start is not None:
+        frame = frame[frame["timestamp"] >= start]
+    for timestamp, group in frame.groupby("timestamp", sort=True):
+        yield BarEvent(
+            pd.Timestamp(timestamp),
+            {
+                row.tic: Bar(row.open, row.high, row.low, row.close, row.volume)
+                for row in group.itertuples(index=False)
+            },
+        )
+
+
+class AlpacaBarStream:
+    """Alpaca's live minute bars (alpaca-py ``StockDataStream``) as :class:`BarEvent` s.
+
+    The stream runs in a thread; bars are grouped by timestamp and a timestamp's event is released when a bar
+    of a later minute arrives or every symbol has reported.
+
+    :param api_key: Alpaca key id
+    :param secret_key: Alpaca secret
+    :param symbols: symbols to subscribe to
+    :param url_override: websocket URL (a local fake in tests)
+    :param bar_length: the bar's duration; Alpaca stamps a bar with its start
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        secret_key: str,
+        symbols: Sequence[str],
+        url_override: str | None = None,
+        bar_length: pd.Timedelta = MINUTE,
+    ) -> None:
+        from alpaca.data.live import StockDataStream
+
+        self.symbols = tuple(symbols)
+        self.bar_length = bar_length
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._stream = StockDataStream(api_key, secret_key, url_override=url_override)
+        self._stream.subscribe_bars(self._on_bar, *self.symbols)
+        self._thread = threading.Thread(target=self._stream.run, name="alpaca-bars", daemon=True)
+
+    def __repr__(self) -> str:
+        return f"AlpacaBarStream(symbols={list(self.symbols)})"  # never the keys
+
+    async def _on_bar(self, bar) -> None:
+        self._queue.put(bar)
+
+    def stop(self) -> None:
+        self._stream.stop()
+        self._queue.put(None)
+
+    def __iter__(self) -> Iterator[BarEvent]:
+        self._thread.start()
+        pending: dict[pd.Timestamp, dict[str, Bar]] = {}
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            end = pd.Timestamp(item.timestamp).tz_convert("UTC") + self.bar_length
+            pending.setdefault(end, {})[item.symbol] = Bar(
+                item.open, item.high, item.low, item.close, item.volume
+            )
+            for timestamp in sorted(pending):
+                if timestamp < end or len(pending[timestamp]) == len(self.symbols):
+                    yield BarEvent(timestamp, pending.pop(timestamp))
+        for timestamp in sorted(pending):
+            yield BarEvent(timestamp, pending.pop(timestamp))
