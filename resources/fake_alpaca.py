@@ -274,6 +274,9 @@ class FakeAlpacaDataServer:
             payload = json.loads(body) if body else None
         except json.JSONDecodeError:
             return _encoded(_Reply(400, _error(_INVALID, "request body is not JSON")))
+        if method == "POST" and path == FAKE_BARS_ROUTE:
+            # Outside the lock: publishing waits on the stream's event loop, which may need the lock.
+            return _encoded(self._publish_payload(payload))
         with self._lock:
             # Encoded under the lock: the body may be live state that other requests change.
             reply = _encoded(self._route(method, path, {k: v[-1] for k, v in query.items()}, payload, query))
@@ -659,7 +662,6 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             ("DELETE", "/v2/orders"): self._cancel_all,
             ("GET", "/v2/orders:by_client_order_id"): lambda: self._order_by_client_id(params),
             ("GET", "/v2/clock"): self._clock,
-            ("POST", FAKE_BARS_ROUTE): lambda: self._publish_payload(payload),
         }
         route = routes.get((method, path))
         if route is not None:

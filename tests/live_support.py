@@ -55,6 +55,7 @@ def split_first_day(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def register_agent(policy: TrainedPolicy, spec: DecisionSpec, registry: MlflowRegistryResource) -> str:
     """Log the agent as the pipeline does (pyfunc with its decision spec), register it and make it champion."""
     experiment_id = registry.experiment_id()
+    mlflow.set_tracking_uri(registry.tracking_uri)
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run(experiment_id=experiment_id) as run:
         weights = policy.save(Path(folder) / "agent")
         info = mlflow.pyfunc.log_model(
