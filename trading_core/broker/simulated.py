@@ -158,9 +158,26 @@ class SimulatedBroker:
             client_order_id = make_client_order_id(f"{self.name}-close-all", now, symbol, side)
             self.submit_order(OrderRequest(client_order_id, symbol, side, abs(qty)))
 
+    def compact(self) -> int:
+        """Forget finished orders and past fills (a caller that persisted them keeps memory and snapshots bounded).
+
+        Orders still open stay, so fills and idempotent resubmits of open orders work as before; a finished
+        order's id is no longer known here afterwards.
+
+        :return: orders forgotten
+        """
+        finished = [
+            cid for cid, state in self._orders.items() if not state.is_open and cid not in self._pending
+        ]
+        for cid in finished:
+            del self._orders[cid]
+            del self._requests[cid]
+        self._fills = []
+        return len(finished)
+
     @property
     def fills(self) -> list[Fill]:
-        """Every fill so far, oldest first."""
+        """Every fill so far (since the last :meth:`compact`), oldest first."""
         return list(self._fills)
 
     @property

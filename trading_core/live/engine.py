@@ -59,7 +59,7 @@ class DecisionEngine:
         limits = simulation.risk if spec.env_spec.engine == "fast" else None
         self.risk = RiskManager(limits, 1, len(spec.tickers)) if limits is not None else None
         self.var_lookback = simulation.var_lookback
-        self.base_features = [c for c in spec.feature_columns if not c.startswith("cnn_lstm_")]
+        self._index_cache: dict[tuple[str, ...], tuple[int, np.ndarray]] = {}
 
     @property
     def history_dates(self) -> int:
@@ -84,22 +84,46 @@ class DecisionEngine:
         )
         return joined if len(joined) == len(self.spec.tickers) else None
 
-    def observation(self, rows: pd.DataFrame, book: PortfolioBook) -> np.ndarray:
-        """``[cash, closes, holdings, feature_1 (N), ..., feature_F (N)]`` as float32, as in training."""
-        rows = rows.sort_values("tic")
-        closes = rows["close"].to_numpy(dtype=np.float64)
-        features = rows[list(self.spec.feature_columns)].to_numpy(dtype=np.float64).T.reshape(-1)
-        return np.concatenate([[book.cash], closes, book.holdings, features]).astype(np.float32)[None, :]
+    def feature_matrix(self, recent: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """The last date's observed columns as a ``[tickers, columns]`` matrix (forecaster outputs included)."""
+        rows = self.feature_rows(recent)
+        if rows is None:
+            return None
+        columns = tuple(self.spec.observation_columns[2:])  # without date and tic
+        return rows.sort_values("tic")[list(columns)].to_numpy(dtype=np.float64), columns
+
+    def _indices(self, columns: tuple[str, ...]) -> tuple[int, np.ndarray]:
+        cached = self._index_cache.get(columns)
+        if cached is None:
+            position = {name: i for i, name in enumerate(columns)}
+            missing = [c for c in self.spec.feature_columns if c not in position]
+            if missing:
+                raise KeyError(f"the live features lack columns the agent observes: {missing}")
+            cached = (position["close"], np.array([position[c] for c in self.spec.feature_columns]))
+            self._index_cache[columns] = cached
+        return cached
+
+    def observation(self, values: np.ndarray, columns: tuple[str, ...], book: PortfolioBook) -> np.ndarray:
+        """``[cash, closes, holdings, feature_1 (N), ..., feature_F (N)]`` as float32, as in training.
+
+        :param values: the bar's features, one row per ticker in sorted order, one column per name in ``columns``
+        """
+        close, features = self._indices(columns)
+        return np.concatenate(
+            [[book.cash], values[:, close], book.holdings, values[:, features].T.reshape(-1)]
+        ).astype(np.float32)[None, :]
 
     def mark(self, equity: float, turbulence: float) -> None:
         """Let the risk manager see the bar's close (drawdown, daily loss and turbulence breakers)."""
         if self.risk is not None:
             self.risk.on_bar(np.array([equity]), turbulence)
 
-    def decide(self, bar_time: pd.Timestamp, rows: pd.DataFrame, book: PortfolioBook) -> Decision:
-        """Risk-approved target holdings for the bar whose feature rows are given."""
-        prices = rows.sort_values("tic")["close"].to_numpy(dtype=np.float64)
-        action, _ = self.policy.predict(self.observation(rows, book), deterministic=True)
+    def decide(
+        self, bar_time: pd.Timestamp, values: np.ndarray, columns: tuple[str, ...], book: PortfolioBook
+    ) -> Decision:
+        """Risk-approved target holdings for the bar whose feature matrix is given."""
+        prices = values[:, self._indices(columns)[0]]
+        action, _ = self.policy.predict(self.observation(values, columns, book), deterministic=True)
         equity = book.cash + float(book.holdings @ prices)
         env = self.spec.env_spec
         targets = targets_from_actions(

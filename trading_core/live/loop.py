@@ -146,7 +146,11 @@ class LiveTradingLoop:
         )
         # The mirror fills the champion's own orders through the shared cost model (slippage reconciliation);
         # the challenger's shadow book fills the challenger's orders.
-        self.mirror = SimulatedBroker(self.tickers, simulation, self.initial_cash)
+        self.mirror = (
+            None
+            if isinstance(broker, SimulatedBroker)
+            else SimulatedBroker(self.tickers, simulation, self.initial_cash)
+        )
         self.shadow = SimulatedBroker(self.tickers, simulation, self.initial_cash) if challenger else None
         self.calendar = None
         if config.calendar:
@@ -154,6 +158,7 @@ class LiveTradingLoop:
 
             self.calendar = exchange_calendars.get_calendar(config.calendar)
         self.last_close: np.ndarray | None = None
+        self._feature_closes: dict[str, np.ndarray] = {}
         self.bar_count = 0
         self.last_bar_time: pd.Timestamp | None = None
         self.kill_handled = False
@@ -191,13 +196,14 @@ class LiveTradingLoop:
             "features": self.features.snapshot(),
             "risk": [role.engine.risk for role in self.roles],
             "roles": [(r.peak_equity, r.last_equity, r.last_var, list(r.returns)) for r in self.roles],
-            "mirror": self.mirror.snapshot(),
+            "mirror": self.mirror.snapshot() if self.mirror is not None else None,
             "shadow": self.shadow.snapshot() if self.shadow else None,
             "broker": self.broker.snapshot() if isinstance(self.broker, SimulatedBroker) else None,
             "last_close": self.last_close,
             "bar_count": self.bar_count,
             "kill_handled": self.kill_handled,
             "drift_rows": list(self.drift_rows),
+            "feature_closes": self._feature_closes,
         }
 
     def _restore(self) -> None:
@@ -220,7 +226,8 @@ class LiveTradingLoop:
             role.engine.risk = risk
             role.peak_equity, role.last_equity, role.last_var = peak, last, var
             role.returns.extend(returns)
-        self.mirror = SimulatedBroker.from_snapshot(state["mirror"], simulation)
+        if state["mirror"] is not None:
+            self.mirror = SimulatedBroker.from_snapshot(state["mirror"], simulation)
         if state["shadow"] is not None:
             self.shadow = SimulatedBroker.from_snapshot(state["shadow"], simulation)
         if state["broker"] is not None:
@@ -233,6 +240,7 @@ class LiveTradingLoop:
         self.bar_count = state["bar_count"]
         self.kill_handled = state["kill_handled"]
         self.drift_rows.extend(state["drift_rows"])
+        self._feature_closes = state["feature_closes"]
         self.last_bar_time = saved.bar_time
         logger.info(f"session {self.config.session_id} resumed after bar {saved.bar_time}")
 
@@ -301,35 +309,37 @@ class LiveTradingLoop:
         if not self.market_open(event.timestamp):
             self.summary.skipped_closed += 1
             return
-        started = time.perf_counter()
         session_id, bar_time = self.config.session_id, event.timestamp
         bars = {s: b for s, b in event.bars.items() if s in self.tickers}
+        # The exchange's side of the bar: earlier orders fill (the local broker and the simulated mirror).
         broker_fills = self.broker.on_bar(bar_time, bars) if isinstance(self.broker, SimulatedBroker) else []
-        mirror_fills = self.mirror.on_bar(bar_time, bars)
+        mirror_fills = self.mirror.on_bar(bar_time, bars) if self.mirror is not None else broker_fills
         if self.shadow is not None:
             self.shadow.on_bar(bar_time, bars)
-        rows = self.features.update(
+        killed = self._kill_switch_engaged()
+        # The agent's side, timed as the decision latency: features, marks, decisions, orders.
+        started = time.perf_counter()
+        values = self.features.update_values(
             bar_time, {s: (b.open, b.high, b.low, b.close, b.volume) for s, b in bars.items()}
         )
         closes = self._closes(bars)
-        killed = self._kill_switch_engaged()
         decisions: list[tuple[RoleState, Decision, PortfolioBook]] = []
         for role in self.roles:
             book = self._book(role)
             equity = book.cash + float(book.holdings @ closes)
-            self._mark(role, equity, rows)
+            self._mark(role, equity, values)
             due = self.bar_count % self.config.decide_every == 0
             if killed or not due:
                 continue
-            feature_rows = self._feature_rows(role, rows)
-            if feature_rows is None:
+            matrix = self._feature_matrix(role, values)
+            if matrix is None:
                 continue
             book.returns = list(role.returns)
-            decisions.append((role, role.engine.decide(bar_time, feature_rows, book), book))
+            decisions.append((role, role.engine.decide(bar_time, *matrix, book), book))
+        orders = self._orders(decisions)
         decided = time.perf_counter()
         if decisions:
             self.summary.latencies_ms.append((decided - started) * 1e3)
-        orders = self._orders(decisions)
         with self.store.transaction():  # write-ahead: decisions and intents before the broker hears of them
             for role, decision, book in decisions:
                 self._record_decision(role, decision, book, (decided - started) * 1e3)
@@ -364,12 +374,16 @@ class LiveTradingLoop:
                 self.store.set_positions(session_id, CHALLENGER, self.shadow.positions())
             self.bar_count += 1
             self.last_bar_time = bar_time
+            # Finished orders and fills are in the store now; the simulated books keep only what is open.
+            for book in (self.broker, self.mirror, self.shadow):
+                if isinstance(book, SimulatedBroker):
+                    book.compact()
             payload = {"engine_state": base64.b64encode(pickle.dumps(self._engine_state())).decode()}
             self.store.save_broker_snapshot(session_id, bar_time, payload)
             self.store.set_last_bar_time(session_id, bar_time)
         self.summary.bars += 1
         self.summary.fills += len(broker_fills)
-        self._update_drift(rows)
+        self._update_drift(values)
         self._monitor(bar_time, closes)
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -387,28 +401,32 @@ class LiveTradingLoop:
         cash = broker.account().cash
         return PortfolioBook(cash, np.array([positions.get(s, 0.0) for s in self.tickers]))
 
-    def _mark(self, role: RoleState, equity: float, rows: pd.DataFrame | None) -> None:
+    def _mark(self, role: RoleState, equity: float, values: np.ndarray | None) -> None:
         """Mark a book to the bar's close and let its risk manager see the bar."""
-        turbulence = float(rows["turbulence"].iloc[0]) if rows is not None and "turbulence" in rows else 0.0
+        columns = self.features.value_columns
+        has_turbulence = values is not None and "turbulence" in columns
+        turbulence = float(values[0, columns.index("turbulence")]) if has_turbulence else 0.0
         role.engine.mark(equity, turbulence)
         role.peak_equity = equity if not np.isfinite(role.peak_equity) else max(role.peak_equity, equity)
         role.last_equity = equity
-        if rows is not None:
-            role.returns.append(self._asset_returns())
+        if values is not None:
+            role.returns.append(self._asset_returns(role, values))
 
-    def _asset_returns(self) -> np.ndarray:
-        recent = self.features.latest_frame(2)
-        if recent is None or recent["date"].nunique() < 2:
+    def _asset_returns(self, role: RoleState, values: np.ndarray) -> np.ndarray:
+        """Close-to-close returns between the last two feature dates (what the risk manager's VaR uses)."""
+        closes = values[:, self.features.value_columns.index("close")]
+        previous = self._feature_closes.get(role.role)
+        self._feature_closes[role.role] = closes
+        if previous is None:
             return np.zeros(len(self.tickers))
-        closes = recent.pivot(index="date", columns="tic", values="close")[self.tickers].to_numpy()
-        return closes[-1] / closes[-2] - 1.0
+        return closes / previous - 1.0
 
-    def _feature_rows(self, role: RoleState, rows: pd.DataFrame | None) -> pd.DataFrame | None:
-        if rows is None:
+    def _feature_matrix(self, role: RoleState, values: np.ndarray | None):
+        if values is None:
             return None
         if role.engine.forecaster is None:
-            return rows
-        return role.engine.feature_rows(self.features.latest_frame(role.engine.history_dates))
+            return values, self.features.value_columns
+        return role.engine.feature_matrix(self.features.latest_frame(role.engine.history_dates))
 
     def _orders(self, decisions) -> list[tuple[OrderRequest, float]]:
         for role, decision, book in decisions:
@@ -444,7 +462,8 @@ class LiveTradingLoop:
             if self.metrics:
                 self.metrics.observe_order("rejected")
             return None
-        self.mirror.submit_order(request)
+        if self.mirror is not None:
+            self.mirror.submit_order(request)
         self.summary.orders_sent += 1
         if self.metrics:
             self.metrics.observe_order(str(state.status))
@@ -564,12 +583,13 @@ class LiveTradingLoop:
         role.last_var = float(max(-np.quantile(pnl, 0.05), 0.0))
         return role.last_var
 
-    def _update_drift(self, rows: pd.DataFrame | None) -> None:
+    def _update_drift(self, values: np.ndarray | None) -> None:
         """Largest PSI of the recent feature rows against the training deciles (the model-drift score)."""
         reference = self.spec.reference_quantiles
-        if rows is None or not reference:
+        if values is None or not reference:
             return
-        self.drift_rows.append(rows[list(reference)].to_numpy(dtype=np.float64))
+        columns = self.features.value_columns
+        self.drift_rows.append(values[:, [columns.index(c) for c in reference]])
         if self.bar_count % self.config.drift_every or len(self.drift_rows) < self.config.drift_window // 2:
             return
         recent = np.concatenate(list(self.drift_rows))

@@ -134,3 +134,26 @@ class AlpacaBarStream:
                     yield BarEvent(timestamp, pending.pop(timestamp))
         for timestamp in sorted(pending):
             yield BarEvent(timestamp, pending.pop(timestamp))
+
+
+def fill_missing_bars(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give every symbol a bar at every timestamp once it has traded: a minute without trades becomes a flat bar
+    at the last close with zero volume (what a consolidated minute feed reports for no trades).
+
+    Timestamps before every symbol has traded once are dropped. Only past closes fill a gap, never later ones.
+
+    :param frame: recorded bars from :func:`read_bars`
+    """
+    wide = frame.pivot(index="timestamp", columns="tic", values=["open", "high", "low", "close", "volume"])
+    close = wide["close"].ffill()
+    started = close.notna().all(axis=1)
+    filled = {}
+    for field in ("open", "high", "low"):
+        filled[field] = wide[field].where(wide[field].notna(), close)
+    filled["close"] = close
+    filled["volume"] = wide["volume"].fillna(0.0)
+    long = pd.concat({k: v[started] for k, v in filled.items()}, axis=1).stack(level=1, future_stack=True)
+    long = long.reset_index().rename(columns={"level_1": "tic"})
+    return long[["timestamp", "tic", "open", "high", "low", "close", "volume"]].sort_values(
+        ["timestamp", "tic"], ignore_index=True
+    )
