@@ -7,7 +7,7 @@ export RL_TRADING_HOME ?= $(CURDIR)/.rl_trading
 export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test install lint dagster-ui mlflow-ui rollback clean-state
+.PHONY: run test install lint dagster-ui mlflow-ui rollback paper paper-fake clean-state
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ mlflow-ui: $(STAMP)
 
 rollback: $(STAMP)
 	$(BIN)/python -m pipelines.rollback
+
+# Paper trading: the local simulated broker by default; paper-fake goes through alpaca-py against a local fake Alpaca.
+paper: $(STAMP)
+	$(BIN)/python -m pipelines.paper_trading $(ARGS)
+
+paper-fake: $(STAMP)
+	$(BIN)/python -m pipelines.paper_trading --fake-alpaca $(ARGS)
 
 clean-state:
 	rm -rf $(RL_TRADING_HOME)

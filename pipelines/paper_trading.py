@@ -136,7 +136,9 @@ def publishing(events: Iterator, publish) -> Iterator:
         yield event
 
 
-def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | None) -> str:
+def summarize(
+    loop, store, session_id: str, state_url: str, monitor_url: str | None, make_target: str = "paper"
+) -> str:
     from trading_core.live.state import CHALLENGER, CHAMPION
 
     summary = loop.summary
@@ -173,7 +175,7 @@ def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | N
     lines.append(f"State: {state_url}")
     if monitor_url:
         lines.append(f"Dashboard: {monitor_url}/dashboard (served while the session runs)")
-    lines.append("Resume this session: make paper ARGS='--session-id " + session_id + "'")
+    lines.append(f"Resume this session: make {make_target} ARGS='--session-id {session_id}'")
     lines.append("=" * 78)
     return "\n".join(lines)
 
@@ -321,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             + (f", challenger v{challenger_version} in shadow" if challenger_version else "")
         )
         loop.run(events, max_bars=args.max_bars)
-        print(summarize(loop, store, session_id, store.url, monitor_url))
+        target = "paper-fake" if args.fake_alpaca else "paper"
+        print(summarize(loop, store, session_id, store.url, monitor_url, target))
     return 0
 
 
