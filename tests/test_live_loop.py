@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.conftest import SHARED_DATA
 from tests.live_support import LIVE_TICKERS, minute_bars, split_first_day, train_live_agent
+from tests.test_postgres_stores import postgres_database  # noqa: F401 - a fixture
 from trading_core.broker.simulated import SimulatedBroker
 from trading_core.live.engine import DecisionEngine
 from trading_core.live.loop import LiveConfig, LiveTradingLoop, kill_session
@@ -159,3 +162,93 @@ def test_restart_after_a_crash_loses_nothing_and_sends_nothing_twice(agent, minu
 
 def test_live_tickers_are_the_specs(agent):
     assert sorted(LIVE_TICKERS) == list(agent[1].tickers)
+
+
+def test_alpaca_bar_stream_groups_bars_by_minute(minutes):
+    from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
+    from trading_core.live.sources import AlpacaBarStream
+
+    _, trading = minutes
+    first = trading[trading["timestamp"] < trading["timestamp"].unique()[3]]
+    with FakeAlpacaServer() as server:
+        stream = AlpacaBarStream(
+            DEFAULT_API_KEY, DEFAULT_SECRET, LIVE_TICKERS, url_override=server.stream_url
+        )
+        events = iter(stream)
+        publisher_done = []
+
+        def publish() -> None:
+            assert server.wait_for_subscription(LIVE_TICKERS, timeout_s=20)
+            for row in first.itertuples(index=False):
+                # Alpaca stamps a bar with its start; the recorded file labels bar ends.
+                start = row.timestamp - pd.Timedelta(minutes=1)
+                server.publish_bar(row.tic, start, row.open, row.high, row.low, row.close, row.volume)
+            publisher_done.append(True)
+
+        import threading
+
+        threading.Thread(target=publish, daemon=True).start()
+        received = [next(events), next(events)]  # the third minute is released by the fourth or by stop()
+        stream.stop()
+    expected = list(replay(first))[:2]
+    assert [e.timestamp for e in received] == [e.timestamp for e in expected]
+    assert [sorted(e.bars) for e in received] == [sorted(e.bars) for e in expected]
+    assert received[0].bars["AAPL"] == expected[0].bars["AAPL"]
+    assert repr(stream).startswith("AlpacaBarStream(") and DEFAULT_SECRET not in repr(stream)
+
+
+def test_session_state_on_postgresql(agent, minutes, postgres_database):  # noqa: F811 - the fixture
+    from tests.test_postgres_stores import sqlalchemy_url
+
+    store = TradingStateStore(sqlalchemy_url(postgres_database))
+    store.create_schema()
+    loop = make_loop(agent, minutes, store, session="pg")
+    loop.run(replay(minutes[1]), max_bars=60)
+    # A second process resumes the same session from PostgreSQL and continues where the first stopped.
+    resumed = make_loop(agent, minutes, store, session="pg")
+    resumed.run(replay(minutes[1]), max_bars=20)
+    assert len(store.decisions("pg", CHAMPION)) == 80
+    assert store.get_session("pg").last_bar_time == list(replay(minutes[1]))[79].timestamp
+    store.close()
+
+
+def test_dashboard_of_a_live_session_renders_in_chromium(agent, minutes, tmp_path):
+    import shutil
+    import subprocess
+
+    from trading_core.monitoring.live_metrics import LiveMetrics
+    from trading_core.monitoring.server import MonitoringServer
+
+    chromium = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
+    if chromium is None:
+        pytest.skip("no headless browser on PATH (apt-get install -y chromium)")
+    store = new_store(tmp_path)
+    loop = make_loop(agent, minutes, store)
+    loop.run(replay(minutes[1]), max_bars=120)
+    loop.alive = True  # the status of a session between bars
+    screenshot = tmp_path / "dashboard.png"
+    with MonitoringServer(loop.status, LiveMetrics(namespace="rl_trading"), loop.ready) as server:
+        base = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--window-size=1280,900",
+        ]
+        shot = subprocess.run(
+            [*base, f"--screenshot={screenshot}", f"{server.url}/dashboard"], capture_output=True, timeout=120
+        )
+        dom = subprocess.run(
+            [*base, "--dump-dom", f"{server.url}/dashboard"], capture_output=True, text=True, timeout=120
+        )
+    assert screenshot.exists() and screenshot.stat().st_size > 10_000, shot.stderr[-1000:]
+    for symbol in loop.broker.positions():
+        assert symbol in dom.stdout
+    assert "s1" in dom.stdout and "<svg" in dom.stdout
+    if os.environ.get("DASHBOARD_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["DASHBOARD_SCREENSHOT"])
