@@ -14,6 +14,7 @@ from pipelines.definitions import all_assets
 from pipelines.jobs import PIPELINE_SELECTION
 from resources.market_data import MarketDataResource
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource, mlflow_run
+from resources.trading_state import TradingStateResource
 from tests.test_validation import corrupt
 from trading_assets.candidates import ENSEMBLE_MODEL_NAME
 
@@ -56,6 +57,7 @@ def pipeline_resources(tmp_path: Path, data_path: Path, vix_path: Path | None = 
             }
         ),
         "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "storage")),
+        "trading_state": TradingStateResource(url=f"sqlite:///{tmp_path / 'trading_state.db'}"),
     }
 
 
