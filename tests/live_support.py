@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -10,7 +9,7 @@ import pandas as pd
 
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
-from trading_core.agents.pyfunc import DECISION_SPEC_KEY, SB3_ARTIFACT_KEY, StableBaselinesPolicy
+from trading_core.agents.pyfunc import log_agent_model
 from trading_core.agents.zoo import AgentConfig, TrainedPolicy, train_agent
 from trading_core.data.schema import select_window
 from trading_core.data.validation import to_validated_bars
@@ -56,17 +55,8 @@ def register_agent(policy: TrainedPolicy, spec: DecisionSpec, registry: MlflowRe
     """Log the agent as the pipeline does (pyfunc with its decision spec), register it and make it champion."""
     experiment_id = registry.experiment_id()
     mlflow.set_tracking_uri(registry.tracking_uri)
-    with tempfile.TemporaryDirectory() as folder, mlflow.start_run(experiment_id=experiment_id) as run:
-        weights = policy.save(Path(folder) / "agent")
-        info = mlflow.pyfunc.log_model(
-            name="agent",
-            python_model=StableBaselinesPolicy(),
-            artifacts={
-                SB3_ARTIFACT_KEY: str(weights),
-                DECISION_SPEC_KEY: str(spec.save(Path(folder) / "decision_spec.pkl")),
-            },
-            model_config={"algorithm": "ppo"},
-        )
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        info = log_agent_model(policy, "ppo", spec)
         mlflow.set_tags({"data_test_start": "2019-02-12", "data_test_end": "2019-02-15"})
         run_id = run.info.run_id
     version = registry.register(info.model_uri, run_id, tags={})

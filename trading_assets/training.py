@@ -1,13 +1,10 @@
 """Stage 4: train the agent, log it to MLflow and register it."""
 
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pandas as pd
 
@@ -16,7 +13,7 @@ from trading_assets.features import DatasetSplits
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
-from trading_core.agents.pyfunc import DECISION_SPEC_KEY, SB3_ARTIFACT_KEY, StableBaselinesPolicy
+from trading_core.agents.pyfunc import log_agent_model
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.backtest import run_backtest
 from trading_core.data.schema import frame_fingerprint
@@ -207,24 +204,13 @@ def trained_agent(
         market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
     )
     example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
-    decision_spec = decision_spec_for(dataset_splits, env_spec, forecaster)
-    with tempfile.TemporaryDirectory() as folder:
-        weights = Path(folder) / "ppo_agent.zip"
-        model.save(weights)
-        model_info = mlflow.pyfunc.log_model(
-            name="agent",
-            python_model=StableBaselinesPolicy(),
-            artifacts={
-                SB3_ARTIFACT_KEY: str(weights),
-                DECISION_SPEC_KEY: str(decision_spec.save(Path(folder) / "decision_spec.pkl")),
-            },
-            model_config={"algorithm": "ppo"},
-            signature=mlflow.models.infer_signature(
-                example, model.predict(example.to_numpy(), deterministic=True)[0]
-            ),
-            input_example=example,
-            pip_requirements=pinned_requirements(MODEL_REQUIREMENTS),
-        )
+    model_info = log_agent_model(
+        model,
+        "ppo",
+        decision_spec_for(dataset_splits, env_spec, forecaster),
+        example,
+        pinned_requirements(MODEL_REQUIREMENTS),
+    )
     run_id = tracking.active_run().info.run_id
     tracking.end_run()
 

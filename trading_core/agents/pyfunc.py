@@ -7,6 +7,9 @@ tells live trading how to build observations and orders (:mod:`trading_core.agen
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -20,6 +23,41 @@ def _decision_spec(context):
 
     path = (context.artifacts or {}).get(DECISION_SPEC_KEY)
     return DecisionSpec.load(path) if path else None
+
+
+def log_agent_model(
+    policy,
+    algorithm: str,
+    decision_spec=None,
+    example: pd.DataFrame | None = None,
+    pip_requirements: list[str] | None = None,
+):
+    """Log a trained agent as a pyfunc model named ``agent`` in the active MLflow run, with its decision spec.
+
+    :param policy: an SB3 model or a zoo ``TrainedPolicy`` (anything with ``save`` and ``predict``)
+    :param algorithm: the zoo algorithm, which picks the class that loads the weights
+    :param decision_spec: the :class:`~trading_core.agents.decision_spec.DecisionSpec` live trading needs
+    :param example: observation rows; with them the model gets a signature and an input example
+    :return: MLflow's ``ModelInfo``
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        weights = policy.save(Path(folder) / "agent")
+        artifacts = {SB3_ARTIFACT_KEY: str(weights if weights is not None else Path(folder) / "agent.zip")}
+        if decision_spec is not None:
+            artifacts[DECISION_SPEC_KEY] = str(decision_spec.save(Path(folder) / "decision_spec.pkl"))
+        signature = None
+        if example is not None:
+            actions, _ = policy.predict(example.to_numpy(dtype=np.float32), deterministic=True)
+            signature = mlflow.models.infer_signature(example, actions)
+        return mlflow.pyfunc.log_model(
+            name="agent",
+            python_model=StableBaselinesPolicy(),
+            artifacts=artifacts,
+            model_config={"algorithm": algorithm},
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements,
+        )
 
 
 class StableBaselinesPolicy(mlflow.pyfunc.PythonModel):
