@@ -180,11 +180,11 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
             f"{verdicts.benchmark_sharpe:.2f})"
         )
         lines.append(
-            f"    {'candidate':<20}{'runs':>5}{'p25 SR':>8}{'med SR':>8}{'worst DD':>10}{'DSR':>6}  verdict"
+            f"    {'candidate':<20}{'runs':>5}{'SR':>7}{'p25 SR':>8}{'med SR':>8}{'worst DD':>10}{'DSR':>6}  verdict"
         )
         for row in verdicts.table().to_dict(orient="records"):
             lines.append(
-                f"    {row['candidate']:<20}{row['runs']:>5}{row['p25_sharpe']:>8.2f}{row['median_sharpe']:>8.2f}"
+                f"    {row['candidate']:<20}{row['runs']:>5}{row['sharpe']:>7.2f}{row['p25_sharpe']:>8.2f}{row['median_sharpe']:>8.2f}"
                 f"{row['worst_drawdown']:>10.1%}{row['deflated_sharpe']:>6.2f}  {row['verdict']}"
             )
         if report is not None:

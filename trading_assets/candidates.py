@@ -312,6 +312,7 @@ def agent_ensemble(
 class CandidateGateSettings(dg.Config):
     """The gate applied to every candidate (the same criteria as the registered candidate's blocking checks)."""
 
+    min_sharpe: float = 1.0
     min_p25_sharpe: float = 0.5
     max_drawdown: float = 0.15
     min_deflated_sharpe: float = 0.5
@@ -355,6 +356,7 @@ def candidate_verdicts(
                 algorithm,
                 [o.test_sharpe for o in own],
                 [o.test_max_drawdown for o in own],
+                representative.test_sharpe,
                 deflated_sharpe_ratio(representative.test_returns, n_trials, variance),
                 benchmark.sharpe,
                 thresholds,
@@ -370,6 +372,7 @@ def candidate_verdicts(
                 name,
                 [metrics.sharpe],
                 [metrics.max_drawdown],
+                metrics.sharpe,
                 deflated_sharpe_ratio(daily_returns(equity), n_trials, variance),
                 benchmark.sharpe,
                 thresholds,

@@ -81,12 +81,15 @@ def evaluate_gate(
 class CandidateThresholds:
     """The gate on a candidate judged over several training runs (seeds).
 
+    :param min_sharpe: lowest acceptable out-of-sample Sharpe of the run validation picks (the registered
+        candidate's ``min_sharpe``)
     :param min_p25_sharpe: lowest acceptable 25th percentile over runs of the out-of-sample Sharpe
     :param max_drawdown: largest acceptable out-of-sample max drawdown of any run
     :param min_deflated_sharpe: lowest acceptable deflated Sharpe ratio of the representative run
     :param must_beat_buy_and_hold: require a median Sharpe above equal-weight buy-and-hold
     """
 
+    min_sharpe: float = 1.0
     min_p25_sharpe: float = 0.5
     max_drawdown: float = 0.15
     min_deflated_sharpe: float = 0.5
@@ -99,6 +102,7 @@ class CandidateVerdict:
 
     name: str
     runs: int
+    sharpe: float
     p25_sharpe: float
     median_sharpe: float
     worst_drawdown: float
@@ -114,6 +118,7 @@ class CandidateVerdict:
         return {
             "candidate": self.name,
             "runs": self.runs,
+            "sharpe": self.sharpe,
             "p25_sharpe": self.p25_sharpe,
             "median_sharpe": self.median_sharpe,
             "worst_drawdown": self.worst_drawdown,
@@ -126,6 +131,7 @@ def judge_candidate(
     name: str,
     test_sharpes: Sequence[float],
     test_drawdowns: Sequence[float],
+    representative_sharpe: float,
     deflated_sharpe: float,
     benchmark_sharpe: float,
     thresholds: CandidateThresholds,
@@ -134,15 +140,23 @@ def judge_candidate(
 
     :param test_sharpes: out-of-sample Sharpe ratio of each run
     :param test_drawdowns: out-of-sample max drawdown of each run
-    :param deflated_sharpe: DSR of the run that validation picks as the candidate's representative
+    :param representative_sharpe: out-of-sample Sharpe of the run validation picks as the representative
+    :param deflated_sharpe: DSR of that representative run
     :param benchmark_sharpe: equal-weight buy-and-hold Sharpe ratio over the same period
     """
     sharpes = np.asarray(test_sharpes, dtype=np.float64)
     if sharpes.size == 0 or sharpes.size != len(test_drawdowns):
         raise ValueError(f"{name}: need one drawdown per Sharpe ratio and at least one run")
     p25, median = float(np.quantile(sharpes, 0.25)), float(np.median(sharpes))
-    worst = float(np.max(test_drawdowns))
+    worst = float(np.max(test_drawdowns)) + 0.0  # + 0.0: a flat curve's -0.0 reads as 0.0
     gate = [
+        GateResult(
+            "min_sharpe",
+            representative_sharpe >= thresholds.min_sharpe,
+            representative_sharpe,
+            thresholds.min_sharpe,
+            f"Sharpe {representative_sharpe:.2f} vs required >= {thresholds.min_sharpe:.2f}",
+        ),
         GateResult(
             "p25_sharpe",
             p25 >= thresholds.min_p25_sharpe,
@@ -175,4 +189,13 @@ def judge_candidate(
                 f"median Sharpe {median:.2f} vs equal-weight buy-and-hold {benchmark_sharpe:.2f}",
             )
         )
-    return CandidateVerdict(name, int(sharpes.size), p25, median, worst, float(deflated_sharpe), tuple(gate))
+    return CandidateVerdict(
+        name,
+        int(sharpes.size),
+        float(representative_sharpe),
+        p25,
+        median,
+        worst,
+        float(deflated_sharpe),
+        tuple(gate),
+    )
