@@ -196,3 +196,17 @@ def test_decay_edge_cases() -> None:
         performance_decay(np.arange(5.0), np.array([0.01, np.nan]))
     with pytest.raises(ValueError, match="alpha"):
         performance_decay(np.arange(5.0), np.arange(5.0), alpha=1.5)
+
+
+def test_psi_against_training_deciles_and_which_features_are_tracked():
+    from trading_core.agents.decision_spec import feature_deciles
+    from trading_core.monitoring.drift import psi_against_quantiles
+
+    rng = np.random.default_rng(11)
+    train = pd.DataFrame({"rsi_30": rng.normal(50, 10, 5_000), "close_30_sma": rng.normal(100, 5, 5_000)})
+    deciles = feature_deciles(train, ["rsi_30", "close_30_sma"])
+    assert list(deciles) == ["rsi_30"]  # price-level averages drift with the price and are not tracked
+    edges = np.asarray(deciles["rsi_30"])
+    assert psi_against_quantiles(edges, rng.normal(50, 10, 2_000)) < 0.02
+    assert psi_against_quantiles(edges, rng.normal(65, 10, 2_000)) > 0.25
+    assert psi_against_quantiles(edges, np.array([np.nan])) == 0.0

@@ -58,10 +58,16 @@ class DecisionSpec:
         return spec
 
 
+# Oscillators are bounded and scale-free; price-level indicators (moving averages, Bollinger bands, MACD) drift with
+# the price itself and would report drift whenever prices trend.
+DRIFT_FEATURE_PREFIXES = ("rsi", "cci", "dx")
+
+
 def feature_deciles(train: pd.DataFrame, columns: list[str]) -> dict[str, tuple[float, ...]]:
-    """The nine inner deciles of each column over the training rows (bins of equal expected share)."""
+    """The nine inner deciles over the training rows of each scale-free column (bins of equal expected share)."""
     levels = np.linspace(0.1, 0.9, 9)
     return {
         c: tuple(float(q) for q in np.nanquantile(train[c].to_numpy(dtype=np.float64), levels))
         for c in columns
+        if c.startswith(DRIFT_FEATURE_PREFIXES)
     }
