@@ -300,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         evaluator = AlertEvaluator(default_rules(), clock=clock) if clock else AlertEvaluator(default_rules())
         loop = LiveTradingLoop(
-            LiveConfig(session_id=session_id, calendar=None if args.no_calendar else "XNYS"),
+            LiveConfig(
+                session_id=session_id,
+                calendar=None if args.no_calendar else "XNYS",
+                max_bar_age_s=180.0 if args.stream else None,
+            ),
             store,
             broker,
             (champion, version),

@@ -252,3 +252,28 @@ def test_dashboard_of_a_live_session_renders_in_chromium(agent, minutes, tmp_pat
     assert "s1" in dom.stdout and "<svg" in dom.stdout
     if os.environ.get("DASHBOARD_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["DASHBOARD_SCREENSHOT"])
+
+
+def test_readiness_fails_when_a_live_stream_goes_quiet_while_the_market_is_open(agent, minutes, tmp_path):
+    policy, spec = agent
+    loop = LiveTradingLoop(
+        LiveConfig(session_id="quiet", max_bar_age_s=180.0),
+        new_store(tmp_path),
+        SimulatedBroker(list(spec.tickers), spec.env_spec.simulation),
+        (DecisionEngine(policy, spec), "1"),
+        history=minutes[0],
+    )
+    assert loop.ready() == (False, "the trading loop is not running")
+    loop.start()
+    started = loop._started_wall
+    tuesday_open = pd.Timestamp("2019-02-12 15:00", tz="UTC")
+    loop._started_wall = tuesday_open - pd.Timedelta(seconds=60)
+    assert loop.ready(now=tuesday_open) == (True, "ok")
+    loop._started_wall = tuesday_open - pd.Timedelta(seconds=600)
+    ready, reason = loop.ready(now=tuesday_open)
+    assert not ready and reason.startswith("no bar for 600 s")
+    assert loop.ready(now=pd.Timestamp("2019-02-16 15:00", tz="UTC")) == (
+        True,
+        "ok",
+    )  # Saturday: quiet is fine
+    assert started is not None

@@ -116,6 +116,21 @@ def _paper_command(server: FakeAlpacaServer, bars: Path, state_db: str) -> list[
     ]
 
 
+def _finish_session(server: FakeAlpacaServer, bars: Path, state_db: Path, env: dict[str, str]):
+    """Run the paper command to the end; the client order ids the fake received and its final positions."""
+    finished = subprocess.run(
+        _paper_command(server, bars, f"sqlite:///{state_db}"),
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    orders = [order["client_order_id"] for order in server.orders]
+    return orders, AlpacaPaperBroker(DEFAULT_API_KEY, DEFAULT_SECRET, url_override=server.url).positions()
+
+
 def test_killed_session_restarts_without_losing_or_repeating_anything(agent, minutes, tmp_path):
     policy, spec = agent
     history, trading = minutes
@@ -138,13 +153,14 @@ def test_killed_session_restarts_without_losing_or_repeating_anything(agent, min
     }
 
     crashed_db, reference_db = tmp_path / "crashed.db", tmp_path / "reference.db"
-    with FakeAlpacaServer(initial_cash=spec.env_spec.initial_amount) as server:
+    first_log = tmp_path / "first_run.log"  # a file, not a pipe: a full pipe would stall the child
+    with FakeAlpacaServer(initial_cash=spec.env_spec.initial_amount) as server, first_log.open("w") as log:
         process = subprocess.Popen(
             _paper_command(server, bars, f"sqlite:///{crashed_db}"),
             cwd=PROJECT_ROOT,
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 240
         decided = 0
@@ -155,38 +171,14 @@ def test_killed_session_restarts_without_losing_or_repeating_anything(agent, min
                     decided = len(TradingStateStore(f"sqlite:///{crashed_db}").decisions("crash-test"))
                 except Exception:  # noqa: BLE001 - the schema may not exist yet
                     decided = 0
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert process.poll() is None, first_log.read_text()[-2000:]
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert decided < SESSION_BARS
-        finished = subprocess.run(
-            _paper_command(server, bars, f"sqlite:///{crashed_db}"),
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert finished.returncode == 0, finished.stderr[-3000:]
-        crashed_orders = [o["client_order_id"] for o in server.orders]
-        crashed_positions = AlpacaPaperBroker(
-            DEFAULT_API_KEY, DEFAULT_SECRET, url_override=server.url
-        ).positions()
+        crashed_orders, crashed_positions = _finish_session(server, bars, crashed_db, env)
 
     with FakeAlpacaServer(initial_cash=spec.env_spec.initial_amount) as reference_server:
-        reference = subprocess.run(
-            _paper_command(reference_server, bars, f"sqlite:///{reference_db}"),
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert reference.returncode == 0, reference.stderr[-3000:]
-        reference_orders = [o["client_order_id"] for o in reference_server.orders]
-        reference_positions = AlpacaPaperBroker(
-            DEFAULT_API_KEY, DEFAULT_SECRET, url_override=reference_server.url
-        ).positions()
+        reference_orders, reference_positions = _finish_session(reference_server, bars, reference_db, env)
 
     assert len(crashed_orders) == len(set(crashed_orders))  # nothing sent twice
     assert sorted(crashed_orders) == sorted(reference_orders)  # nothing lost

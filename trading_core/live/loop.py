@@ -61,6 +61,8 @@ class LiveConfig:
     :param flatten_on_kill: close every position when the kill switch engages
     :param drift_window: feature rows kept for the live drift score
     :param drift_every: bars between drift scores
+    :param max_bar_age_s: with a live stream, ``/readyz`` fails when no bar arrived for this long while the
+        exchange is open (``None`` for replays)
     """
 
     session_id: str
@@ -69,6 +71,7 @@ class LiveConfig:
     flatten_on_kill: bool = True
     drift_window: int = 200
     drift_every: int = 50
+    max_bar_age_s: float | None = None
 
 
 @dataclass
@@ -167,6 +170,8 @@ class LiveTradingLoop:
         self.drift_rows: deque = deque(maxlen=config.drift_window)
         self.drift_score: float | None = None
         self.alive = False
+        self._started_wall: pd.Timestamp | None = None
+        self._last_bar_wall: pd.Timestamp | None = None
         self.summary = LiveSummary()
 
     # -------------------------------------------------------------------------------- session and recovery
@@ -188,6 +193,7 @@ class LiveTradingLoop:
         else:
             self._restore()
             self._reconcile()
+        self._started_wall = pd.Timestamp.now(tz="UTC")
         self.alive = True
 
     def _engine_state(self) -> dict:
@@ -382,6 +388,7 @@ class LiveTradingLoop:
             self.store.save_broker_snapshot(session_id, bar_time, payload)
             self.store.set_last_bar_time(session_id, bar_time)
         self.summary.bars += 1
+        self._last_bar_wall = pd.Timestamp.now(tz="UTC")
         self.summary.fills += len(broker_fills)
         self._update_drift(values)
         self._monitor(bar_time, closes)
@@ -723,10 +730,16 @@ class LiveTradingLoop:
             "recent_interventions": list(self.recent_interventions),
         }
 
-    def ready(self) -> tuple[bool, str]:
-        """Ready when the loop runs and the broker answers."""
+    def ready(self, now: pd.Timestamp | None = None) -> tuple[bool, str]:
+        """Ready when the loop runs, the broker answers and, on a live stream, bars keep arriving."""
         if not self.alive:
             return False, "the trading loop is not running"
+        limit = self.config.max_bar_age_s
+        now = now if now is not None else pd.Timestamp.now(tz="UTC")
+        if limit is not None and self.market_open(now.ceil("min")):
+            last = self._last_bar_wall or self._started_wall
+            if last is not None and (now - last).total_seconds() > limit:
+                return False, f"no bar for {(now - last).total_seconds():.0f} s while the market is open"
         try:
             self.broker.account()
         except Exception as error:  # noqa: BLE001 - readiness reports any failure
