@@ -69,3 +69,20 @@ def slice_csv(tmp_path: Path, dow30_bars: pd.DataFrame) -> Path:
     path = tmp_path / "bars.csv"
     select_window(dow30_bars, SLICE_TICKERS, "2015-01-01", "2019-12-31").to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def live_agent(dow30_bars: pd.DataFrame):
+    """A small PPO (and its decision spec) trained on daily bars of tickers the 1-minute file holds."""
+    from tests.live_support import train_live_agent
+
+    return train_live_agent(dow30_bars)
+
+
+@pytest.fixture(scope="session")
+def live_minutes() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The shared 1-minute bars of the live tickers: (first session as warm-up history, the rest)."""
+    from tests.live_support import minute_bars, split_first_day
+
+    _require(SHARED_DATA / "intraday_1min_us_equities_2019.csv.gz")
+    return split_first_day(minute_bars(SHARED_DATA))

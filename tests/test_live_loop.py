@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import SHARED_DATA
-from tests.live_support import LIVE_TICKERS, minute_bars, split_first_day, train_live_agent
+from tests.live_support import LIVE_TICKERS, train_live_agent
 from tests.test_postgres_stores import postgres_database  # noqa: F401 - a fixture
 from trading_core.broker.simulated import SimulatedBroker
 from trading_core.live.engine import DecisionEngine
@@ -20,22 +19,19 @@ from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
 BARS = 240
 
 
-@pytest.fixture(scope="module")
-def agent(dow30_bars):
-    return train_live_agent(dow30_bars)
+@pytest.fixture()
+def agent(live_agent):
+    return live_agent
+
+
+@pytest.fixture()
+def minutes(live_minutes):
+    return live_minutes
 
 
 @pytest.fixture(scope="module")
 def other_agent(dow30_bars):
     return train_live_agent(dow30_bars, seed=4)
-
-
-@pytest.fixture(scope="module")
-def minutes(dow30_file):
-    path = SHARED_DATA / "intraday_1min_us_equities_2019.csv.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
-    return split_first_day(minute_bars(SHARED_DATA))
 
 
 def make_loop(agent, minutes, store, session="s1", challenger=None, broker=None) -> LiveTradingLoop:

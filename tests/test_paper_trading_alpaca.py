@@ -19,8 +19,7 @@ import pytest
 from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.state_home import PROJECT_ROOT, StateHome
-from tests.conftest import SHARED_DATA
-from tests.live_support import minute_bars, register_agent, split_first_day, train_live_agent
+from tests.live_support import register_agent
 from trading_core.broker.alpaca import AlpacaPaperBroker
 from trading_core.broker.base import RetryPolicy
 from trading_core.live.engine import DecisionEngine
@@ -32,16 +31,14 @@ FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
 SESSION_BARS = 150
 
 
-@pytest.fixture(scope="module")
-def agent(dow30_bars):
-    return train_live_agent(dow30_bars)
+@pytest.fixture()
+def agent(live_agent):
+    return live_agent
 
 
-@pytest.fixture(scope="module")
-def minutes(dow30_file):
-    if not (SHARED_DATA / "intraday_1min_us_equities_2019.csv.gz").exists():
-        pytest.skip("the shared 1-minute file is missing")
-    return split_first_day(minute_bars(SHARED_DATA))
+@pytest.fixture()
+def minutes(live_minutes):
+    return live_minutes
 
 
 def publish(server: FakeAlpacaServer, events):
