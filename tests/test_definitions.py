@@ -14,6 +14,7 @@ def test_definitions_load_with_full_graph():
 
     from pipelines.definitions import defs
 
+    dg.Definitions.validate_loadable(defs)  # what `dagster dev` does: names unique across jobs and ops
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
     assert keys == ALL_ASSET_NAMES | {
