@@ -76,3 +76,12 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
         "mlflow ui --backend-store-uri",
     ):
         assert expected in summary
+
+    # `make paper` on what `make run` registered: the CNN+LSTM agent (no champion: the challenger, said aloud)
+    # replays the default data over its test period on the local broker.
+    from pipelines import paper_trading
+
+    assert paper_trading.main(["--monitor-port", "-1", "--max-bars", "40", "--challenger-alias", ""]) == 0
+    paper = capsys.readouterr().out
+    assert "trading version 1, which holds 'challenger'" in paper or "('champion')" in paper
+    assert "decisions 40" in paper and "on the local broker" in paper
