@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = LiveTradingLoop(
             LiveConfig(
                 session_id=session_id,
+                model_name=args.model_name,
                 calendar=None if args.no_calendar else "XNYS",
                 max_bar_age_s=180.0 if args.stream else None,
             ),

@@ -56,6 +56,7 @@ class LiveConfig:
     """Settings of one paper-trading session.
 
     :param session_id: names the session in the state store and seeds its client order ids
+    :param model_name: registered model the champion and challenger versions belong to
     :param calendar: exchange calendar for market hours (``None`` trades every bar it is given)
     :param decide_every: bars between decisions
     :param flatten_on_kill: close every position when the kill switch engages
@@ -66,6 +67,7 @@ class LiveConfig:
     """
 
     session_id: str
+    model_name: str = "rl_trading_agent"
     calendar: str | None = "XNYS"
     decide_every: int = 1
     flatten_on_kill: bool = True
@@ -83,6 +85,7 @@ class RoleState:
     engine: DecisionEngine
     peak_equity: float = float("nan")
     last_equity: float = float("nan")
+    last_cash: float = float("nan")
     last_var: float = 0.0
     returns: deque = field(default_factory=lambda: deque(maxlen=500))
 
@@ -161,7 +164,7 @@ class LiveTradingLoop:
 
             self.calendar = exchange_calendars.get_calendar(config.calendar)
         self.last_close: np.ndarray | None = None
-        self._feature_closes: dict[str, np.ndarray] = {}
+        self._feature_closes: np.ndarray | None = None
         self.bar_count = 0
         self.last_bar_time: pd.Timestamp | None = None
         self.kill_handled = False
@@ -183,7 +186,7 @@ class LiveTradingLoop:
             challenger = self.roles[1].version if len(self.roles) > 1 else None
             self.store.start_session(
                 self.config.session_id,
-                model_name="champion",
+                model_name=self.config.model_name,
                 model_version=self.roles[0].version,
                 broker=getattr(self.broker, "name", type(self.broker).__name__),
                 challenger_version=challenger,
@@ -201,7 +204,9 @@ class LiveTradingLoop:
             "format": STATE_FORMAT,
             "features": self.features.snapshot(),
             "risk": [role.engine.risk for role in self.roles],
-            "roles": [(r.peak_equity, r.last_equity, r.last_var, list(r.returns)) for r in self.roles],
+            "roles": [
+                (r.peak_equity, r.last_equity, r.last_cash, r.last_var, list(r.returns)) for r in self.roles
+            ],
             "mirror": self.mirror.snapshot() if self.mirror is not None else None,
             "shadow": self.shadow.snapshot() if self.shadow else None,
             "broker": self.broker.snapshot() if isinstance(self.broker, SimulatedBroker) else None,
@@ -226,11 +231,11 @@ class LiveTradingLoop:
             )
         simulation = self.spec.env_spec.simulation
         self.features = StreamingFeatures.from_snapshot(state["features"])
-        for role, risk, (peak, last, var, returns) in zip(
+        for role, risk, (peak, last, cash, var, returns) in zip(
             self.roles, state["risk"], state["roles"], strict=True
         ):
             role.engine.risk = risk
-            role.peak_equity, role.last_equity, role.last_var = peak, last, var
+            role.peak_equity, role.last_equity, role.last_cash, role.last_var = peak, last, cash, var
             role.returns.extend(returns)
         if state["mirror"] is not None:
             self.mirror = SimulatedBroker.from_snapshot(state["mirror"], simulation)
@@ -261,29 +266,19 @@ class LiveTradingLoop:
             elif self.last_bar_time is not None and pd.Timestamp(intent.decision_time) <= self.last_bar_time:
                 # Its bar completed yet the broker never saw it: too late to send now.
                 self.store.update_order(intent.client_order_id, status="canceled")
-                self._raise(
-                    Alert(
-                        "order_reconciliation",
-                        "warning",
-                        f"intent {intent.client_order_id} never "
-                        "reached the broker before its bar completed; canceled",
-                        pd.Timestamp.now(tz="UTC"),
-                        False,
-                    )
+                self._raise_now(
+                    "order_reconciliation",
+                    "warning",
+                    f"intent {intent.client_order_id} never reached the broker before its bar completed; canceled",
                 )
             # Otherwise the intent's bar is replayed and the order (same id) is sent then.
         broker_positions = call_with_retries(self.broker.positions, self.retry)
         stored = self.store.positions(self.config.session_id, CHAMPION)
         if {k: v for k, v in broker_positions.items() if v} != {k: v for k, v in stored.items() if v}:
-            self._raise(
-                Alert(
-                    "position_reconciliation",
-                    "warning",
-                    f"positions differ after restart: stored "
-                    f"{stored}, broker {broker_positions}; the broker's are kept",
-                    pd.Timestamp.now(tz="UTC"),
-                    False,
-                )
+            self._raise_now(
+                "position_reconciliation",
+                "warning",
+                f"positions differ after restart: stored {stored}, broker {broker_positions}; the broker's are kept",
             )
             self.store.set_positions(self.config.session_id, CHAMPION, broker_positions)
 
@@ -329,11 +324,11 @@ class LiveTradingLoop:
             bar_time, {s: (b.open, b.high, b.low, b.close, b.volume) for s, b in bars.items()}
         )
         closes = self._closes(bars)
+        asset_returns = self._asset_returns(values) if values is not None else None
         decisions: list[tuple[RoleState, Decision, PortfolioBook]] = []
         for role in self.roles:
             book = self._book(role)
-            equity = book.cash + float(book.holdings @ closes)
-            self._mark(role, equity, values)
+            self._mark(role, book, closes, values, asset_returns)
             due = self.bar_count % self.config.decide_every == 0
             if killed or not due:
                 continue
@@ -375,6 +370,8 @@ class LiveTradingLoop:
                 self._record_fill(fill, "broker")
             for fill in mirror_fills:
                 self._record_fill(fill, "simulated")
+            for role in self.roles:
+                self._record_mark(role, bar_time)
             self.store.set_positions(session_id, CHAMPION, self.broker.positions())
             if self.shadow is not None:
                 self.store.set_positions(session_id, CHALLENGER, self.shadow.positions())
@@ -391,7 +388,7 @@ class LiveTradingLoop:
         self._last_bar_wall = pd.Timestamp.now(tz="UTC")
         self.summary.fills += len(broker_fills)
         self._update_drift(values)
-        self._monitor(bar_time, closes)
+        self._monitor(bar_time)
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -408,25 +405,53 @@ class LiveTradingLoop:
         cash = broker.account().cash
         return PortfolioBook(cash, np.array([positions.get(s, 0.0) for s in self.tickers]))
 
-    def _mark(self, role: RoleState, equity: float, values: np.ndarray | None) -> None:
-        """Mark a book to the bar's close and let its risk manager see the bar."""
+    def _mark(
+        self,
+        role: RoleState,
+        book: PortfolioBook,
+        closes: np.ndarray,
+        values: np.ndarray | None,
+        asset_returns: np.ndarray | None,
+    ) -> None:
+        """Mark a book to the bar's close, update its VaR, and let its risk manager see the bar."""
+        equity = book.cash + float(book.holdings @ closes)
         columns = self.features.value_columns
         has_turbulence = values is not None and "turbulence" in columns
         turbulence = float(values[0, columns.index("turbulence")]) if has_turbulence else 0.0
         role.engine.mark(equity, turbulence)
         role.peak_equity = equity if not np.isfinite(role.peak_equity) else max(role.peak_equity, equity)
-        role.last_equity = equity
-        if values is not None:
-            role.returns.append(self._asset_returns(role, values))
+        role.last_equity, role.last_cash = equity, book.cash
+        if asset_returns is not None:
+            role.returns.append(asset_returns)
+        history = np.array(role.returns)[-60:]
+        if len(history) >= 20 and equity > 0:
+            pnl = history @ (book.holdings * closes) / equity
+            role.last_var = float(max(-np.quantile(pnl, 0.05), 0.0))
 
-    def _asset_returns(self, role: RoleState, values: np.ndarray) -> np.ndarray:
+    def _asset_returns(self, values: np.ndarray) -> np.ndarray:
         """Close-to-close returns between the last two feature dates (what the risk manager's VaR uses)."""
         closes = values[:, self.features.value_columns.index("close")]
-        previous = self._feature_closes.get(role.role)
-        self._feature_closes[role.role] = closes
-        if previous is None:
-            return np.zeros(len(self.tickers))
-        return closes / previous - 1.0
+        previous, self._feature_closes = self._feature_closes, closes
+        return np.zeros(len(self.tickers)) if previous is None else closes / previous - 1.0
+
+    def _drawdown(self, role: RoleState) -> float:
+        return max(1.0 - role.last_equity / role.peak_equity, 0.0) if role.peak_equity > 0 else 0.0
+
+    def _trading_state(self, role: RoleState) -> TradingState:
+        risk = role.engine.risk
+        return TradingState(int(risk.state[0])) if risk is not None else TradingState.ACTIVE
+
+    def _record_mark(self, role: RoleState, bar_time: pd.Timestamp) -> None:
+        self.store.record_equity(
+            session_id=self.config.session_id,
+            role=role.role,
+            bar_time=bar_time,
+            equity=role.last_equity,
+            cash=role.last_cash,
+            drawdown=self._drawdown(role),
+            var_95=role.last_var,
+            trading_state=self._trading_state(role).name,
+        )
 
     def _feature_matrix(self, role: RoleState, values: np.ndarray | None):
         if values is None:
@@ -567,28 +592,9 @@ class LiveTradingLoop:
                         }
                         for r in rows
                     )
-        drawdown = 1.0 - equity / role.peak_equity if role.peak_equity > 0 else 0.0
-        self.store.record_equity(
-            session_id=session_id,
-            role=role.role,
-            bar_time=decision.bar_time,
-            equity=equity,
-            cash=book.cash,
-            drawdown=max(drawdown, 0.0),
-            var_95=self._var(role, book, decision.prices, equity),
-            trading_state=TradingState(decision.trading_state).name,
-        )
         self.summary.decisions += role.role == CHAMPION
         if self.metrics:
             self.metrics.observe_decision(role.role, latency_ms / 1e3)
-
-    def _var(self, role: RoleState, book: PortfolioBook, prices: np.ndarray, equity: float) -> float:
-        returns = np.array(role.returns)[-60:]
-        if len(returns) < 20 or equity <= 0:
-            return 0.0
-        pnl = returns @ (book.holdings * prices) / equity
-        role.last_var = float(max(-np.quantile(pnl, 0.05), 0.0))
-        return role.last_var
 
     def _update_drift(self, values: np.ndarray | None) -> None:
         """Largest PSI of the recent feature rows against the training deciles (the model-drift score)."""
@@ -644,15 +650,12 @@ class LiveTradingLoop:
         self.summary.killed = True
         session = self.store.get_session(self.config.session_id)
         closed = ", positions closed" if self.config.flatten_on_kill else ""
-        self._raise(
-            Alert(
-                "kill_switch",
-                "critical",
-                f"kill switch engaged: {session.kill_reason}; orders canceled{closed}",
-                pd.Timestamp.now(tz="UTC"),
-                False,
-            )
+        self._raise_now(
+            "kill_switch", "critical", f"kill switch engaged: {session.kill_reason}; orders canceled{closed}"
         )
+
+    def _raise_now(self, rule: str, severity: str, message: str) -> None:
+        self._raise(Alert(rule, severity, message, pd.Timestamp.now(tz="UTC"), False))
 
     def _raise(self, alert: Alert) -> None:
         self.recent_alerts.append(alert.to_payload(self.config.session_id))
@@ -664,29 +667,23 @@ class LiveTradingLoop:
         else:
             logger.warning(f"[{alert.severity}] {alert.rule}: {alert.message}")
 
-    def _monitor(self, bar_time: pd.Timestamp, closes: np.ndarray) -> None:
+    def _monitor(self, bar_time: pd.Timestamp) -> None:
         champion = self.roles[0]
-        positions = self.broker.positions()
-        drawdown = 1.0 - champion.last_equity / champion.peak_equity if champion.peak_equity > 0 else 0.0
-        state = (
-            TradingState(int(champion.engine.risk.state[0]))
-            if champion.engine.risk is not None
-            else TradingState.ACTIVE
-        )
+        drawdown, state = self._drawdown(champion), self._trading_state(champion)
         if self.metrics:
             self.metrics.observe_bar(bar_time.to_pydatetime())
             self.metrics.set_portfolio(
                 champion.last_equity,
                 champion.last_equity - self.initial_cash,
-                max(drawdown, 0.0),
+                drawdown,
                 champion.last_var,
                 state,
-                positions,
+                self.broker.positions(),
             )
             self.metrics.set_kill_switch(self.kill_handled)
         if self.alert_evaluator is not None:
             snapshot = AlertSnapshot(
-                drawdown=max(drawdown, 0.0),
+                drawdown=drawdown,
                 trading_state=state,
                 last_bar_time=bar_time.timestamp(),
                 market_open=True,
@@ -705,13 +702,12 @@ class LiveTradingLoop:
         closes = self.last_close if self.last_close is not None else np.zeros(len(self.tickers))
         positions = self.broker.positions()
         session = self.store.get_session(session_id)
-        state = champion.engine.risk.state[0] if champion.engine.risk is not None else TradingState.ACTIVE
         return {
             "loop_alive": self.alive,
             "session_id": session_id,
             "model_version": champion.version,
             "broker": getattr(self.broker, "name", type(self.broker).__name__),
-            "trading_state": TradingState(int(state)).name,
+            "trading_state": self._trading_state(champion).name,
             "kill_switch": bool(session.kill_switch) if session else False,
             "equity_curve": [{"t": t.isoformat(), "equity": float(v)} for t, v in curve["equity"].items()],
             "positions": [
@@ -721,9 +717,7 @@ class LiveTradingLoop:
             ],
             "cash": self.broker.account().cash,
             "equity": champion.last_equity,
-            "drawdown": max(1.0 - champion.last_equity / champion.peak_equity, 0.0)
-            if champion.peak_equity > 0
-            else 0.0,
+            "drawdown": self._drawdown(champion),
             "var_95": champion.last_var,
             "last_bar_time": self.last_bar_time.isoformat() if self.last_bar_time is not None else None,
             "recent_alerts": list(self.recent_alerts),
