@@ -91,3 +91,23 @@ def test_policy_is_kept_only_on_request(tasks):
     outcome = train_and_evaluate(tasks[0])
     with pytest.raises(ValueError, match="did not keep"):
         outcome.policy()
+
+
+def test_zoo_walk_forward_periods_keep_validation_inside_training_and_before_test(slice_bars):
+    from trading_assets.candidates import AgentZooReport, _walk_forward_periods
+    from trading_core.seed_sweep import SeedOutcome
+
+    features = build_features(slice_bars)
+    periods = _walk_forward_periods(features, n_windows=2, test_dates=60, validation_dates=40)
+    assert list(periods) == ["window_1", "window_2"]
+    for train, validation, test in periods.values():
+        assert train["date"].max() < validation["date"].min()
+        assert validation["date"].nunique() == 40
+        assert validation["date"].max() < test["date"].min()  # the purge/embargo gap lies between them
+        assert test["date"].nunique() == 60
+
+    returns = pd.Series(dtype=float)
+    nan_first = SeedOutcome("ppo", 1, float("nan"), 0.0, 0.0, 0.0, returns)
+    scored = SeedOutcome("ppo", 2, 0.3, 0.0, 0.0, 0.0, returns)
+    report = AgentZooReport(pd.DataFrame(), (nan_first, scored))
+    assert report.best_by_validation()["ppo"].seed == 2  # a NaN validation Sharpe never wins

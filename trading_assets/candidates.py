@@ -70,11 +70,14 @@ class AgentZooReport:
 
     def best_by_validation(self) -> dict[str, SeedOutcome]:
         """Per algorithm, the seed validation picks (the test period never chooses)."""
+
+        def score(outcome: SeedOutcome) -> float:
+            return outcome.validation_sharpe if np.isfinite(outcome.validation_sharpe) else -np.inf
+
         best: dict[str, SeedOutcome] = {}
         for outcome in self.split_outcomes():
             current = best.get(outcome.algorithm)
-            score = outcome.validation_sharpe if np.isfinite(outcome.validation_sharpe) else -np.inf
-            if current is None or score > current.validation_sharpe:
+            if current is None or score(outcome) > score(current):
                 best[outcome.algorithm] = outcome
         return best
 
