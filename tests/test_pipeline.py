@@ -169,7 +169,7 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert monitored.success
     health = monitored.asset_value("champion_monitoring")
     assert health.version == "1" and set(health.drift.columns) >= {"psi", "ks_pvalue", "drifted"}
-    assert "macd" in health.drift.index and health.decay.recent_periods > 10
+    assert {"rsi_30", "cci_30", "dx_30"} == set(health.drift.index) and health.decay.recent_periods > 10
     checks = {e.check_name for e in monitored.get_asset_check_evaluations()}
     assert checks == {"feature_drift", "performance_decay"}
 

@@ -7,6 +7,7 @@ import pandas as pd
 
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
 from trading_assets.metadata import markdown_table
+from trading_core.agents.decision_spec import DRIFT_FEATURE_PREFIXES
 from trading_core.backtest import run_backtest
 from trading_core.features import indicator_columns_of
 from trading_core.metrics import daily_returns
@@ -96,7 +97,8 @@ def champion_monitoring(
     test_end = pd.Timestamp(tags["data_test_end"])
     recent_is_new = recent["date"].min() > test_end
     reference = _window(frame, tags["data_train_start"], tags["data_train_end"])
-    columns = [c for c in indicator_columns_of(features) if c in frame.columns]
+    # The same scale-free features live trading's drift score tracks; price levels drift with every trend.
+    columns = [c for c in indicator_columns_of(features) if c.startswith(DRIFT_FEATURE_PREFIXES)]
     drift = feature_drift(
         reference,
         recent,
