@@ -19,24 +19,14 @@ from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
 BARS = 240
 
 
-@pytest.fixture()
-def agent(live_agent):
-    return live_agent
-
-
-@pytest.fixture()
-def minutes(live_minutes):
-    return live_minutes
-
-
 @pytest.fixture(scope="module")
 def other_agent(dow30_bars):
     return train_live_agent(dow30_bars, seed=4)
 
 
-def make_loop(agent, minutes, store, session="s1", challenger=None, broker=None) -> LiveTradingLoop:
-    policy, spec = agent
-    history, _ = minutes
+def make_loop(live_agent, live_minutes, store, session="s1", challenger=None, broker=None) -> LiveTradingLoop:
+    policy, spec = live_agent
+    history, _ = live_minutes
     broker = broker or SimulatedBroker(list(spec.tickers), spec.env_spec.simulation)
     return LiveTradingLoop(
         LiveConfig(session_id=session),
@@ -54,10 +44,10 @@ def new_store(tmp_path, name="state.db") -> TradingStateStore:
     return store
 
 
-def test_session_trades_records_and_fills_next_bar(agent, other_agent, minutes, tmp_path):
+def test_session_trades_records_and_fills_next_bar(live_agent, other_agent, live_minutes, tmp_path):
     store = new_store(tmp_path)
-    loop = make_loop(agent, minutes, store, challenger=other_agent)
-    summary = loop.run(replay(minutes[1]), max_bars=BARS)
+    loop = make_loop(live_agent, live_minutes, store, challenger=other_agent)
+    summary = loop.run(replay(live_minutes[1]), max_bars=BARS)
     assert summary.bars == BARS and summary.decisions == BARS  # warm from the first day's history
     assert summary.orders_sent > 0
     orders = store.orders("s1")
@@ -81,25 +71,25 @@ def test_session_trades_records_and_fills_next_bar(agent, other_agent, minutes, 
     assert status["session_id"] == "s1" and len(status["equity_curve"]) == BARS
 
 
-def test_market_hours_come_from_the_exchange_calendar(agent, minutes, tmp_path):
-    loop = make_loop(agent, minutes, new_store(tmp_path))
+def test_market_hours_come_from_the_exchange_calendar(live_agent, live_minutes, tmp_path):
+    loop = make_loop(live_agent, live_minutes, new_store(tmp_path))
     saturday = pd.Timestamp("2019-02-16 15:00", tz="UTC")
     assert not loop.market_open(saturday)
     assert loop.market_open(pd.Timestamp("2019-02-12 15:00", tz="UTC"))  # 10:00 New York on a Tuesday
     assert not loop.market_open(pd.Timestamp("2019-02-18 15:00", tz="UTC"))  # Presidents' Day
-    event = next(replay(minutes[1]))
+    event = next(replay(live_minutes[1]))
     loop.run([BarEvent(saturday, event.bars)])
     assert loop.summary.skipped_closed == 1 and loop.summary.bars == 0
 
 
-def test_kill_switch_cancels_flattens_and_stops_deciding(agent, minutes, tmp_path):
+def test_kill_switch_cancels_flattens_and_stops_deciding(live_agent, live_minutes, tmp_path):
     store = new_store(tmp_path)
-    loop = make_loop(agent, minutes, store)
-    events = list(replay(minutes[1]))[:160]
+    loop = make_loop(live_agent, live_minutes, store)
+    events = list(replay(live_minutes[1]))[:160]
     loop.run(events[:100])
     assert loop.broker.positions(), "the agent should hold something before the kill"
     kill_session(store, "s1", "operator test")
-    resumed = make_loop(agent, minutes, store)
+    resumed = make_loop(live_agent, live_minutes, store)
     resumed.run(events)
     assert resumed.summary.killed
     assert resumed.summary.decisions == 0
@@ -120,18 +110,18 @@ class CrashingBroker(SimulatedBroker):
         return state
 
 
-def test_restart_after_a_crash_loses_nothing_and_sends_nothing_twice(agent, minutes, tmp_path):
-    policy, spec = agent
-    events = list(replay(minutes[1]))[:BARS]
+def test_restart_after_a_crash_loses_nothing_and_sends_nothing_twice(live_agent, live_minutes, tmp_path):
+    policy, spec = live_agent
+    events = list(replay(live_minutes[1]))[:BARS]
     reference_store = new_store(tmp_path, "reference.db")
-    reference = make_loop(agent, minutes, reference_store, session="same")
+    reference = make_loop(live_agent, live_minutes, reference_store, session="same")
     reference.run(events)
 
     store = new_store(tmp_path, "crashed.db")
     CrashingBroker.crash_after = 7
     crashing = make_loop(
-        agent,
-        minutes,
+        live_agent,
+        live_minutes,
         store,
         session="same",
         broker=CrashingBroker(list(spec.tickers), spec.env_spec.simulation),
@@ -139,7 +129,7 @@ def test_restart_after_a_crash_loses_nothing_and_sends_nothing_twice(agent, minu
     with pytest.raises(SystemExit):
         crashing.run(events)
     # A new process: a fresh broker object, state restored from the store, the replay restarted from the top.
-    restarted = make_loop(agent, minutes, store, session="same")
+    restarted = make_loop(live_agent, live_minutes, store, session="same")
     restarted.run(events)
 
     for role in (CHAMPION,):
@@ -156,15 +146,15 @@ def test_restart_after_a_crash_loses_nothing_and_sends_nothing_twice(agent, minu
     assert not fills.duplicated(["client_order_id", "source"]).any()
 
 
-def test_live_tickers_are_the_specs(agent):
-    assert sorted(LIVE_TICKERS) == list(agent[1].tickers)
+def test_live_tickers_are_the_specs(live_agent):
+    assert sorted(LIVE_TICKERS) == list(live_agent[1].tickers)
 
 
-def test_alpaca_bar_stream_groups_bars_by_minute(minutes):
+def test_alpaca_bar_stream_groups_bars_by_minute(live_minutes):
     from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
     from trading_core.live.sources import AlpacaBarStream
 
-    _, trading = minutes
+    _, trading = live_minutes
     first = trading[trading["timestamp"] < trading["timestamp"].unique()[3]]
     with FakeAlpacaServer() as server:
         stream = AlpacaBarStream(
@@ -193,22 +183,22 @@ def test_alpaca_bar_stream_groups_bars_by_minute(minutes):
     assert repr(stream).startswith("AlpacaBarStream(") and DEFAULT_SECRET not in repr(stream)
 
 
-def test_session_state_on_postgresql(agent, minutes, postgres_database):  # noqa: F811 - the fixture
+def test_session_state_on_postgresql(live_agent, live_minutes, postgres_database):  # noqa: F811 - the fixture
     from tests.test_postgres_stores import sqlalchemy_url
 
     store = TradingStateStore(sqlalchemy_url(postgres_database))
     store.create_schema()
-    loop = make_loop(agent, minutes, store, session="pg")
-    loop.run(replay(minutes[1]), max_bars=60)
+    loop = make_loop(live_agent, live_minutes, store, session="pg")
+    loop.run(replay(live_minutes[1]), max_bars=60)
     # A second process resumes the same session from PostgreSQL and continues where the first stopped.
-    resumed = make_loop(agent, minutes, store, session="pg")
-    resumed.run(replay(minutes[1]), max_bars=20)
+    resumed = make_loop(live_agent, live_minutes, store, session="pg")
+    resumed.run(replay(live_minutes[1]), max_bars=20)
     assert len(store.decisions("pg", CHAMPION)) == 80
-    assert store.get_session("pg").last_bar_time == list(replay(minutes[1]))[79].timestamp
+    assert store.get_session("pg").last_bar_time == list(replay(live_minutes[1]))[79].timestamp
     store.close()
 
 
-def test_dashboard_of_a_live_session_renders_in_chromium(agent, minutes, tmp_path):
+def test_dashboard_of_a_live_session_renders_in_chromium(live_agent, live_minutes, tmp_path):
     import shutil
     import subprocess
 
@@ -221,8 +211,8 @@ def test_dashboard_of_a_live_session_renders_in_chromium(agent, minutes, tmp_pat
     if chromium is None:
         pytest.skip("no headless browser on PATH (apt-get install -y chromium)")
     store = new_store(tmp_path)
-    loop = make_loop(agent, minutes, store)
-    loop.run(replay(minutes[1]), max_bars=120)
+    loop = make_loop(live_agent, live_minutes, store)
+    loop.run(replay(live_minutes[1]), max_bars=120)
     loop.alive = True  # the status of a session between bars
     screenshot = tmp_path / "dashboard.png"
     with MonitoringServer(loop.status, LiveMetrics(namespace="rl_trading"), loop.ready) as server:
@@ -250,14 +240,16 @@ def test_dashboard_of_a_live_session_renders_in_chromium(agent, minutes, tmp_pat
         shutil.copy(screenshot, os.environ["DASHBOARD_SCREENSHOT"])
 
 
-def test_readiness_fails_when_a_live_stream_goes_quiet_while_the_market_is_open(agent, minutes, tmp_path):
-    policy, spec = agent
+def test_readiness_fails_when_a_live_stream_goes_quiet_while_the_market_is_open(
+    live_agent, live_minutes, tmp_path
+):
+    policy, spec = live_agent
     loop = LiveTradingLoop(
         LiveConfig(session_id="quiet", max_bar_age_s=180.0),
         new_store(tmp_path),
         SimulatedBroker(list(spec.tickers), spec.env_spec.simulation),
         (DecisionEngine(policy, spec), "1"),
-        history=minutes[0],
+        history=live_minutes[0],
     )
     assert loop.ready() == (False, "the trading loop is not running")
     loop.start()

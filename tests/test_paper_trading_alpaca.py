@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
 from resources.mlflow_registry import MlflowRegistryResource
@@ -31,16 +30,6 @@ FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
 SESSION_BARS = 150
 
 
-@pytest.fixture()
-def agent(live_agent):
-    return live_agent
-
-
-@pytest.fixture()
-def minutes(live_minutes):
-    return live_minutes
-
-
 def publish(server: FakeAlpacaServer, events):
     for event in events:
         for symbol, bar in event.bars.items():
@@ -48,9 +37,9 @@ def publish(server: FakeAlpacaServer, events):
         yield event
 
 
-def test_broker_faults_are_retried_and_never_duplicate_an_order(agent, minutes, tmp_path):
-    policy, spec = agent
-    history, trading = minutes
+def test_broker_faults_are_retried_and_never_duplicate_an_order(live_agent, live_minutes, tmp_path):
+    policy, spec = live_agent
+    history, trading = live_minutes
     store = TradingStateStore.sqlite(tmp_path / "state.db")
     store.create_schema()
     with FakeAlpacaServer(initial_cash=spec.env_spec.initial_amount) as server:
@@ -128,9 +117,9 @@ def _finish_session(server: FakeAlpacaServer, bars: Path, state_db: Path, env: d
     return orders, AlpacaPaperBroker(DEFAULT_API_KEY, DEFAULT_SECRET, url_override=server.url).positions()
 
 
-def test_killed_session_restarts_without_losing_or_repeating_anything(agent, minutes, tmp_path):
-    policy, spec = agent
-    history, trading = minutes
+def test_killed_session_restarts_without_losing_or_repeating_anything(live_agent, live_minutes, tmp_path):
+    policy, spec = live_agent
+    history, trading = live_minutes
     home = StateHome(tmp_path / "home").prepare()
     registry = MlflowRegistryResource(
         tracking_uri=home.mlflow_tracking_uri, artifact_root=home.mlflow_artifact_root

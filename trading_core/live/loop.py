@@ -345,15 +345,7 @@ class LiveTradingLoop:
             for role, decision, book in decisions:
                 self._record_decision(role, decision, book, (decided - started) * 1e3)
             for request, expected in orders:
-                self.store.record_order_intent(
-                    client_order_id=request.client_order_id,
-                    session_id=session_id,
-                    symbol=request.symbol,
-                    side=request.side,
-                    qty=request.qty,
-                    decision_time=bar_time,
-                    expected_price=expected,
-                )
+                self._record_intent(request, bar_time, expected)
         states = [self._submit(request) for request, _ in orders]
         for role, decision, _ in decisions:
             if role.role == CHALLENGER and self.shadow is not None:
@@ -540,6 +532,20 @@ class LiveTradingLoop:
             )
             self.summary.fills += 1
 
+    def _record_intent(
+        self, request: OrderRequest, bar_time: pd.Timestamp, expected_price: float | None = None
+    ) -> None:
+        """Write an order down before the broker hears of it (a restart then knows to ask about it)."""
+        self.store.record_order_intent(
+            client_order_id=request.client_order_id,
+            session_id=self.config.session_id,
+            symbol=request.symbol,
+            side=request.side,
+            qty=request.qty,
+            decision_time=bar_time,
+            expected_price=expected_price,
+        )
+
     def _record_fill(self, fill: Fill, source: str) -> None:
         self.store.record_fill(
             client_order_id=fill.client_order_id,
@@ -634,14 +640,7 @@ class LiveTradingLoop:
                 closing.append(request)
             with self.store.transaction():
                 for request in closing:
-                    self.store.record_order_intent(
-                        client_order_id=request.client_order_id,
-                        session_id=self.config.session_id,
-                        symbol=request.symbol,
-                        side=request.side,
-                        qty=request.qty,
-                        decision_time=bar_time,
-                    )
+                    self._record_intent(request, bar_time)
             for request in closing:
                 state = self._submit(request)
                 if state is not None:

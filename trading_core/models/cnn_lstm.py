@@ -40,6 +40,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
+from trading_core.distributed import single_torch_thread
 from trading_core.features import feature_columns_of
 
 LEARNED_PREFIX = "cnn_lstm_"
@@ -472,7 +473,9 @@ def _predict(module: CNNLSTMForecaster, windows: np.ndarray) -> tuple[np.ndarray
     module.eval()
     means, logvars, embeddings = [], [], []
     try:
-        with torch.inference_mode(), _single_thread():
+        # One thread: for a few hundred small windows hand-offs cost more than they save, and the bits of the
+        # result stop depending on the core count.
+        with torch.inference_mode(), single_torch_thread():
             for start in range(0, len(windows), _PREDICT_CHUNK):
                 chunk = torch.from_numpy(windows[start : start + _PREDICT_CHUNK])
                 mean, logvar, embedding = module(chunk)
@@ -515,27 +518,11 @@ def _metrics(
 
 
 @contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread, restoring the caller's setting afterwards.
-
-    The network is small: with batches of a few hundred windows, thread hand-offs cost more than they save
-    (an epoch ran several times slower on two busy cores), and one thread also makes every reduction's order,
-    hence every bit of the result, independent of the machine's core count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
 def _deterministic_torch(seed: int) -> Iterator[None]:
     """Seed torch and enforce deterministic kernels, restoring the caller's RNG and settings afterwards."""
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=[]), _single_thread():
+    with torch.random.fork_rng(devices=[]), single_torch_thread():
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True)
         try:
