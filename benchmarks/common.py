@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from trading_core.data.files import read_bars_file
+from trading_core.data.schema import indicator_columns_of
 from trading_core.data.validation import to_validated_bars
-from trading_core.features import build_features, indicator_columns_of
-from trading_core.finrl_compat import StockTradingEnvNumpy
-from trading_core.market.data import MarketArrays
+from trading_core.features.batch import build_features
+from trading_core.features.finrl_adapter import StockTradingEnvNumpy
+from trading_core.market.arrays import MarketArrays
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RL_TRADING_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

@@ -14,8 +14,8 @@ import torch
 from stable_baselines3 import PPO
 
 from benchmarks.common import dow30_features
-from trading_core.envs.stock_trading import StockTradingVecEnv, observation_at, targets_from_actions
-from trading_core.market.data import MarketArrays
+from trading_core.envs.fast import StockTradingVecEnv, observation_at, targets_from_actions
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
 
 

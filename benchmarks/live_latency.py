@@ -23,8 +23,9 @@ from benchmarks.common import SHARED_DATA, Timer
 from trading_core.agents.decision_spec import DecisionSpec
 from trading_core.agents.zoo import AgentConfig, train_agent
 from trading_core.broker.simulated import SimulatedBroker
-from trading_core.environment import EnvSpec
-from trading_core.features import build_features, feature_columns_of
+from trading_core.data.schema import feature_columns_of
+from trading_core.envs.spec import EnvSpec
+from trading_core.features.batch import build_features
 from trading_core.live.engine import DecisionEngine
 from trading_core.live.loop import LiveConfig, LiveTradingLoop
 from trading_core.live.sources import fill_missing_bars, read_bars, replay

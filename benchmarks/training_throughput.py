@@ -15,8 +15,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from benchmarks.common import Timer, dow30_features, finrl_numpy_env
-from trading_core.environment import EnvSpec
-from trading_core.market.data import MarketArrays
+from trading_core.envs.spec import EnvSpec
+from trading_core.market.arrays import MarketArrays
 
 ROLLOUT = 2048  # timesteps per PPO update, over all environments
 BATCH_SIZE = 128

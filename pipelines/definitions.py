@@ -19,15 +19,14 @@ from pipelines.schedules import (
 )
 from pipelines.sensors import champion_degradation_sensor, new_market_data_sensor
 from trading_assets import (
-    candidates,
     evaluation,
     features,
     ingestion,
     learning,
     monitoring,
     paper_trading,
-    robustness,
     training,
+    tuning,
     validation,
 )
 
@@ -38,9 +37,8 @@ all_assets = dg.load_assets_from_modules(
         features,
         learning,
         training,
-        candidates,
         evaluation,
-        robustness,
+        tuning,
         monitoring,
         paper_trading,
     ]

@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         publish = None
         if args.fake_alpaca:
-            from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
+            from testkit.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
 
             server = stack.enter_context(FakeAlpacaServer(initial_cash=champion.spec.env_spec.initial_amount))
             os.environ.setdefault("ALPACA_API_KEY", DEFAULT_API_KEY)
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
 
         elif args.publish_to_fake:
-            from resources.fake_alpaca import publish_bars
+            from testkit.fake_alpaca import publish_bars
 
             def publish(event) -> None:
                 publish_bars(

@@ -11,10 +11,10 @@ from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
 from trading_core.agents.pyfunc import log_agent_model
 from trading_core.agents.zoo import AgentConfig, TrainedPolicy, train_agent
-from trading_core.data.schema import select_window
+from trading_core.data.schema import feature_columns_of, indicator_columns_of, select_window
 from trading_core.data.validation import to_validated_bars
-from trading_core.environment import EnvSpec
-from trading_core.features import build_features, feature_columns_of, indicator_columns_of
+from trading_core.envs.spec import EnvSpec
+from trading_core.features.batch import build_features
 from trading_core.live.sources import read_bars
 
 LIVE_TICKERS = ["AAPL", "JPM", "MSFT", "V"]

@@ -34,10 +34,10 @@ from trading_core.agents.zoo import (
     load_policy,
     train_agent,
 )
-from trading_core.backtest import run_backtest
-from trading_core.environment import EnvSpec
-from trading_core.envs.stock_trading import StockTradingVecEnv
-from trading_core.features import build_features
+from trading_core.envs.fast import StockTradingVecEnv
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.features.batch import build_features
 
 ENV_SPEC = EnvSpec(n_envs=2)
 N_ASSETS = 4

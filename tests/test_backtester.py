@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 from trading_core.agents.training import PPOConfig, train_ppo
-from trading_core.backtester import EventDrivenBacktester, buy_and_hold_record
-from trading_core.environment import EnvSpec
-from trading_core.envs.stock_trading import FastStockTradingEnv
-from trading_core.features import build_features
+from trading_core.envs.fast import FastStockTradingEnv
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtester import EventDrivenBacktester, buy_and_hold_record
+from trading_core.features.batch import build_features
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.costs import CostModel, NoImpact, ProportionalCommission
-from trading_core.market.data import MarketArrays
 from trading_core.market.execution import ExecutionConfig
 from trading_core.market.risk import RiskLimits
 from trading_core.market.simulator import SimulationConfig

@@ -9,7 +9,7 @@ import traceback
 
 import pytest
 
-from resources.fake_alpaca import FakeAlpacaServer
+from testkit.fake_alpaca import FakeAlpacaServer
 from trading_core.broker import (
     AlpacaPaperBroker,
     Broker,

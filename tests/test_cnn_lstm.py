@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trading_core.features import build_features, feature_columns_of
+from trading_core.data.schema import feature_columns_of
+from trading_core.features.batch import build_features
 from trading_core.models.cnn_lstm import (
     CNNLSTMConfig,
     TrainedForecaster,
@@ -211,9 +212,8 @@ def test_save_and_load_round_trip_gives_identical_outputs(forecaster, features, 
 
 
 def test_pipeline_feature_builder_has_no_lookahead(slice_bars):
-    from trading_assets.learning import feature_builder
-    from trading_core.leakage import spread_cutoffs, truncate_and_compare
-    from trading_core.models.cnn_lstm import CNNLSTMConfig, train_cnn_lstm
+    from trading_core.data.leakage import spread_cutoffs, truncate_and_compare
+    from trading_core.models.cnn_lstm import CNNLSTMConfig, feature_builder, train_cnn_lstm
 
     features = build_features(slice_bars)
     dates = features["date"].unique()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from trading_core.metrics import sharpe_ratio
+from trading_core.evaluation.metrics import sharpe_ratio
 from trading_core.monitoring.drift import (
     FEATURE_DRIFT_COLUMNS,
     PSI_EPSILON,

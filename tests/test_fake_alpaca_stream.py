@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from websockets.sync.client import connect
 
-from resources.fake_alpaca import FakeAlpacaServer
+from testkit.fake_alpaca import FakeAlpacaServer
 from tests.conftest import SHARED_DATA
 
 INTRADAY_FILE: Path = SHARED_DATA / "intraday_1min_us_equities_2019.csv.gz"

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_core.features import balanced_panel, build_features, feature_columns_of, indicator_columns_of
-from trading_core.finrl_compat import FINRL_INDICATORS
+from trading_core.data.schema import feature_columns_of, indicator_columns_of
+from trading_core.features.batch import balanced_panel, build_features
+from trading_core.features.finrl_adapter import FINRL_INDICATORS
 
 
 @pytest.fixture(scope="module")

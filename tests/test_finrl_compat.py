@@ -8,7 +8,7 @@ import sys
 
 def test_finrl_loads_without_deprecated_dependencies():
     code = (
-        "import sys, trading_core.finrl_compat as c;"
+        "import sys, trading_core.features.finrl_adapter as c;"
         "bad=[m for m in ('alpaca_trade_api','wrds','elegantrl','finrl.train') if m in sys.modules];"
         "assert not bad, bad; print(c.StockTradingEnv.__module__)"
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from trading_core.features import build_features
-from trading_core.leakage import spread_cutoffs, truncate_and_compare
+from trading_core.data.leakage import spread_cutoffs, truncate_and_compare
+from trading_core.features.batch import build_features
 
 
 def test_causal_features_pass(slice_bars):

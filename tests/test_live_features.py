@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_core.features import build_features
-from trading_core.live.features import BAR_FIELDS, StreamingFeatures
+from trading_core.features.batch import build_features
+from trading_core.features.streaming import BAR_FIELDS, StreamingFeatures
 from trading_core.models.cnn_lstm import CNNLSTMConfig, learned_features, train_cnn_lstm
 
 SHARED_DATA = Path(

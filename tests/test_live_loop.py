@@ -151,7 +151,7 @@ def test_live_tickers_are_the_specs(live_agent):
 
 
 def test_alpaca_bar_stream_groups_bars_by_minute(live_minutes):
-    from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
+    from testkit.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
     from trading_core.live.sources import AlpacaBarStream
 
     _, trading = live_minutes

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from resources.market_data import MarketDataResource
-from tests.fakes.alpaca_data_server import FakeAlpacaDataServer
+from testkit.fake_alpaca import FakeAlpacaDataServer
 from trading_core.data.files import BarsFileError
 from trading_core.data.schema import select_window
 

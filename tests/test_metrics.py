@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from scipy import integrate
 from scipy.stats import norm
 
-from trading_core.metrics import (
+from trading_core.evaluation.metrics import (
     PERIODS_PER_YEAR,
     PerformanceMetrics,
     compute_metrics,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from resources.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
 from resources.mlflow_registry import MlflowRegistryResource
 from resources.state_home import PROJECT_ROOT, StateHome
+from testkit.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
 from tests.live_support import register_agent
 from trading_core.broker.alpaca import AlpacaPaperBroker
 from trading_core.broker.base import RetryPolicy

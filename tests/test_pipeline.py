@@ -16,7 +16,7 @@ from resources.market_data import MarketDataResource
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource, mlflow_run
 from resources.trading_state import TradingStateResource
 from tests.test_validation import corrupt
-from trading_assets.candidates import ENSEMBLE_MODEL_NAME
+from trading_assets.training import ENSEMBLE_MODEL_NAME
 
 ALL_ASSET_NAMES = {
     "raw_daily_bars",

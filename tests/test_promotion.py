@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trading_core.promotion import CandidateThresholds, judge_candidate
+from trading_core.evaluation.promotion import CandidateThresholds, judge_candidate
 
 
 def test_candidate_passing_every_criterion():

@@ -7,10 +7,8 @@ import pandas as pd
 import pytest
 
 from trading_core.agents.zoo import AgentConfig
-from trading_core.distributed import fan_out
-from trading_core.environment import EnvSpec
-from trading_core.features import build_features
-from trading_core.seed_sweep import (
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.seed_sweep import (
     SeedTask,
     distribution,
     grid_tasks,
@@ -18,6 +16,8 @@ from trading_core.seed_sweep import (
     seed_table,
     train_and_evaluate,
 )
+from trading_core.features.batch import build_features
+from trading_core.runtime.distributed import fan_out
 
 
 def square(value: int) -> int:
@@ -94,8 +94,8 @@ def test_policy_is_kept_only_on_request(tasks):
 
 
 def test_zoo_walk_forward_periods_keep_validation_inside_training_and_before_test(slice_bars):
-    from trading_assets.candidates import AgentZooReport, _walk_forward_periods
-    from trading_core.seed_sweep import SeedOutcome
+    from trading_assets.training import AgentZooReport, _walk_forward_periods
+    from trading_core.evaluation.seed_sweep import SeedOutcome
 
     features = build_features(slice_bars)
     periods = _walk_forward_periods(features, n_windows=2, test_dates=60, validation_dates=40)

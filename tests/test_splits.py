@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trading_core.splits import DateSplit, apply_split, make_date_split
+from trading_core.data.splits import DateSplit, apply_split, make_date_split
 
 DATES = pd.bdate_range("2015-01-01", periods=500)
 

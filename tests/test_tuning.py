@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from trading_core.agents.zoo import DEFAULT_CONFIGS
-from trading_core.environment import EnvSpec
-from trading_core.features import build_features
-from trading_core.tuning import search_hyperparameters, suggest_config
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.tuning import search_hyperparameters, suggest_config
+from trading_core.features.batch import build_features
 
 
 @pytest.fixture(scope="module")

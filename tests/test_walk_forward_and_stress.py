@@ -8,20 +8,20 @@ import pytest
 
 from tests.test_backtester import ScriptedPolicy
 from trading_core.agents.training import PPOConfig
-from trading_core.attribution import attribute_pnl, attribution_summary
-from trading_core.backtest import run_backtest
-from trading_core.environment import EnvSpec
-from trading_core.features import build_features
-from trading_core.market.costs import LinearImpact
-from trading_core.market.simulator import SimulationConfig
-from trading_core.stress import (
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.attribution import attribute_pnl, attribution_summary
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.stress import (
     liquidity_drop,
     run_stress_tests,
     shock_correlation,
     shock_gap,
     shock_volatility,
 )
-from trading_core.walk_forward import run_walk_forward, stitch, walk_forward_windows
+from trading_core.evaluation.walk_forward import run_walk_forward, stitch, walk_forward_windows
+from trading_core.features.batch import build_features
+from trading_core.market.costs import LinearImpact
+from trading_core.market.simulator import SimulationConfig
 
 DATES = pd.bdate_range("2015-01-01", periods=400)
 

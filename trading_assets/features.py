@@ -1,14 +1,13 @@
 """Stage 3: causal technical features and the dated train / validation / test split."""
 
-from dataclasses import dataclass
-
 import dagster as dg
 import pandas as pd
 
 from resources.market_data import MarketDataResource
 from trading_assets.metadata import frame_metadata, markdown_table
-from trading_core.features import build_features, feature_columns_of
-from trading_core.splits import DateSplit, apply_split, make_date_split
+from trading_core.data.schema import feature_columns_of
+from trading_core.data.splits import DatasetSplits, apply_split, make_date_split
+from trading_core.features.batch import build_features
 
 
 class FeatureSettings(dg.Config):
@@ -25,37 +24,6 @@ class SplitSettings(dg.Config):
     validation_end: str | None = None
     train_fraction: float = 0.7
     validation_fraction: float = 0.15
-
-
-@dataclass(frozen=True)
-class DatasetSplits:
-    """Feature frames of the three periods and the dates that bound them."""
-
-    split: DateSplit
-    train: pd.DataFrame
-    validation: pd.DataFrame
-    test: pd.DataFrame
-
-    @property
-    def feature_columns(self) -> list[str]:
-        return feature_columns_of(self.train)
-
-    @property
-    def tickers(self) -> list[str]:
-        return sorted(self.train["tic"].unique())
-
-    @property
-    def full(self) -> pd.DataFrame:
-        """The three periods back in one frame."""
-        return pd.concat([self.train, self.validation, self.test], ignore_index=True)
-
-    def without_learned(self) -> "DatasetSplits":
-        """The same periods without the forecaster's columns (technical features only)."""
-
-        def strip(frame: pd.DataFrame) -> pd.DataFrame:
-            return frame[[c for c in frame.columns if not c.startswith("cnn_lstm_")]]
-
-        return DatasetSplits(self.split, strip(self.train), strip(self.validation), strip(self.test))
 
 
 @dg.asset(group_name="features", compute_kind="finrl")

@@ -11,24 +11,23 @@ import pandas as pd
 import torch
 
 from resources.mlflow_registry import MlflowRegistryResource, RegisteredVersion
-from trading_assets.features import DatasetSplits
 from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
+from trading_core.data.leakage import spread_cutoffs, truncate_and_compare
 from trading_core.data.schema import frame_fingerprint
-from trading_core.features import build_features
-from trading_core.leakage import spread_cutoffs, truncate_and_compare
+from trading_core.data.splits import DatasetSplits, apply_split
+from trading_core.evaluation.plots import equity_curve_png
 from trading_core.models.cnn_lstm import (
     CNNLSTMConfig,
     ForecasterExport,
     TrainedForecaster,
     add_learned_features,
+    feature_builder,
     train_cnn_lstm,
 )
 from trading_core.models.cnn_lstm import (
     learned_features as forecast_features,
 )
-from trading_core.plots import equity_curve_png
-from trading_core.provenance import code_version, pinned_requirements
-from trading_core.splits import apply_split
+from trading_core.runtime.provenance import code_version, pinned_requirements
 
 FORECASTER_MODEL_NAME = "rl_trading_cnn_lstm"
 
@@ -142,19 +141,6 @@ def cnn_lstm_model(
             "loss_curves": png_metadata(png),
         },
     )
-
-
-def feature_builder(features: pd.DataFrame, forecaster: TrainedForecaster):
-    """bars -> features with the forecaster's outputs, built the way the ``features`` asset built them."""
-    vix = features.drop_duplicates("date").set_index("date")["vix"] if "vix" in features.columns else None
-    use_turbulence = "turbulence" in features.columns
-
-    def build(bars: pd.DataFrame) -> pd.DataFrame:
-        cut_vix = vix[vix.index <= bars["date"].max()] if vix is not None else None
-        base = build_features(bars, use_turbulence=use_turbulence, vix=cut_vix)
-        return add_learned_features(base, forecast_features(forecaster, base))
-
-    return build
 
 
 @dg.asset(

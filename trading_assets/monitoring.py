@@ -8,9 +8,9 @@ import pandas as pd
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
 from trading_assets.metadata import markdown_table
 from trading_core.agents.decision_spec import DRIFT_FEATURE_PREFIXES
-from trading_core.backtest import run_backtest
-from trading_core.features import indicator_columns_of
-from trading_core.metrics import daily_returns
+from trading_core.data.schema import indicator_columns_of
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.metrics import daily_returns
 from trading_core.models.cnn_lstm import add_learned_features
 from trading_core.models.cnn_lstm import learned_features as forecast_features
 from trading_core.monitoring.drift import PerformanceDecay, feature_drift, performance_decay

@@ -5,9 +5,9 @@ import pandas as pd
 
 from resources.trading_state import TradingStateResource
 from trading_assets.metadata import markdown_table, png_metadata
+from trading_core.evaluation.plots import equity_curve_png
 from trading_core.live.analysis import compare_champion_challenger, slippage_drift, slippage_table
 from trading_core.live.state import CHALLENGER, CHAMPION
-from trading_core.plots import equity_curve_png
 
 
 @dg.asset(group_name="paper_trading", compute_kind="sqlalchemy")

@@ -1,33 +1,59 @@
-"""Stage 4: train the agent, log it to MLflow and register it."""
+"""Stage 4: train the candidate agent, log it to MLflow and register it; the agent zoo (agents x seeds x
+windows on Ray) and the ensembles built from it."""
 
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import mlflow
 import numpy as np
 import pandas as pd
 
 from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
-from trading_assets.features import DatasetSplits
 from trading_assets.learning import RegisteredForecaster
-from trading_assets.metadata import markdown_table
+from trading_assets.metadata import markdown_table, png_metadata
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
-from trading_core.agents.pyfunc import log_agent_model
+from trading_core.agents.ensemble import (
+    WeightedEnsemblePolicy,
+    rebalance_windows,
+    rolling_selection,
+    trade_selections,
+)
+from trading_core.agents.pyfunc import (
+    DECISION_SPEC_KEY,
+    ENSEMBLE_ARTIFACT_KEY,
+    EnsemblePolicyModel,
+    log_agent_model,
+)
 from trading_core.agents.training import PPOConfig, train_ppo
-from trading_core.backtest import run_backtest
-from trading_core.data.schema import frame_fingerprint
-from trading_core.distributed import single_torch_thread
-from trading_core.environment import EnvSpec
-from trading_core.envs.stock_trading import observation_at
-from trading_core.features import BASE_COLUMNS, indicator_columns_of
+from trading_core.agents.zoo import ALGORITHMS, DEFAULT_CONFIGS
+from trading_core.data.schema import BASE_COLUMNS, frame_fingerprint, indicator_columns_of
+from trading_core.data.splits import DatasetSplits
+from trading_core.envs.fast import observation_at
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.metrics import (
+    PerformanceMetrics,
+    compute_metrics,
+)
+from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
+from trading_core.evaluation.seed_sweep import (
+    SeedOutcome,
+    grid_tasks,
+    run_seed_sweep,
+    seed_table,
+)
+from trading_core.evaluation.walk_forward import walk_forward_windows
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.costs import CostModel, LinearImpact, NoImpact, SquareRootImpact, commission_model
-from trading_core.market.data import MarketArrays
 from trading_core.market.execution import ExecutionConfig
 from trading_core.market.risk import RiskLimits
 from trading_core.market.simulator import SimulationConfig
-from trading_core.metrics import PerformanceMetrics
-from trading_core.provenance import code_version, pinned_requirements
+from trading_core.runtime.distributed import single_torch_thread
+from trading_core.runtime.provenance import code_version, pinned_requirements
 
 MODEL_REQUIREMENTS = (
     "stable-baselines3",
@@ -266,5 +292,277 @@ def registered_model(
             "version": version.version,
             "alias": CHALLENGER_ALIAS,
             "run_id": version.run_id,
+        },
+    )
+
+
+ENSEMBLE_MODEL_NAME = "rl_trading_ensemble"
+
+
+SPLIT_WINDOW = "split"
+
+
+class AgentZooSettings(dg.Config):
+    """Which agents, seeds and windows the zoo trains, and each run's budget."""
+
+    algorithms: list[str] = list(ALGORITHMS)
+    n_seeds: int = 2
+    first_seed: int = 100
+    timesteps: int = 4_000
+    walk_forward_windows: int = 0
+    window_test_dates: int = 126
+    use_ray: bool = True
+
+
+@dataclass(frozen=True)
+class AgentZooReport:
+    """Every run of the zoo: one row per agent, seed and window, with the trained policies kept."""
+
+    table: pd.DataFrame
+    outcomes: tuple[SeedOutcome, ...]
+
+    def split_outcomes(self) -> list[SeedOutcome]:
+        return [o for o in self.outcomes if o.window == SPLIT_WINDOW]
+
+    def best_by_validation(self) -> dict[str, SeedOutcome]:
+        """Per algorithm, the seed validation picks (the test period never chooses)."""
+
+        def score(outcome: SeedOutcome) -> float:
+            return outcome.validation_sharpe if np.isfinite(outcome.validation_sharpe) else -np.inf
+
+        best: dict[str, SeedOutcome] = {}
+        for outcome in self.split_outcomes():
+            current = best.get(outcome.algorithm)
+            if current is None or score(outcome) > score(current):
+                best[outcome.algorithm] = outcome
+        return best
+
+
+def _walk_forward_periods(
+    frame: pd.DataFrame, n_windows: int, test_dates: int, validation_dates: int
+) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+    """(train, validation, test) per walk-forward window; validation is the tail of each training window."""
+    periods = {}
+    for number, window in enumerate(walk_forward_windows(frame["date"], n_windows, test_dates), start=1):
+        train_dates = frame["date"][frame["date"].between(window.train_start, window.train_end)].unique()
+        cut = pd.Timestamp(np.sort(train_dates)[-validation_dates])
+        periods[f"window_{number}"] = tuple(
+            part.reset_index(drop=True)
+            for part in (
+                frame[(frame["date"] >= window.train_start) & (frame["date"] < cut)],
+                frame[(frame["date"] >= cut) & (frame["date"] <= window.train_end)],
+                frame[frame["date"].between(window.test_start, window.test_end)],
+            )
+        )
+    return periods
+
+
+@dg.asset(group_name="training", compute_kind="ray")
+def agent_zoo(
+    context: dg.AssetExecutionContext,
+    config: AgentZooSettings,
+    learned_features: DatasetSplits,
+    trained_agent: TrainedAgent,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output[AgentZooReport]:
+    """PPO, A2C, SAC, TD3, DDPG and QR-DQN under several seeds (and walk-forward windows), trained as Ray tasks."""
+    frames = [
+        trained_agent.observation_frame(f)
+        for f in (learned_features.train, learned_features.validation, learned_features.test)
+    ]
+    periods = {SPLIT_WINDOW: tuple(frames)}
+    if config.walk_forward_windows:
+        full = trained_agent.observation_frame(learned_features.full)
+        validation_dates = frames[1]["date"].nunique()
+        periods.update(
+            _walk_forward_periods(
+                full, config.walk_forward_windows, config.window_test_dates, validation_dates
+            )
+        )
+    configs = {a: replace(DEFAULT_CONFIGS[a], total_timesteps=config.timesteps) for a in config.algorithms}
+    seeds = range(config.first_seed, config.first_seed + config.n_seeds)
+    tasks = grid_tasks(configs, seeds, periods, trained_agent.env_spec, keep_policies=True)
+    context.log.info(
+        f"agent zoo: {len(configs)} agents x {config.n_seeds} seeds x {len(periods)} windows = {len(tasks)} "
+        f"runs {'on Ray' if config.use_ray else 'in turn'}"
+    )
+    outcomes = run_seed_sweep(tasks, use_ray=config.use_ray)
+    for outcome in outcomes:
+        model_registry.log_trial(
+            f"agent_zoo_{outcome.algorithm}_seed_{outcome.seed}_{outcome.window}",
+            params={
+                "algorithm": outcome.algorithm,
+                "seed": outcome.seed,
+                "window": outcome.window,
+                "total_timesteps": config.timesteps,
+                "candidate_run": trained_agent.run_id,
+            },
+            metrics={
+                "validation_sharpe": outcome.validation_sharpe,
+                "test_sharpe": outcome.test_sharpe,
+                "test_max_drawdown": outcome.test_max_drawdown,
+            },
+            kind="agent_zoo",
+        )
+    table = seed_table(outcomes)
+    report = AgentZooReport(table, tuple(outcomes))
+    split = table[table["window"] == SPLIT_WINDOW]
+    per_agent = split.groupby("algorithm")["test_sharpe"].describe()[["min", "25%", "50%", "max"]]
+    png = grouped_bars_png(
+        split.assign(run=split["algorithm"] + " s" + split["seed"].astype(str)).set_index("run")[
+            ["validation_sharpe", "test_sharpe"]
+        ],
+        "Sharpe ratio per agent and seed",
+        "Sharpe",
+    )
+    return dg.Output(
+        report,
+        metadata={
+            "runs": markdown_table(table.to_dict(orient="records")),
+            "test_sharpe_by_agent": dg.MetadataValue.md(per_agent.to_markdown(floatfmt=".3f")),
+            "sharpe_per_run": png_metadata(png),
+        },
+    )
+
+
+class EnsembleSettings(dg.Config):
+    """Softmax temperature of the weighted ensemble and FinRL's rolling-selection windows."""
+
+    temperature: float = 1.0
+    rebalance_dates: int = 63
+    validation_dates: int = 63
+
+
+@dataclass(frozen=True)
+class EnsembleReport:
+    """The weighted ensemble (registered) and FinRL's rolling selection, each traded over the test period."""
+
+    weights: dict[str, float]
+    validation_sharpes: dict[str, float]
+    weighted_equity: pd.Series
+    rolling_equity: pd.Series
+    rolling_choices: pd.DataFrame
+    version: RegisteredVersion
+
+
+def _log_ensemble(
+    ensemble: WeightedEnsemblePolicy,
+    example: pd.DataFrame,
+    splits: DatasetSplits,
+    decision_spec: DecisionSpec,
+    registry: MlflowRegistryResource,
+) -> RegisteredVersion:
+    """Log the ensemble as one pyfunc model (every member inside) in its own run and register it."""
+    experiment_id = registry.experiment_id()
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        mlflow.start_run(experiment_id=experiment_id, run_name="weighted_ensemble", nested=True) as run,
+    ):
+        ensemble.save(Path(folder) / "ensemble")
+        mlflow.log_params({"temperature": ensemble.temperature, "members": ",".join(ensemble.members)})
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in ensemble.describe().items()})
+        mlflow.set_tags(
+            {
+                "data_sha256": frame_fingerprint(splits.train),
+                "code_version": code_version(),
+                TRIAL_TAG: "ensemble",
+                **{f"data_{k}": v for k, v in splits.split.as_dict().items()},
+            }
+        )
+        info = mlflow.pyfunc.log_model(
+            name="ensemble",
+            python_model=EnsemblePolicyModel(),
+            artifacts={
+                ENSEMBLE_ARTIFACT_KEY: str(Path(folder) / "ensemble"),
+                DECISION_SPEC_KEY: str(decision_spec.save(Path(folder) / "decision_spec.pkl")),
+            },
+            signature=mlflow.models.infer_signature(
+                example, ensemble.predict(example.to_numpy(dtype=np.float32))[0]
+            ),
+            input_example=example,
+            pip_requirements=pinned_requirements(
+                ("stable-baselines3", "sb3-contrib", "torch", "gymnasium", "numpy", "pandas", "cloudpickle")
+            ),
+        )
+        run_id = run.info.run_id
+    version = registry.register(
+        info.model_uri, run_id, tags={"members": ",".join(ensemble.members)}, model_name=ENSEMBLE_MODEL_NAME
+    )
+    registry.set_alias(version.version, CHALLENGER_ALIAS, model_name=ENSEMBLE_MODEL_NAME)
+    return version
+
+
+@dg.asset(group_name="training", compute_kind="mlflow")
+def agent_ensemble(
+    context: dg.AssetExecutionContext,
+    config: EnsembleSettings,
+    agent_zoo: AgentZooReport,
+    learned_features: DatasetSplits,
+    trained_agent: TrainedAgent,
+    model_registry: MlflowRegistryResource,
+) -> dg.Output[EnsembleReport]:
+    """Validation-Sharpe-weighted blend of the zoo's agents (registered as one pyfunc) and FinRL's rolling selection."""
+    env_spec = trained_agent.env_spec
+    members = {name: outcome.policy() for name, outcome in agent_zoo.best_by_validation().items()}
+    validation = trained_agent.observation_frame(learned_features.validation)
+    test = trained_agent.observation_frame(learned_features.test)
+    ensemble = WeightedEnsemblePolicy.from_validation(members, validation, env_spec, config.temperature)
+    weighted = run_backtest(ensemble, test, env_spec)
+
+    # FinRL's rolling selection: trade each test window with the member that was best on the dates before it.
+    history = pd.concat([validation, test], ignore_index=True)
+    windows = [
+        w
+        for w in rebalance_windows(history["date"], config.rebalance_dates, config.validation_dates)
+        if w.trade_start >= test["date"].min()
+    ]
+    selections = rolling_selection(members, history, windows, env_spec)
+    rolling_equity = trade_selections(selections, members, history, env_spec)
+    choices = pd.DataFrame(
+        [
+            {"trade": f"{s.window.trade_start.date()}..{s.window.trade_end.date()}", "chosen": s.chosen}
+            | {f"{k}_sharpe": v for k, v in s.sharpes.items()}
+            for s in selections
+        ]
+    )
+
+    market = MarketArrays.from_features(test)
+    observation = observation_at(
+        market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
+    )
+    example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
+    spec = decision_spec_for(learned_features, env_spec, trained_agent.forecaster)
+    version = _log_ensemble(ensemble, example, learned_features, spec, model_registry)
+    context.log.info(f"{ENSEMBLE_MODEL_NAME} v{version.version} registered with weights {ensemble.weights}")
+    png = equity_curve_png(
+        {
+            "weighted ensemble": weighted.equity,
+            "rolling selection": rolling_equity,
+            "equal-weight buy and hold": weighted.benchmark_equity,
+        },
+        "Ensembles over the test period",
+    )
+    report = EnsembleReport(
+        weights=ensemble.weights,
+        validation_sharpes=dict(ensemble.sharpes or {}),
+        weighted_equity=weighted.equity,
+        rolling_equity=rolling_equity,
+        rolling_choices=choices,
+        version=version,
+    )
+    return dg.Output(
+        report,
+        metadata={
+            "model": f"{ENSEMBLE_MODEL_NAME} v{version.version}",
+            "weights": markdown_table(
+                [
+                    {"member": k, "weight": w, "validation_sharpe": report.validation_sharpes.get(k)}
+                    for k, w in ensemble.weights.items()
+                ]
+            ),
+            "rolling_choices": markdown_table(choices.to_dict(orient="records")),
+            "weighted_sharpe": dg.MetadataValue.float(weighted.metrics.sharpe),
+            "rolling_sharpe": dg.MetadataValue.float(compute_metrics(rolling_equity).sharpe),
+            "equity_curves": png_metadata(png),
         },
     )

@@ -16,7 +16,7 @@ from trading_core.data.validation import (
     to_validated_bars,
     validate_daily_bars,
 )
-from trading_core.plots import equity_curve_png
+from trading_core.evaluation.plots import equity_curve_png
 
 
 class ValidationSettings(dg.Config):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trading_core.environment import EnvSpec
-from trading_core.features import BASE_COLUMNS
+from trading_core.data.schema import BASE_COLUMNS
+from trading_core.envs.spec import EnvSpec
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from trading_core.agents.zoo import load_policy
-from trading_core.backtest import run_backtest
-from trading_core.environment import EnvSpec
-from trading_core.walk_forward import stitch
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.walk_forward import stitch
 
 MANIFEST = "ensemble.json"
 

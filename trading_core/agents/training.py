@@ -10,7 +10,7 @@ import pandas as pd
 from stable_baselines3 import PPO
 
 from trading_core.agents.zoo import AgentConfig, train_agent
-from trading_core.environment import EnvSpec
+from trading_core.envs.spec import EnvSpec
 
 
 @dataclass(frozen=True)

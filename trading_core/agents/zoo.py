@@ -30,7 +30,7 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from trading_core.environment import EnvSpec
+from trading_core.envs.spec import EnvSpec
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,17 @@ import pandas as pd
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 OHLCV_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 REQUIRED_COLUMNS: tuple[str, ...] = ("date", "tic", *OHLCV_COLUMNS)
+BASE_COLUMNS: tuple[str, ...] = ("date", "tic", "open", "high", "low", "close", "volume")
+
+
+def feature_columns_of(features: pd.DataFrame) -> list[str]:
+    """The model input columns of a features frame (everything but identifiers and raw OHLCV)."""
+    return [c for c in features.columns if c not in BASE_COLUMNS]
+
+
+def indicator_columns_of(features: pd.DataFrame) -> list[str]:
+    """Per-asset indicator columns (what FinRL's env calls ``tech_indicator_list``)."""
+    return [c for c in feature_columns_of(features) if c not in ("turbulence", "vix")]
 
 
 def select_window(

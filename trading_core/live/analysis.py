@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from trading_core.metrics import PERIODS_PER_YEAR
+from trading_core.evaluation.metrics import PERIODS_PER_YEAR
 
 EXCHANGE_TIMEZONE = "America/New_York"
 

@@ -1,8 +1,8 @@
 """One decision per bar: streaming features -> the registered policy -> target holdings -> the shared risk manager.
 
 The observation is laid out exactly as the training environment lays it out
-(:func:`trading_core.envs.stock_trading.observation_at`), from features that equal the batch pipeline's
-(:class:`trading_core.live.features.StreamingFeatures`), so the agent sees live what it saw in training.
+(:func:`trading_core.envs.fast.observation_at`), from features that equal the batch pipeline's
+(:class:`trading_core.features.streaming.StreamingFeatures`), so the agent sees live what it saw in training.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from trading_core.agents.decision_spec import DecisionSpec
-from trading_core.envs.stock_trading import targets_from_actions
+from trading_core.envs.fast import targets_from_actions
 from trading_core.market.risk import RiskManager, RiskReview, TradingState
 from trading_core.models.cnn_lstm import TrainedForecaster, add_learned_features
 from trading_core.models.cnn_lstm import learned_features as forecast_features

@@ -37,8 +37,8 @@ from trading_core.broker.base import (
     make_client_order_id,
 )
 from trading_core.broker.simulated import SimulatedBroker
+from trading_core.features.streaming import StreamingFeatures
 from trading_core.live.engine import Decision, DecisionEngine, PortfolioBook
-from trading_core.live.features import StreamingFeatures
 from trading_core.live.sources import BarEvent
 from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
 from trading_core.market.risk import TradingState

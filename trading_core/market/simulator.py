@@ -8,6 +8,7 @@ from typing import Literal
 
 import numpy as np
 
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.costs import (
     CostModel,
     LinearImpact,
@@ -20,7 +21,6 @@ from trading_core.market.costs import (
     trailing_adv,
     trailing_volatility,
 )
-from trading_core.market.data import MarketArrays
 from trading_core.market.execution import ExecutionConfig, FillBar, Fills, execute_orders
 from trading_core.market.risk import RiskLimits, RiskManager, RiskReview
 

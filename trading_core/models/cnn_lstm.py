@@ -40,8 +40,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
-from trading_core.distributed import single_torch_thread
-from trading_core.features import feature_columns_of
+from trading_core.data.schema import feature_columns_of
+from trading_core.features.batch import build_features
+from trading_core.runtime.distributed import single_torch_thread
 
 LEARNED_PREFIX = "cnn_lstm_"
 BASE_INPUTS: tuple[str, ...] = ("log_return", "range", "log_volume_change")
@@ -703,3 +704,16 @@ class ForecasterExport(nn.Module):
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         mean, logvar, embedding = self.module(windows)
         return torch.cat([mean.reshape(-1, 1), logvar.reshape(-1, 1), embedding], dim=1)
+
+
+def feature_builder(features: pd.DataFrame, forecaster: TrainedForecaster):
+    """bars -> features with the forecaster's outputs, built the way the ``features`` asset built them."""
+    vix = features.drop_duplicates("date").set_index("date")["vix"] if "vix" in features.columns else None
+    use_turbulence = "turbulence" in features.columns
+
+    def build(bars: pd.DataFrame) -> pd.DataFrame:
+        cut_vix = vix[vix.index <= bars["date"].max()] if vix is not None else None
+        base = build_features(bars, use_turbulence=use_turbulence, vix=cut_vix)
+        return add_learned_features(base, learned_features(forecaster, base))
+
+    return build

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp, ttest_ind
 
-from trading_core.metrics import PERIODS_PER_YEAR
+from trading_core.evaluation.metrics import PERIODS_PER_YEAR
 
 PSI_EPSILON = 1e-4
 FEATURE_DRIFT_COLUMNS: tuple[str, ...] = (
@@ -174,7 +174,7 @@ def performance_decay(
 
     The test compares mean returns with Welch's unequal-variance t-test, one-sided (recent lower), which suits
     samples of different lengths and volatilities; Sharpe ratios (``ddof=1``, zero risk-free rate, as in
-    :mod:`trading_core.metrics`) are reported for reading. When both samples have zero variance the difference of
+    :mod:`trading_core.evaluation.metrics`) are reported for reading. When both samples have zero variance the difference of
     means is exact: the p-value is 0 if the recent mean is lower, else 1. NaN values are ignored.
 
     :param reference_returns: per-period simple returns of the reference (e.g. backtest) period

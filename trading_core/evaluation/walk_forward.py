@@ -10,10 +10,10 @@ from typing import Literal
 import pandas as pd
 
 from trading_core.agents.training import PPOConfig, train_ppo
-from trading_core.backtest import BacktestResult, run_backtest
-from trading_core.distributed import fan_out, single_torch_thread
-from trading_core.environment import EnvSpec
-from trading_core.metrics import PerformanceMetrics, compute_metrics
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import BacktestResult, run_backtest
+from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
+from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 
 from trading_core.agents.zoo import AgentConfig, TrainedPolicy, load_policy, train_agent
-from trading_core.backtest import run_backtest
-from trading_core.distributed import fan_out, single_torch_thread
-from trading_core.environment import EnvSpec
-from trading_core.metrics import PERIODS_PER_YEAR, daily_returns
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.metrics import PERIODS_PER_YEAR, daily_returns
+from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 
 @dataclass(frozen=True)

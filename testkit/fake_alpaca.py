@@ -3,7 +3,7 @@
 Tests point the real alpaca-py clients at it (``TradingClient``, ``StockHistoricalDataClient`` and
 ``StockDataStream`` all take ``url_override``), and a local paper session can run against it in the foreground:
 
-    python -m resources.fake_alpaca --bars ../shared/data/intraday_1min_us_equities_2019.csv.gz \\
+    python -m testkit.fake_alpaca --bars ../shared/data/intraday_1min_us_equities_2019.csv.gz \\
         --port 8765 --stream-port 8766 [--replay-speed 60]
 
 It prints the REST URL (trading and market data) and the stream URL; the keys are ``ALPACA_API_KEY`` /
@@ -1028,7 +1028,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     :param argv: command-line arguments (``sys.argv[1:]`` when ``None``)
     """
     parser = argparse.ArgumentParser(
-        prog="python -m resources.fake_alpaca", description=__doc__.splitlines()[0]
+        prog="python -m testkit.fake_alpaca", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--bars", help="long-format bars file (.csv or .csv.gz) to serve and replay")
     parser.add_argument("--port", type=int, default=8765, help="REST port (trading and market data)")

@@ -20,7 +20,7 @@ import pandas as pd
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from trading_core.market.data import MarketArrays
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig, StepOutcome
 
 ActionMode = Literal["shares", "weights"]

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from trading_core.data.schema import feature_columns_of
+
 
 @dataclass(frozen=True)
 class DateSplit:
@@ -96,3 +98,34 @@ def apply_split(features: pd.DataFrame, split: DateSplit) -> dict[str, pd.DataFr
         name: features[(features["date"] >= start) & (features["date"] <= end)].reset_index(drop=True)
         for name, (start, end) in periods.items()
     }
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Feature frames of the three periods and the dates that bound them."""
+
+    split: DateSplit
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return feature_columns_of(self.train)
+
+    @property
+    def tickers(self) -> list[str]:
+        return sorted(self.train["tic"].unique())
+
+    @property
+    def full(self) -> pd.DataFrame:
+        """The three periods back in one frame."""
+        return pd.concat([self.train, self.validation, self.test], ignore_index=True)
+
+    def without_learned(self) -> DatasetSplits:
+        """The same periods without the forecaster's columns (technical features only)."""
+
+        def strip(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[[c for c in frame.columns if not c.startswith("cnn_lstm_")]]
+
+        return DatasetSplits(self.split, strip(self.train), strip(self.validation), strip(self.test))

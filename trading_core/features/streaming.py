@@ -1,4 +1,4 @@
-"""Streaming features: the values of :func:`trading_core.features.build_features`, one bar per ticker at a time.
+"""Streaming features: the values of :func:`trading_core.features.batch.build_features`, one bar per ticker at a time.
 
 The live loop receives one bar per ticker per date and must decide within milliseconds, using the very feature
 values the agent was trained on. :class:`StreamingFeatures` keeps each indicator's state in numpy arrays across
@@ -20,7 +20,7 @@ sees later bars) does not emit. ``build_features`` with turbulence fails outrigh
 dates (FinRL's list of zeros outgrows them); the stream emits turbulence 0 there, the value the batch gives those
 dates once the panel is longer.
 
-Missing tickers: :func:`trading_core.features.balanced_panel` keeps only dates on which every ticker has a bar
+Missing tickers: :func:`trading_core.features.batch.balanced_panel` keeps only dates on which every ticker has a bar
 and never forward-fills. The stream mirrors that: a date missing any ticker's bar is skipped as if it never
 happened (no indicator window, average, turbulence history or date count moves) and ``update`` returns
 ``None``. Bars of tickers outside the configured ones are ignored.
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trading_core.features import BASE_COLUMNS
-from trading_core.finrl_compat import FINRL_INDICATORS
+from trading_core.data.schema import BASE_COLUMNS
+from trading_core.features.finrl_adapter import FINRL_INDICATORS
 
 BAR_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 TURBULENCE_WINDOW = 252  # FinRL's one trading year of trailing returns
@@ -611,7 +611,7 @@ class _LatestVix(_Stateful):
 
 
 class StreamingFeatures:
-    """Incremental twin of :func:`trading_core.features.build_features` for the live loop.
+    """Incremental twin of :func:`trading_core.features.batch.build_features` for the live loop.
 
     :param tickers: the panel's tickers; outputs list them sorted, like ``build_features``
     :param indicators: stockstats indicator names (FinRL's by default); see ``SUPPORTED_INDICATORS``

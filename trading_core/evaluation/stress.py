@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from trading_core.backtest import run_backtest
-from trading_core.environment import EnvSpec
-from trading_core.features import build_features
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.features.batch import build_features
 from trading_core.market.costs import CostModel, LinearImpact, SquareRootImpact
 from trading_core.market.simulator import SimulationConfig
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trading_core.features import feature_columns_of
+from trading_core.data.schema import feature_columns_of
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class MarketArrays:
         tickers = tuple(sorted(frame["tic"].unique()))
         if len(frame) != len(dates) * len(tickers):
             raise ValueError(
-                "features must hold every ticker on every date (see trading_core.features.balanced_panel)"
+                "features must hold every ticker on every date (see trading_core.features.batch.balanced_panel)"
             )
         quote_columns = {"bid", "ask"}
         names = tuple(

@@ -12,9 +12,8 @@ import io
 
 import pandas as pd
 
-from trading_core.finrl_compat import FINRL_INDICATORS, FeatureEngineer
-
-BASE_COLUMNS: tuple[str, ...] = ("date", "tic", "open", "high", "low", "close", "volume")
+from trading_core.data.schema import BASE_COLUMNS, feature_columns_of
+from trading_core.features.finrl_adapter import FINRL_INDICATORS, FeatureEngineer
 
 
 def balanced_panel(bars: pd.DataFrame) -> pd.DataFrame:
@@ -60,13 +59,3 @@ def build_features(
     # Warm-up rows (indicator windows not yet filled) are dropped, never back-filled.
     features = features[~features["date"].isin(incomplete_dates)].reset_index(drop=True)
     return features
-
-
-def feature_columns_of(features: pd.DataFrame) -> list[str]:
-    """The model input columns of a features frame (everything but identifiers and raw OHLCV)."""
-    return [c for c in features.columns if c not in BASE_COLUMNS]
-
-
-def indicator_columns_of(features: pd.DataFrame) -> list[str]:
-    """Per-asset indicator columns (what FinRL's env calls ``tech_indicator_list``)."""
-    return [c for c in feature_columns_of(features) if c not in ("turbulence", "vix")]

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from trading_core.envs.stock_trading import ActionMode, observation_at, targets_from_actions
-from trading_core.market.data import MarketArrays
+from trading_core.envs.fast import ActionMode, observation_at, targets_from_actions
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.execution import FillBar, Fills
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
 

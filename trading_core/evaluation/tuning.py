@@ -13,9 +13,9 @@ import optuna
 import pandas as pd
 
 from trading_core.agents.zoo import DEFAULT_CONFIGS, AgentConfig, train_agent
-from trading_core.backtest import run_backtest
-from trading_core.distributed import fan_out, single_torch_thread
-from trading_core.environment import EnvSpec
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtest import run_backtest
+from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 ON_POLICY = ("ppo", "a2c")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from trading_core.backtester import BacktestRecord
+from trading_core.evaluation.backtester import BacktestRecord
 
 
 def attribute_pnl(record: BacktestRecord, closes: pd.DataFrame) -> pd.DataFrame:

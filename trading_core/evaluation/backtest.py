@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trading_core.backtester import BacktestRecord, EventDrivenBacktester, buy_and_hold_record
-from trading_core.environment import EnvSpec, TradingEnvConfig, make_stock_trading_env
-from trading_core.metrics import PerformanceMetrics, compute_metrics
+from trading_core.envs.spec import EnvSpec, TradingEnvConfig, make_stock_trading_env
+from trading_core.evaluation.backtester import BacktestRecord, EventDrivenBacktester, buy_and_hold_record
+from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trading_core.metrics import PerformanceMetrics
+from trading_core.evaluation.metrics import PerformanceMetrics
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import Literal
 import pandas as pd
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from trading_core.envs.stock_trading import StockTradingVecEnv
-from trading_core.features import feature_columns_of
-from trading_core.finrl_compat import StockTradingEnv
+from trading_core.data.schema import feature_columns_of
+from trading_core.envs.fast import StockTradingVecEnv
+from trading_core.features.finrl_adapter import StockTradingEnv
 from trading_core.market.simulator import SimulationConfig
 
 
@@ -41,7 +41,7 @@ def make_stock_trading_env(features: pd.DataFrame, config: TradingEnvConfig) -> 
     The observation is ``[cash, closes, holdings, features per asset]``; actions in [-1, 1] per asset are
     scaled by ``hmax`` to whole shares.
 
-    :param features: frame from :func:`trading_core.features.build_features`, possibly a split of it
+    :param features: frame from :func:`trading_core.features.batch.build_features`, possibly a split of it
     :param config: environment settings
     """
     frame = features.sort_values(["date", "tic"]).reset_index(drop=True)
@@ -51,7 +51,7 @@ def make_stock_trading_env(features: pd.DataFrame, config: TradingEnvConfig) -> 
     indicators = feature_columns_of(frame)
     if len(frame) != stock_dim * frame.index.nunique():
         raise ValueError(
-            "features must hold every ticker on every date (see trading_core.features.balanced_panel)"
+            "features must hold every ticker on every date (see trading_core.features.batch.balanced_panel)"
         )
     state_space = 1 + 2 * stock_dim + len(indicators) * stock_dim
     return StockTradingEnv(

@@ -33,7 +33,7 @@ def _install_finrl_package_shell() -> None:
     shell.__path__ = list(spec.submodule_search_locations)
     shell.__file__ = spec.origin
     shell.__spec__ = spec
-    shell.__doc__ = "FinRL package shell (see trading_core.finrl_compat)."
+    shell.__doc__ = "FinRL package shell (see trading_core.features.finrl_adapter)."
     sys.modules["finrl"] = shell
 
     if importlib.util.find_spec("yfinance") is None:

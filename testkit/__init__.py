@@ -1,0 +1,1 @@
+"""Fakes for tests and demos (the fake Alpaca server): never part of the production image."""

@@ -1,0 +1,1 @@
+"""Causal features: batch indicators, streaming features bit-equal to them, and the FinRL adapter."""
