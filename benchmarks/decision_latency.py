@@ -42,12 +42,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         target = targets_from_actions(
             action, simulator.holdings, simulator.equity(), simulator.prices, "shares", 100
         )
-        approved, _ = simulator.review(target)
-        orders = approved - simulator.holdings
+        orders, _ = simulator.submit(target)  # the risk manager's review and the orders it approves
         latencies.append(time.perf_counter() - started)
         # Advance the portfolio with the approved orders so the risk state evolves as in a live session.
-        simulator.fill(orders, np.broadcast_to(simulator.prices, orders.shape), simulator.fill_bar())
-        simulator.advance()
+        simulator.next_bar(orders)
     milliseconds = np.asarray(latencies) * 1000
     result = {
         "p50_ms": round(float(np.percentile(milliseconds, 50)), 4),

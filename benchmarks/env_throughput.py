@@ -13,7 +13,7 @@ import numpy as np
 
 from benchmarks.common import Timer, dow30_features, finrl_numpy_env
 from trading_core.envs.fast import FastStockTradingEnv, StockTradingVecEnv
-from trading_core.envs.spec import TradingEnvConfig, make_stock_trading_env
+from trading_core.envs.finrl import TradingEnvConfig, make_stock_trading_env
 from trading_core.market.arrays import MarketArrays
 from trading_core.market.simulator import SimulationConfig
 

@@ -15,8 +15,9 @@ from resources.mlflow_registry import MlflowRegistryResource, mlflow_run
 from resources.state_home import StateHome
 from resources.trading_state import TradingStateResource
 
-EXPERIMENT_NAME = "rl_trading"
-MODEL_NAME = "rl_trading_agent"
+# The registry resource's own defaults, named here for the CLIs and the per-run MLflow resource.
+EXPERIMENT_NAME: str = MlflowRegistryResource.model_fields["experiment_name"].default
+MODEL_NAME: str = MlflowRegistryResource.model_fields["model_name"].default
 
 
 def _tickers() -> list[str]:

@@ -9,8 +9,121 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass, fields
+from typing import Any
 
 from resources.state_home import STATE_HOME_ENV, StateHome
+
+RULE = "=" * 78
+DATA_ASSET = "validated_daily_bars"
+GATE_ASSETS = ("backtest", "stress_tests", "seed_sweep")
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """The outputs a summary reads, ``None`` for each asset whose step did not run (or failed)."""
+
+    raw_daily_bars: Any = None
+    validated_daily_bars: Any = None
+    dataset_splits: Any = None
+    cnn_lstm_model: Any = None
+    trained_agent: Any = None
+    registered_model: Any = None
+    backtest: Any = None
+    champion_model: Any = None
+    stress_tests: Any = None
+    seed_sweep: Any = None
+    candidate_verdicts: Any = None
+    agent_ensemble: Any = None
+    walk_forward: Any = None
+    performance_attribution: Any = None
+
+    @classmethod
+    def of(cls, result) -> RunOutputs:
+        def output(name: str):
+            try:
+                return result.asset_value(name)
+            except Exception:  # noqa: BLE001 - a step that did not run has no output
+                return None
+
+        return cls(**{f.name: output(f.name) for f in fields(cls)})
+
+    def gates(self) -> tuple:
+        """Every gate result of the run: the backtest's, then the stress tests' and the seed sweep's."""
+        upstream = (self.stress_tests, self.seed_sweep)
+        return (*self.backtest.gate, *(g for u in upstream if u is not None for g in u.gate))
+
+
+def _data_lines(out: RunOutputs) -> list[str]:
+    lines = []
+    raw, validated, splits = out.raw_daily_bars, out.validated_daily_bars, out.dataset_splits
+    if raw is not None:
+        lines.append(f"Data source : {raw.source}")
+        lines.append(f"Location    : {raw.location}")
+    if validated is not None:
+        lines.append(f"Tickers     : {', '.join(sorted(validated['tic'].unique()))}")
+        lines.append(
+            f"Date range  : {validated['date'].min().date()} .. {validated['date'].max().date()} "
+            f"({validated['date'].nunique()} sessions, {len(validated)} bars)"
+        )
+    if splits is not None:
+        s = splits.split
+        lines.append(
+            f"Periods     : train {s.train_start.date()}..{s.train_end.date()} | validation "
+            f"{s.validation_start.date()}..{s.validation_end.date()} | test {s.test_start.date()}..{s.test_end.date()}"
+        )
+    return lines
+
+
+def _data_check_lines(evaluations) -> list[str]:
+    data_checks = [e for e in evaluations if e.asset_key.to_user_string() == DATA_ASSET]
+    passed = sum(e.passed for e in data_checks)
+    lines = ["", f"Data checks : {passed} passed, {len(data_checks) - passed} failed"]
+    lines += [f"  [{e.severity.value}] {e.check_name}: {e.description}" for e in data_checks if not e.passed]
+    return lines
+
+
+def _forecaster_lines(forecaster) -> list[str]:
+    if forecaster is None:
+        return []
+    f = forecaster.forecaster
+    return [
+        "",
+        f"Forecaster  : CNN+LSTM {forecaster.version.name} v{forecaster.version.version}, best epoch "
+        f"{f.best_epoch}, validation directional accuracy {f.directional_accuracy:.1%}, IC "
+        f"{f.information_coefficient:+.3f}",
+    ]
+
+
+def _environment_line(spec) -> str:
+    if spec.engine != "fast":
+        return f"Environment : FinRL StockTradingEnv, same-bar fills, {spec.finrl_cost_pct:.2%} costs"
+    sim = spec.simulation
+    return (
+        f"Environment : fast engine, {sim.execution.fill_timing} {sim.execution.order_type} fills, "
+        f"commission {type(sim.cost_model.commission).__name__}, spread {sim.spread}, "
+        f"impact {type(sim.cost_model.impact).__name__}, risk manager {'on' if sim.risk else 'off'}"
+    )
+
+
+def _training_lines(agent) -> list[str]:
+    if agent is None:
+        return []
+    return [
+        "",
+        f"Training    : {agent.algorithm}, seed {agent.seed}, {agent.ppo_config.total_timesteps} timesteps, "
+        f"MLflow run {agent.run_id}",
+        _environment_line(agent.env_spec),
+    ]
+
+
+def _model_lines(version, champion) -> list[str]:
+    from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
+
+    if version is None:
+        return []
+    aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
+    return [f"Model       : {version.name} version {version.version}, aliases: {', '.join(aliases)}"]
 
 
 def _format_metrics_table(report) -> list[str]:
@@ -36,232 +149,220 @@ def _format_metrics_table(report) -> list[str]:
     return lines
 
 
-def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
-    """A plain-text summary of a full-pipeline run and whether anything other than the gate failed."""
+def _backtest_lines(report) -> list[str]:
+    if report is None:
+        return []
+    lines = [
+        f"Backtest    : out of sample, after costs ({report.trades} trades, costs {report.total_cost:,.0f})"
+    ]
+    lines += _format_metrics_table(report)
+    if report.record is not None:
+        costs = report.record.cost_breakdown
+        lines.append(
+            "    costs: commission {commission:,.0f}, spread {spread_cost:,.0f}, impact {impact_cost:,.0f}; "
+            "risk interventions: {n}".format(n=len(report.record.interventions), **costs)
+        )
+    return lines
+
+
+def _gate_lines(out: RunOutputs, evaluations) -> list[str]:
     from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
-    def output(name: str):
-        try:
-            return result.asset_value(name)
-        except Exception:  # noqa: BLE001 - a step that did not run has no output
-            return None
-
-    lines = ["", "=" * 78, "RL trading pipeline — run summary", "=" * 78]
-    raw = output("raw_daily_bars")
-    validated = output("validated_daily_bars")
-    if raw is not None:
-        lines.append(f"Data source : {raw.source}")
-        lines.append(f"Location    : {raw.location}")
-    if validated is not None:
-        lines.append(f"Tickers     : {', '.join(sorted(validated['tic'].unique()))}")
-        lines.append(
-            f"Date range  : {validated['date'].min().date()} .. {validated['date'].max().date()} "
-            f"({validated['date'].nunique()} sessions, {len(validated)} bars)"
-        )
-    splits = output("dataset_splits")
-    if splits is not None:
-        s = splits.split
-        lines.append(
-            f"Periods     : train {s.train_start.date()}..{s.train_end.date()} | validation "
-            f"{s.validation_start.date()}..{s.validation_end.date()} | test {s.test_start.date()}..{s.test_end.date()}"
-        )
-
-    evaluations = result.get_asset_check_evaluations()
-    data_checks = [e for e in evaluations if e.asset_key.to_user_string() == "validated_daily_bars"]
-    gate_checks = [
-        e for e in evaluations if e.asset_key.to_user_string() in ("backtest", "stress_tests", "seed_sweep")
-    ]
-    passed = sum(e.passed for e in data_checks)
-    lines.append("")
-    lines.append(f"Data checks : {passed} passed, {len(data_checks) - passed} failed")
-    for e in data_checks:
-        if not e.passed:
-            lines.append(f"  [{e.severity.value}] {e.check_name}: {e.description}")
-
-    forecaster = output("cnn_lstm_model")
-    if forecaster is not None:
-        f = forecaster.forecaster
-        lines.append("")
-        lines.append(
-            f"Forecaster  : CNN+LSTM {forecaster.version.name} v{forecaster.version.version}, best epoch "
-            f"{f.best_epoch}, validation directional accuracy {f.directional_accuracy:.1%}, IC "
-            f"{f.information_coefficient:+.3f}"
-        )
-    agent = output("trained_agent")
-    version = output("registered_model")
-    report = output("backtest")
-    champion = output("champion_model")
-    stress = output("stress_tests")
-    sweep = output("seed_sweep")
-    if agent is not None:
-        lines.append("")
-        lines.append(
-            f"Training    : {agent.algorithm}, seed {agent.seed}, {agent.ppo_config.total_timesteps} timesteps, "
-            f"MLflow run {agent.run_id}"
-        )
-    if agent is not None:
-        spec = agent.env_spec
-        if spec.engine == "fast":
-            sim = spec.simulation
-            lines.append(
-                f"Environment : fast engine, {sim.execution.fill_timing} {sim.execution.order_type} fills, "
-                f"commission {type(sim.cost_model.commission).__name__}, spread {sim.spread}, "
-                f"impact {type(sim.cost_model.impact).__name__}, risk manager {'on' if sim.risk else 'off'}"
-            )
-        else:
-            lines.append(
-                f"Environment : FinRL StockTradingEnv, same-bar fills, {spec.finrl_cost_pct:.2%} costs"
-            )
-    if version is not None:
-        aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
-        lines.append(f"Model       : {version.name} version {version.version}, aliases: {', '.join(aliases)}")
-    if report is not None:
-        lines.append(
-            f"Backtest    : out of sample, after costs ({report.trades} trades, costs {report.total_cost:,.0f})"
-        )
-        lines += _format_metrics_table(report)
-        if report.record is not None:
-            costs = report.record.cost_breakdown
-            lines.append(
-                "    costs: commission {commission:,.0f}, spread {spread_cost:,.0f}, impact {impact_cost:,.0f}; "
-                "risk interventions: {n}".format(n=len(report.record.interventions), **costs)
-            )
-        lines.append("")
-        lines.append(
-            f"Promotion gate ({sum(e.passed for e in gate_checks)}/{len(gate_checks)} checks passed):"
-        )
-        for gate in report.gate:
-            lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
-        for upstream in (stress, sweep):
-            for gate in upstream.gate if upstream is not None else ():
-                lines.append(f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}")
-        if champion is not None:
-            lines.append(
-                f"Verdict     : PROMOTED — version {version.version} now holds alias '{CHAMPION_ALIAS}'"
-            )
-        else:
-            lines.append(
-                f"Verdict     : NOT PROMOTED — version {report.version} keeps alias '{CHALLENGER_ALIAS}' only; "
-                f"'{CHAMPION_ALIAS}' is unchanged"
-            )
-
-    def gate_failure(event) -> bool:
-        error = event.event_specific_data.error
-        return (
-            event.step_key == "backtest"
-            and error is not None
-            and error.cls_name == "DagsterAssetCheckFailedError"
-        )
-
-    if stress is not None:
-        lines.append("")
-        lines.append("Stress tests (agent return / max drawdown vs buy & hold return):")
-        for scenario in stress.results:
-            lines.append(
-                f"  {scenario.name:<28}{scenario.total_return:>+8.1%} /{scenario.max_drawdown:>6.1%}   "
-                f"b&h {scenario.benchmark_return:>+7.1%}"
-            )
-    if sweep is not None:
-        lines.append("")
-        lines.append(f"Seed variance ({len(sweep.table)} seeds, {sweep.n_trials} trials in the experiment):")
-        stats = sweep.distribution
-        lines.append(f"    {'metric':<20}{'min':>8}{'p25':>8}{'median':>8}{'max':>8}")
-        for metric in ("validation_sharpe", "test_sharpe", "test_return", "test_max_drawdown"):
-            row = stats.loc[metric]
-            lines.append(
-                f"    {metric:<20}{row['min']:>8.2f}{row['p25']:>8.2f}{row['median']:>8.2f}{row['max']:>8.2f}"
-            )
-    verdicts = output("candidate_verdicts")
-    ensemble = output("agent_ensemble")
-    if verdicts is not None:
-        lines.append("")
-        lines.append(
-            f"Candidates  : gate verdict per candidate ({verdicts.n_trials} trials; buy & hold Sharpe "
-            f"{verdicts.benchmark_sharpe:.2f})"
-        )
-        lines.append(
-            f"    {'candidate':<20}{'runs':>5}{'SR':>7}{'p25 SR':>8}{'med SR':>8}{'worst DD':>10}{'DSR':>6}  verdict"
-        )
-        for row in verdicts.table().to_dict(orient="records"):
-            lines.append(
-                f"    {row['candidate']:<20}{row['runs']:>5}{row['sharpe']:>7.2f}{row['p25_sharpe']:>8.2f}{row['median_sharpe']:>8.2f}"
-                f"{row['worst_drawdown']:>10.1%}{row['deflated_sharpe']:>6.2f}  {row['verdict']}"
-            )
-        if report is not None:
-            failed = [
-                g.name
-                for g in (*report.gate, *(stress.gate if stress else ()), *(sweep.gate if sweep else ()))
-                if not g.passed
-            ]
-            lines.append(
-                f"    {'registered ' + (agent.algorithm if agent else ''):<20} v{report.version}: "
-                + ("pass (promoted)" if champion is not None else "fail: " + ", ".join(failed))
-            )
-    if ensemble is not None:
-        lines.append(
-            f"Ensemble    : {ensemble.version.name} v{ensemble.version.version} (pyfunc, alias challenger), weights "
-            + ", ".join(f"{k} {w:.2f}" for k, w in ensemble.weights.items())
-        )
-    walk = output("walk_forward")
-    if walk is not None:
-        lines.append(
-            f"Walk-forward: {len(walk.windows)} windows, stitched out-of-sample Sharpe {walk.metrics.sharpe:.2f} "
-            f"(return {walk.metrics.total_return:+.1%}) vs buy & hold {walk.benchmark_metrics.sharpe:.2f} "
-            f"({walk.benchmark_metrics.total_return:+.1%})"
-        )
-    attribution = output("performance_attribution")
-    if attribution is not None:
-        gross, net = attribution["gross_pnl"].sum(), attribution["net_pnl"].sum()
-        lines.append(f"Attribution : gross PnL {gross:,.0f}, costs {gross - net:,.0f}, net PnL {net:,.0f}")
-
-    failed_steps = [
-        e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not gate_failure(e)
-    ]
-    gate_only = report is not None and not failed_steps
-    if failed_steps:
-        lines.append("")
-        lines.append(f"FAILED steps: {', '.join(failed_steps)} (see the Dagster UI for details)")
-        for e in result.all_events:
-            if e.event_type_value == "STEP_FAILURE" and not gate_failure(e):
-                info = e.event_specific_data.error
-                lines.append(f"  {e.step_key}: {info.message.strip().splitlines()[-1] if info else ''}")
-
-    home_export = f"{STATE_HOME_ENV}={home.root}"
+    report = out.backtest
+    if report is None:
+        return []
+    gate_checks = [e for e in evaluations if e.asset_key.to_user_string() in GATE_ASSETS]
+    lines = ["", f"Promotion gate ({sum(e.passed for e in gate_checks)}/{len(gate_checks)} checks passed):"]
     lines += [
+        f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}" for gate in out.gates()
+    ]
+    if out.champion_model is not None:
+        lines.append(
+            f"Verdict     : PROMOTED — version {out.registered_model.version} now holds alias '{CHAMPION_ALIAS}'"
+        )
+    else:
+        lines.append(
+            f"Verdict     : NOT PROMOTED — version {report.version} keeps alias '{CHALLENGER_ALIAS}' only; "
+            f"'{CHAMPION_ALIAS}' is unchanged"
+        )
+    return lines
+
+
+def _stress_lines(stress) -> list[str]:
+    if stress is None:
+        return []
+    lines = ["", "Stress tests (agent return / max drawdown vs buy & hold return):"]
+    lines += [
+        f"  {scenario.name:<28}{scenario.total_return:>+8.1%} /{scenario.max_drawdown:>6.1%}   "
+        f"b&h {scenario.benchmark_return:>+7.1%}"
+        for scenario in stress.results
+    ]
+    return lines
+
+
+def _seed_lines(sweep) -> list[str]:
+    if sweep is None:
+        return []
+    lines = ["", f"Seed variance ({len(sweep.table)} seeds, {sweep.n_trials} trials in the experiment):"]
+    lines.append(f"    {'metric':<20}{'min':>8}{'p25':>8}{'median':>8}{'max':>8}")
+    for metric in ("validation_sharpe", "test_sharpe", "test_return", "test_max_drawdown"):
+        row = sweep.distribution.loc[metric]
+        lines.append(
+            f"    {metric:<20}{row['min']:>8.2f}{row['p25']:>8.2f}{row['median']:>8.2f}{row['max']:>8.2f}"
+        )
+    return lines
+
+
+def _candidate_lines(out: RunOutputs) -> list[str]:
+    verdicts, report, agent = out.candidate_verdicts, out.backtest, out.trained_agent
+    if verdicts is None:
+        return []
+    lines = [
+        "",
+        f"Candidates  : gate verdict per candidate ({verdicts.n_trials} trials; buy & hold Sharpe "
+        f"{verdicts.benchmark_sharpe:.2f})",
+        f"    {'candidate':<20}{'runs':>5}{'SR':>7}{'p25 SR':>8}{'med SR':>8}{'worst DD':>10}{'DSR':>6}  verdict",
+    ]
+    for row in verdicts.table().to_dict(orient="records"):
+        lines.append(
+            f"    {row['candidate']:<20}{row['runs']:>5}{row['sharpe']:>7.2f}{row['p25_sharpe']:>8.2f}{row['median_sharpe']:>8.2f}"
+            f"{row['worst_drawdown']:>10.1%}{row['deflated_sharpe']:>6.2f}  {row['verdict']}"
+        )
+    if report is not None:
+        failed = [g.name for g in out.gates() if not g.passed]
+        lines.append(
+            f"    {'registered ' + (agent.algorithm if agent else ''):<20} v{report.version}: "
+            + ("pass (promoted)" if out.champion_model is not None else "fail: " + ", ".join(failed))
+        )
+    return lines
+
+
+def _ensemble_lines(ensemble) -> list[str]:
+    if ensemble is None:
+        return []
+    return [
+        f"Ensemble    : {ensemble.version.name} v{ensemble.version.version} (pyfunc, alias challenger), weights "
+        + ", ".join(f"{k} {w:.2f}" for k, w in ensemble.weights.items())
+    ]
+
+
+def _walk_forward_lines(walk) -> list[str]:
+    if walk is None:
+        return []
+    return [
+        f"Walk-forward: {len(walk.windows)} windows, stitched out-of-sample Sharpe {walk.metrics.sharpe:.2f} "
+        f"(return {walk.metrics.total_return:+.1%}) vs buy & hold {walk.benchmark_metrics.sharpe:.2f} "
+        f"({walk.benchmark_metrics.total_return:+.1%})"
+    ]
+
+
+def _attribution_lines(attribution) -> list[str]:
+    if attribution is None:
+        return []
+    gross, net = attribution["gross_pnl"].sum(), attribution["net_pnl"].sum()
+    return [f"Attribution : gross PnL {gross:,.0f}, costs {gross - net:,.0f}, net PnL {net:,.0f}"]
+
+
+def _is_gate_failure(event) -> bool:
+    """The backtest step fails when a blocking gate check does: that is a verdict, not a broken step."""
+    error = event.event_specific_data.error
+    return (
+        event.step_key == "backtest"
+        and error is not None
+        and error.cls_name == "DagsterAssetCheckFailedError"
+    )
+
+
+def failed_steps(result) -> list:
+    """The run's step failures other than the promotion gate's."""
+    return [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not _is_gate_failure(e)]
+
+
+def _failure_lines(failures) -> list[str]:
+    if not failures:
+        return []
+    lines = ["", f"FAILED steps: {', '.join(e.step_key for e in failures)} (see the Dagster UI for details)"]
+    for e in failures:
+        info = e.event_specific_data.error
+        lines.append(f"  {e.step_key}: {info.message.strip().splitlines()[-1] if info else ''}")
+    return lines
+
+
+def _ui_lines(home: StateHome, tracking_uri: str) -> list[str]:
+    home_export = f"{STATE_HOME_ENV}={home.root}"
+    return [
         "",
         "Open the UIs on the same stores:",
         f"  Dagster : DAGSTER_HOME={home.dagster_home} {home_export} .venv/bin/dagster dev -w workspace.yaml"
         "   (or: make dagster-ui)",
         f"  MLflow  : .venv/bin/mlflow ui --backend-store-uri {tracking_uri} "
         f"--default-artifact-root {home.mlflow_artifact_root} --port 5000   (or: make mlflow-ui)",
-        "=" * 78,
     ]
-    return "\n".join(lines), gate_only or (report is not None and champion is not None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
+    """A plain-text summary of a full-pipeline run and whether anything other than the gate failed."""
+    out = RunOutputs.of(result)
+    evaluations = result.get_asset_check_evaluations()
+    failures = failed_steps(result)
+    lines = [
+        "",
+        RULE,
+        "RL trading pipeline — run summary",
+        RULE,
+        *_data_lines(out),
+        *_data_check_lines(evaluations),
+        *_forecaster_lines(out.cnn_lstm_model),
+        *_training_lines(out.trained_agent),
+        *_model_lines(out.registered_model, out.champion_model),
+        *_backtest_lines(out.backtest),
+        *_gate_lines(out, evaluations),
+        *_stress_lines(out.stress_tests),
+        *_seed_lines(out.seed_sweep),
+        *_candidate_lines(out),
+        *_ensemble_lines(out.agent_ensemble),
+        *_walk_forward_lines(out.walk_forward),
+        *_attribution_lines(out.performance_attribution),
+        *_failure_lines(failures),
+        *_ui_lines(home, tracking_uri),
+        RULE,
+    ]
+    # Only the gate may fail (a rejected candidate), or nothing at all (a promoted one).
+    ok = out.backtest is not None and (not failures or out.champion_model is not None)
+    return "\n".join(lines), ok
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Budget and seed overrides; each default shown is the one the asset's Dagster config falls back to."""
+    from trading_assets.evaluation import WalkForwardSettings
+    from trading_assets.training import AgentZooSettings, TrainingSettings
+
+    training, walk_forward, zoo = TrainingSettings(), WalkForwardSettings(), AgentZooSettings()
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--timesteps", type=int, default=None, help="PPO training budget (default 20000)")
-    parser.add_argument("--seed", type=int, default=None, help="training seed (default 42)")
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        default=None,
+        help=f"PPO training budget (default {training.total_timesteps})",
+    )
+    parser.add_argument("--seed", type=int, default=None, help=f"training seed (default {training.seed})")
     parser.add_argument(
         "--walk-forward-timesteps",
         type=int,
         default=None,
-        help="PPO budget per walk-forward window (default 10000)",
+        help=f"PPO budget per walk-forward window (default {walk_forward.timesteps_per_window})",
     )
     parser.add_argument(
-        "--zoo-timesteps", type=int, default=None, help="budget of each agent-zoo run (default 4000)"
+        "--zoo-timesteps",
+        type=int,
+        default=None,
+        help=f"budget of each agent-zoo run (default {zoo.timesteps})",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    home = StateHome.from_env().prepare()
-    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-    from dagster import DagsterInstance
-
-    from pipelines.definitions import defs
-
+def run_config_for(args: argparse.Namespace) -> dict:
+    """The run config of the flags given; an omitted flag leaves the asset's config default in force."""
     run_config: dict = {"ops": {}}
     training = {k: v for k, v in (("total_timesteps", args.timesteps), ("seed", args.seed)) if v is not None}
     if training:
@@ -270,9 +371,22 @@ def main(argv: list[str] | None = None) -> int:
         run_config["ops"]["walk_forward"] = {"config": {"timesteps_per_window": args.walk_forward_timesteps}}
     if args.zoo_timesteps is not None:
         run_config["ops"]["agent_zoo"] = {"config": {"timesteps": args.zoo_timesteps}}
+    return run_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    args = parse_args(argv)
+    home = StateHome.from_env().prepare()
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+
+    from dagster import DagsterInstance
+
+    from pipelines.definitions import defs
+
     instance = DagsterInstance.get()
     job = defs.resolve_job_def("full_pipeline")
-    result = job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    result = job.execute_in_process(instance=instance, run_config=run_config_for(args), raise_on_error=False)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or home.mlflow_tracking_uri
     summary, ok = summarize(result, home, tracking_uri)
     print(summary)

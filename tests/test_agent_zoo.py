@@ -13,15 +13,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from trading_core.agents.ensemble import (
-    MANIFEST,
-    RebalanceWindow,
-    WeightedEnsemblePolicy,
-    rebalance_windows,
-    rolling_selection,
-    select_by_validation_sharpe,
-    softmax_weights,
-)
+from trading_core.agents.ensemble import MANIFEST, WeightedEnsemblePolicy, softmax_weights
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.agents.zoo import (
     ALGORITHMS,
@@ -36,7 +28,14 @@ from trading_core.agents.zoo import (
 )
 from trading_core.envs.fast import StockTradingVecEnv
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.backtester import run_backtest
+from trading_core.evaluation.selection import (
+    RebalanceWindow,
+    rebalance_windows,
+    rolling_selection,
+    select_by_validation_sharpe,
+    weighted_ensemble_from_validation,
+)
 from trading_core.features.batch import build_features
 
 ENV_SPEC = EnvSpec(n_envs=2)
@@ -292,9 +291,7 @@ def test_selection_picks_the_best_validation_sharpe(candidates, data):
 
 
 def test_weighted_ensemble_averages_actions_with_softmax_weights(candidates, data, observations):
-    ensemble = WeightedEnsemblePolicy.from_validation(
-        candidates, data["validation"], ENV_SPEC, temperature=0.5
-    )
+    ensemble = weighted_ensemble_from_validation(candidates, data["validation"], ENV_SPEC, temperature=0.5)
     sharpes = {
         name: run_backtest(policy, data["validation"], ENV_SPEC).metrics.sharpe
         for name, policy in candidates.items()
@@ -338,7 +335,7 @@ def test_softmax_weights_edge_cases():
 
 def test_weighted_ensemble_save_load_is_identical(trained, data, observations, tmp_path):
     members = {name: trained[name][0] for name in ("ppo", "sac", "qrdqn")}
-    ensemble = WeightedEnsemblePolicy.from_validation(members, data["validation"], ENV_SPEC)
+    ensemble = weighted_ensemble_from_validation(members, data["validation"], ENV_SPEC)
     manifest = ensemble.save(tmp_path / "ensemble")
     assert manifest == tmp_path / "ensemble" / MANIFEST
     content = json.loads(manifest.read_text())

@@ -14,7 +14,7 @@ from trading_core.features.batch import build_features
 from trading_core.market.arrays import MarketArrays
 from trading_core.market.costs import CostModel, NoImpact, ProportionalCommission
 from trading_core.market.execution import ExecutionConfig
-from trading_core.market.risk import RiskLimits
+from trading_core.market.limits import RiskLimits
 from trading_core.market.simulator import SimulationConfig
 
 

@@ -32,6 +32,7 @@ from trading_core.market.costs import (
     trailing_mean,
     trailing_volatility,
 )
+from trading_core.market.execution import ExecutionConfig, FillBar, execute_orders
 
 # ------------------------------------------------------------------------------------------------ commissions
 
@@ -472,3 +473,17 @@ def test_corwin_schultz_on_real_dow_bars(dow30_file):
     below = (half < 50e-4).mean(axis=0)
     assert (below > 0.9).all(), dict(zip(tickers, below, strict=True))
     assert (np.median(half, axis=0) > 0).all()
+
+
+def test_a_cash_limited_buy_never_spends_more_than_the_cash_under_a_minimum_commission():
+    """floor(cash / per-share cost of the whole order) shares pay the $1 minimum, which the whole order did
+    not: 10 shares at 99.95 + $1 would cost 1000.50 of 1000 cash, so the fill is cut to 9 shares."""
+    price = np.array([[99.95]])
+    bar = FillBar(price, price, price, np.array([[1e9]]), np.zeros((1, 1)), np.ones((1, 1)), np.zeros((1, 1)))
+    model = CostModel(commission_model("interactive_brokers_fixed"), NoImpact())
+    fills = execute_orders(
+        np.array([[200.0]]), np.zeros((1, 1)), np.array([1000.0]), price, bar, model, ExecutionConfig()
+    )
+    assert fills.shares[0, 0] == 9.0
+    assert fills.commission[0, 0] == 1.0
+    assert 1000.0 + fills.cash_change[0] == pytest.approx(1000.0 - 9 * 99.95 - 1.0)

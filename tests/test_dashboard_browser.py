@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from trading_core.market.risk import TradingState
+from trading_core.market.limits import TradingState
 from trading_core.monitoring import Alert, LiveMetrics, MonitoringServer
 
 CHROMIUM = next(

@@ -9,12 +9,12 @@ import pytest
 from trading_core.data.schema import select_window
 from trading_core.data.validation import to_validated_bars
 from trading_core.envs.fast import FastStockTradingEnv, StockTradingVecEnv, build_observation
-from trading_core.envs.spec import TradingEnvConfig, make_stock_trading_env
+from trading_core.envs.finrl import TradingEnvConfig, make_stock_trading_env
 from trading_core.features.batch import build_features
 from trading_core.market.arrays import MarketArrays
 from trading_core.market.costs import CostModel, NoImpact, ProportionalCommission
 from trading_core.market.execution import ExecutionConfig
-from trading_core.market.risk import RiskLimits
+from trading_core.market.limits import RiskLimits
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
 
 

@@ -28,7 +28,6 @@ from scipy import integrate
 from scipy.stats import norm
 
 from trading_core.evaluation.metrics import (
-    PERIODS_PER_YEAR,
     PerformanceMetrics,
     compute_metrics,
     conditional_value_at_risk,
@@ -42,6 +41,7 @@ from trading_core.evaluation.metrics import (
     value_at_risk,
     win_rate,
 )
+from trading_core.market.measures import PERIODS_PER_YEAR
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

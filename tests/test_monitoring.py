@@ -18,7 +18,7 @@ import requests
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from trading_core.market.risk import TradingState
+from trading_core.market.limits import TradingState
 from trading_core.monitoring import (
     Alert,
     AlertEvaluator,

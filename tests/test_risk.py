@@ -13,19 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.stats import norm
 
-from trading_core.market.risk import (
-    RULES,
-    Intervention,
-    RiskLimits,
-    RiskManager,
-    TradingState,
-    capped_kelly_fraction,
-    historical_cvar,
-    historical_var,
-    inverse_volatility_weights,
-    parametric_var,
-    risk_parity_weights,
-)
+from trading_core.market.limits import Intervention, RiskLimits, TradingState
+from trading_core.market.measures import historical_cvar, historical_var, parametric_var
+from trading_core.market.risk import RULES, RiskManager
+from trading_core.market.sizing import capped_kelly_fraction, inverse_volatility_weights, risk_parity_weights
 
 OFF = RiskLimits.disabled()
 

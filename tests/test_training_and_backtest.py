@@ -8,8 +8,9 @@ import pytest
 
 from trading_core.agents.training import PPOConfig, policy_actions, train_ppo
 from trading_core.data.splits import apply_split, make_date_split
-from trading_core.envs.spec import EnvSpec, TradingEnvConfig, make_stock_trading_env
-from trading_core.evaluation.backtest import equal_weight_buy_and_hold, rollout_policy, run_backtest
+from trading_core.envs.finrl import TradingEnvConfig, make_stock_trading_env, rollout_policy
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.backtester import equal_weight_buy_and_hold, run_backtest
 from trading_core.features.batch import build_features
 
 TINY = PPOConfig(total_timesteps=256, n_steps=128, batch_size=64)

@@ -10,7 +10,7 @@ from tests.test_backtester import ScriptedPolicy
 from trading_core.agents.training import PPOConfig
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.attribution import attribute_pnl, attribution_summary
-from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.stress import (
     liquidity_drop,
     run_stress_tests,

@@ -6,6 +6,7 @@ keeps only its ``challenger`` alias.
 """
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import dagster as dg
 import pandas as pd
@@ -16,13 +17,18 @@ from resources.mlflow_registry import (
     MlflowRegistryResource,
     RegisteredVersion,
 )
+from trading_assets.config_defaults import default_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.training import ENSEMBLE_MODEL_NAME, AgentZooReport, EnsembleReport, TrainedAgent
 from trading_core.data.splits import DatasetSplits
 from trading_core.evaluation.attribution import attribute_pnl, attribution_summary
-from trading_core.evaluation.backtest import BacktestResult, run_backtest
-from trading_core.evaluation.backtester import BacktestRecord, buy_and_hold_record
+from trading_core.evaluation.backtester import (
+    BacktestRecord,
+    BacktestResult,
+    buy_and_hold_record,
+    run_backtest,
+)
 from trading_core.evaluation.metrics import (
     PerformanceMetrics,
     compute_metrics,
@@ -39,14 +45,15 @@ from trading_core.evaluation.promotion import (
     judge_candidate,
 )
 from trading_core.evaluation.seed_sweep import (
+    SeedSweepConfig,
     SeedTask,
     distribution,
     per_period_sharpe_variance,
     run_seed_sweep,
     seed_table,
 )
-from trading_core.evaluation.stress import StressResult, run_stress_tests
-from trading_core.evaluation.walk_forward import WalkForwardResult, run_walk_forward, walk_forward_windows
+from trading_core.evaluation.stress import StressConfig, StressResult, run_stress_tests
+from trading_core.evaluation.walk_forward import WalkForwardConfig, WalkForwardResult, run_walk_forward
 from trading_core.models.cnn_lstm import feature_builder
 
 GATE_CHECKS = {
@@ -58,10 +65,10 @@ GATE_CHECKS = {
 
 
 class StressSettings(dg.Config):
-    """Stress scenarios and the limit that joins the promotion gate."""
+    """Stress scenarios and the limit that joins the promotion gate (defaults: :class:`StressConfig`)."""
 
-    max_stress_drawdown: float = 0.25
-    shock_offset: int = 10
+    max_stress_drawdown: float = default_of(StressConfig, "max_stress_drawdown")
+    shock_offset: int = default_of(StressConfig, "shock_offset")
 
 
 @dataclass(frozen=True)
@@ -162,16 +169,21 @@ def stress_tests(
 
 
 class WalkForwardSettings(dg.Config):
-    """Windows of the walk-forward evaluation and the training budget per window."""
+    """Windows of the walk-forward evaluation and the training budget per window (:class:`WalkForwardConfig`)."""
 
-    n_windows: int = 3
-    test_dates: int = 126
-    scheme: str = "expanding"
-    train_dates: int | None = None
-    purge: int = 5
-    embargo: int = 5
-    timesteps_per_window: int = 10_000
-    use_ray: bool = True
+    n_windows: int = default_of(WalkForwardConfig, "n_windows")
+    test_dates: int = default_of(WalkForwardConfig, "test_dates")
+    scheme: str = default_of(WalkForwardConfig, "scheme")
+    train_dates: int | None = default_of(WalkForwardConfig, "train_dates")
+    purge: int = default_of(WalkForwardConfig, "purge")
+    embargo: int = default_of(WalkForwardConfig, "embargo")
+    timesteps_per_window: int = default_of(WalkForwardConfig, "timesteps_per_window")
+    use_ray: bool = default_of(WalkForwardConfig, "use_ray")
+
+    def to_domain(self) -> WalkForwardConfig:
+        """The domain settings; any scheme but ``rolling`` reads as ``expanding``."""
+        scheme: Literal["rolling", "expanding"] = "rolling" if self.scheme == "rolling" else "expanding"
+        return WalkForwardConfig(**{**self.model_dump(), "scheme": scheme})
 
 
 @dg.asset(group_name="evaluation", compute_kind="stable_baselines3")
@@ -183,15 +195,7 @@ def walk_forward(
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[WalkForwardResult]:
     """The training procedure re-run per window (purged, embargoed), each agent traded on the next unseen window."""
-    windows = walk_forward_windows(
-        features["date"],
-        n_windows=config.n_windows,
-        test_size=config.test_dates,
-        train_size=config.train_dates,
-        scheme="rolling" if config.scheme == "rolling" else "expanding",
-        purge=config.purge,
-        embargo=config.embargo,
-    )
+    windows = config.to_domain().windows(features["date"])
     budget = replace(trained_agent.ppo_config, total_timesteps=config.timesteps_per_window)
     result = run_walk_forward(
         features,
@@ -229,13 +233,16 @@ def walk_forward(
 
 
 class SeedSweepSettings(dg.Config):
-    """Seeds of the sweep and the gate on its distribution."""
+    """Seeds of the sweep and the gate on its distribution (defaults: :class:`SeedSweepConfig`)."""
 
-    n_seeds: int = 3
-    timesteps: int | None = None
-    use_ray: bool = True
-    min_p25_sharpe: float = 0.5
-    min_deflated_sharpe: float = 0.5
+    n_seeds: int = default_of(SeedSweepConfig, "n_seeds")
+    timesteps: int | None = default_of(SeedSweepConfig, "timesteps")
+    use_ray: bool = default_of(SeedSweepConfig, "use_ray")
+    min_p25_sharpe: float = default_of(SeedSweepConfig, "min_p25_sharpe")
+    min_deflated_sharpe: float = default_of(SeedSweepConfig, "min_deflated_sharpe")
+
+    def to_domain(self) -> SeedSweepConfig:
+        return SeedSweepConfig(**self.model_dump())
 
 
 @dataclass(frozen=True)
@@ -277,7 +284,7 @@ def seed_sweep(
         trained_agent.observation_frame(f)
         for f in (learned_features.train, learned_features.validation, learned_features.test)
     ]
-    seeds = [trained_agent.seed + offset for offset in range(config.n_seeds)]
+    seeds = config.to_domain().seeds(trained_agent.seed)
     tasks = [SeedTask("ppo", seed, recipe, trained_agent.env_spec, *frames) for seed in seeds]
     context.log.info(f"seed sweep: {len(tasks)} seeds {'on Ray' if config.use_ray else 'in turn'}")
     outcomes = run_seed_sweep(tasks, use_ray=config.use_ray)
@@ -354,14 +361,14 @@ def seed_sweep(
 
 
 class PromotionSettings(dg.Config):
-    """Thresholds of the promotion gate (roadmap targets by default)."""
+    """Thresholds of the promotion gate (roadmap targets by default: :class:`PromotionThresholds`)."""
 
-    min_sharpe: float = 1.0
-    max_drawdown: float = 0.15
-    max_var_95: float = 0.02
-    must_beat_buy_and_hold: bool = True
+    min_sharpe: float = default_of(PromotionThresholds, "min_sharpe")
+    max_drawdown: float = default_of(PromotionThresholds, "max_drawdown")
+    max_var_95: float = default_of(PromotionThresholds, "max_var_95")
+    must_beat_buy_and_hold: bool = default_of(PromotionThresholds, "must_beat_buy_and_hold")
 
-    def thresholds(self) -> PromotionThresholds:
+    def to_domain(self) -> PromotionThresholds:
         return PromotionThresholds(**self.model_dump())
 
 
@@ -419,7 +426,7 @@ def backtest(
     result = run_backtest(
         policy, trained_agent.observation_frame(learned_features.test), trained_agent.env_spec
     )
-    gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.thresholds()))
+    gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.to_domain()))
     report = BacktestReport(
         model_name=registered_model.name,
         version=registered_model.version,
@@ -547,13 +554,17 @@ def _attribution_output(
 
 
 class CandidateGateSettings(dg.Config):
-    """The gate applied to every candidate (the same criteria as the registered candidate's blocking checks)."""
+    """The gate applied to every candidate (the same criteria as the registered candidate's blocking checks;
+    defaults: :class:`CandidateThresholds`)."""
 
-    min_sharpe: float = 1.0
-    min_p25_sharpe: float = 0.5
-    max_drawdown: float = 0.15
-    min_deflated_sharpe: float = 0.5
-    must_beat_buy_and_hold: bool = True
+    min_sharpe: float = default_of(CandidateThresholds, "min_sharpe")
+    min_p25_sharpe: float = default_of(CandidateThresholds, "min_p25_sharpe")
+    max_drawdown: float = default_of(CandidateThresholds, "max_drawdown")
+    min_deflated_sharpe: float = default_of(CandidateThresholds, "min_deflated_sharpe")
+    must_beat_buy_and_hold: bool = default_of(CandidateThresholds, "must_beat_buy_and_hold")
+
+    def to_domain(self) -> CandidateThresholds:
+        return CandidateThresholds(**self.model_dump())
 
 
 @dataclass(frozen=True)
@@ -579,7 +590,7 @@ def candidate_verdicts(
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[CandidateVerdicts]:
     """Every candidate (each zoo agent over its seeds, both ensembles) judged by the promotion gate's criteria."""
-    thresholds = CandidateThresholds(**config.model_dump())
+    thresholds = config.to_domain()
     test = trained_agent.observation_frame(learned_features.test)
     benchmark = compute_metrics(buy_and_hold_record(test, trained_agent.env_spec.simulation).equity)
     n_trials = max(model_registry.trial_count(), 1)

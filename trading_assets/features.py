@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from resources.market_data import MarketDataResource
+from trading_assets.config_defaults import default_of
 from trading_assets.metadata import frame_metadata, markdown_table
 from trading_core.data.schema import feature_columns_of
 from trading_core.data.splits import DatasetSplits, apply_split, make_date_split
@@ -13,17 +14,18 @@ from trading_core.features.batch import build_features
 class FeatureSettings(dg.Config):
     """Which features to add on top of FinRL's technical indicators."""
 
-    use_turbulence: bool = True
+    use_turbulence: bool = default_of(build_features, "use_turbulence")
     use_vix: bool = True
 
 
 class SplitSettings(dg.Config):
-    """Dates (inclusive) ending the training and validation periods; fractions of dates when unset."""
+    """Dates (inclusive) ending the training and validation periods; fractions of dates when unset (defaults:
+    :func:`make_date_split`)."""
 
-    train_end: str | None = None
-    validation_end: str | None = None
-    train_fraction: float = 0.7
-    validation_fraction: float = 0.15
+    train_end: str | None = default_of(make_date_split, "train_end")
+    validation_end: str | None = default_of(make_date_split, "validation_end")
+    train_fraction: float = default_of(make_date_split, "train_fraction")
+    validation_fraction: float = default_of(make_date_split, "validation_fraction")
 
 
 @dg.asset(group_name="features", compute_kind="finrl")

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from resources.mlflow_registry import MlflowRegistryResource, RegisteredVersion
+from trading_assets.config_defaults import default_of
 from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
 from trading_core.data.leakage import spread_cutoffs, truncate_and_compare
 from trading_core.data.schema import frame_fingerprint
@@ -33,16 +34,20 @@ FORECASTER_MODEL_NAME = "rl_trading_cnn_lstm"
 
 
 class ForecasterSettings(dg.Config):
-    """Architecture and training of the CNN+LSTM forecaster."""
+    """Architecture and training of the CNN+LSTM forecaster (defaults: :class:`CNNLSTMConfig`)."""
 
-    window: int = 20
-    conv_channels: int = 16
-    lstm_hidden: int = 32
-    embedding_dim: int = 4
-    learning_rate: float = 1e-3
-    max_epochs: int = 30
-    patience: int = 5
-    seed: int = 0
+    window: int = default_of(CNNLSTMConfig, "window")
+    conv_channels: int = default_of(CNNLSTMConfig, "conv_channels")
+    lstm_hidden: int = default_of(CNNLSTMConfig, "lstm_hidden")
+    embedding_dim: int = default_of(CNNLSTMConfig, "embedding_dim")
+    learning_rate: float = default_of(CNNLSTMConfig, "learning_rate")
+    max_epochs: int = default_of(CNNLSTMConfig, "max_epochs")
+    patience: int = default_of(CNNLSTMConfig, "patience")
+    seed: int = default_of(CNNLSTMConfig, "seed")
+
+    def to_domain(self) -> CNNLSTMConfig:
+        """The forecaster's settings; those not exposed here keep their defaults."""
+        return CNNLSTMConfig(**self.model_dump())
 
 
 @dataclass(frozen=True)
@@ -110,18 +115,8 @@ def cnn_lstm_model(
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[RegisteredForecaster]:
     """A CNN+LSTM forecast of next-day returns per asset, early-stopped on validation, registered in MLflow."""
-    settings = CNNLSTMConfig(
-        window=config.window,
-        conv_channels=config.conv_channels,
-        lstm_hidden=config.lstm_hidden,
-        embedding_dim=config.embedding_dim,
-        learning_rate=config.learning_rate,
-        max_epochs=config.max_epochs,
-        patience=config.patience,
-        seed=config.seed,
-    )
     forecaster = train_cnn_lstm(
-        dataset_splits.train, dataset_splits.validation, settings, report=context.log.info
+        dataset_splits.train, dataset_splits.validation, config.to_domain(), report=context.log.info
     )
     version = _log_forecaster(forecaster, dataset_splits, model_registry)
     history = pd.DataFrame(forecaster.history).set_index("epoch")

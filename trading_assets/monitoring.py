@@ -6,10 +6,11 @@ import dagster as dg
 import pandas as pd
 
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
+from trading_assets.config_defaults import default_of
 from trading_assets.metadata import markdown_table
 from trading_core.agents.decision_spec import DRIFT_FEATURE_PREFIXES
 from trading_core.data.schema import indicator_columns_of
-from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.metrics import daily_returns
 from trading_core.models.cnn_lstm import add_learned_features
 from trading_core.models.cnn_lstm import learned_features as forecast_features
@@ -22,13 +23,14 @@ MONITORING_CHECKS = {
 
 
 class ChampionMonitoringSettings(dg.Config):
-    """Windows and thresholds of champion monitoring."""
+    """Windows and thresholds of champion monitoring (the drift and decay tests' defaults: :func:`feature_drift`,
+    :func:`performance_decay`)."""
 
     recent_dates: int = 63
-    psi_threshold: float = 0.25
-    ks_pvalue_threshold: float = 0.01
+    psi_threshold: float = default_of(feature_drift, "psi_threshold")
+    ks_pvalue_threshold: float = default_of(feature_drift, "ks_pvalue_threshold")
     max_drifted_share: float = 0.5
-    decay_alpha: float = 0.05
+    decay_alpha: float = default_of(performance_decay, "alpha")
 
 
 @dataclass(frozen=True)

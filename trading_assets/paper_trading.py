@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from resources.trading_state import TradingStateResource
+from trading_assets.config_defaults import default_of
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_core.evaluation.plots import equity_curve_png
 from trading_core.live.analysis import compare_champion_challenger, slippage_drift, slippage_table
@@ -46,10 +47,10 @@ def paper_trading_sessions(trading_state: TradingStateResource) -> dg.Output[pd.
 
 
 class ReconciliationSettings(dg.Config):
-    """When slippage counts as drift."""
+    """When slippage counts as drift (defaults: :func:`slippage_drift`)."""
 
-    alpha: float = 0.01
-    tolerance_bps: float = 2.0
+    alpha: float = default_of(slippage_drift, "alpha")
+    tolerance_bps: float = default_of(slippage_drift, "tolerance_bps")
 
 
 @dg.asset(
@@ -97,11 +98,12 @@ def fill_reconciliation(
 
 
 class ABTestSettings(dg.Config):
-    """Sessions needed before the A/B test gives a verdict, and its significance level."""
+    """Sessions needed before the A/B test gives a verdict, and its significance level (defaults:
+    :func:`compare_champion_challenger`)."""
 
-    min_sessions: int = 20
-    alpha: float = 0.05
-    seed: int = 0
+    min_sessions: int = default_of(compare_champion_challenger, "min_sessions")
+    alpha: float = default_of(compare_champion_challenger, "alpha")
+    seed: int = default_of(compare_champion_challenger, "seed")
 
 
 @dg.asset(group_name="paper_trading", compute_kind="scipy")

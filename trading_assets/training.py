@@ -3,7 +3,7 @@ windows on Ray) and the ensembles built from it."""
 
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -13,28 +13,23 @@ import numpy as np
 import pandas as pd
 
 from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
+from trading_assets.config_defaults import default_of, name_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
-from trading_core.agents.ensemble import (
-    WeightedEnsemblePolicy,
-    rebalance_windows,
-    rolling_selection,
-    trade_selections,
-)
+from trading_core.agents.ensemble import EnsembleConfig, WeightedEnsemblePolicy
 from trading_core.agents.pyfunc import (
     DECISION_SPEC_KEY,
     ENSEMBLE_ARTIFACT_KEY,
     EnsemblePolicyModel,
     log_agent_model,
 )
-from trading_core.agents.training import PPOConfig, train_ppo
-from trading_core.agents.zoo import ALGORITHMS, DEFAULT_CONFIGS
+from trading_core.agents.training import CANDIDATE_SEED, PPOConfig, train_ppo
 from trading_core.data.schema import BASE_COLUMNS, frame_fingerprint, indicator_columns_of
 from trading_core.data.splits import DatasetSplits
 from trading_core.envs.fast import observation_at
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.metrics import (
     PerformanceMetrics,
     compute_metrics,
@@ -42,15 +37,29 @@ from trading_core.evaluation.metrics import (
 from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
 from trading_core.evaluation.seed_sweep import (
     SeedOutcome,
+    ZooConfig,
     grid_tasks,
     run_seed_sweep,
     seed_table,
 )
+from trading_core.evaluation.selection import (
+    rebalance_windows,
+    rolling_selection,
+    trade_selections,
+    weighted_ensemble_from_validation,
+)
 from trading_core.evaluation.walk_forward import walk_forward_windows
 from trading_core.market.arrays import MarketArrays
-from trading_core.market.costs import CostModel, LinearImpact, NoImpact, SquareRootImpact, commission_model
+from trading_core.market.costs import (
+    BROKER_PRESETS,
+    CostModel,
+    LinearImpact,
+    NoImpact,
+    SquareRootImpact,
+    commission_model,
+)
 from trading_core.market.execution import ExecutionConfig
-from trading_core.market.risk import RiskLimits
+from trading_core.market.limits import RiskLimits
 from trading_core.market.simulator import SimulationConfig
 from trading_core.runtime.distributed import single_torch_thread
 from trading_core.runtime.provenance import code_version, pinned_requirements
@@ -66,39 +75,58 @@ MODEL_REQUIREMENTS = (
 )
 
 
-class TrainingSettings(dg.Config):
-    """Agent, budget and environment settings of a training run (the backtest reuses the environment)."""
+# Market-impact models a run config names; each with its own defaults.
+IMPACT_MODELS = {"linear": LinearImpact(), "square_root": SquareRootImpact(), "none": NoImpact()}
+_DEFAULT_COSTS = default_of(SimulationConfig, "cost_model")
 
-    seed: int = 42
-    total_timesteps: int = 20_000
-    learning_rate: float = 2.5e-4
-    n_steps: int = 2048
-    batch_size: int = 128
-    ent_coef: float = 0.01
-    env_engine: Literal["fast", "finrl"] = "fast"
-    n_envs: int = 4
-    initial_amount: float = 100_000.0
-    hmax: int = 100
-    commission: str = "interactive_brokers_fixed"
-    spread: Literal["auto", "quotes", "corwin_schultz", "fixed", "none"] = "auto"
-    spread_bps: float = 10.0
-    impact: Literal["linear", "square_root", "none"] = "linear"
-    fill_timing: Literal["next_open", "same_close"] = "next_open"
-    order_type: Literal["market", "limit"] = "market"
-    participation_cap: float | None = 0.1
-    risk_enabled: bool = True
-    max_weight: float = 0.25
-    var_limit: float | None = 0.02
-    max_drawdown_halt: float | None = 0.2
-    daily_loss_limit: float | None = 0.05
-    finrl_cost_pct: float = 0.001
+
+class TrainingSettings(dg.Config):
+    """Agent, budget and environment settings of a training run (the backtest reuses the environment).
+
+    Defaults: the PPO recipe of :class:`PPOConfig`, the environment of :class:`EnvSpec` and its simulation,
+    fills and risk limits.
+    """
+
+    seed: int = CANDIDATE_SEED
+    total_timesteps: int = default_of(PPOConfig, "total_timesteps")
+    learning_rate: float = default_of(PPOConfig, "learning_rate")
+    n_steps: int = default_of(PPOConfig, "n_steps")
+    batch_size: int = default_of(PPOConfig, "batch_size")
+    ent_coef: float = default_of(PPOConfig, "ent_coef")
+    env_engine: Literal["fast", "finrl"] = default_of(EnvSpec, "engine")
+    n_envs: int = default_of(EnvSpec, "n_envs")
+    initial_amount: float = default_of(SimulationConfig, "initial_amount")
+    hmax: int = default_of(EnvSpec, "hmax")
+    commission: str = name_of(BROKER_PRESETS, _DEFAULT_COSTS.commission)
+    spread: Literal["auto", "quotes", "corwin_schultz", "fixed", "none"] = default_of(
+        SimulationConfig, "spread"
+    )
+    spread_bps: float = default_of(SimulationConfig, "spread_bps")
+    impact: Literal["linear", "square_root", "none"] = name_of(IMPACT_MODELS, _DEFAULT_COSTS.impact)
+    fill_timing: Literal["next_open", "same_close"] = default_of(ExecutionConfig, "fill_timing")
+    order_type: Literal["market", "limit"] = default_of(ExecutionConfig, "order_type")
+    participation_cap: float | None = default_of(ExecutionConfig, "participation_cap")
+    risk_enabled: bool = default_of(SimulationConfig, "risk") is not None
+    max_weight: float = default_of(RiskLimits, "max_weight")
+    var_limit: float | None = default_of(RiskLimits, "var_limit")
+    max_drawdown_halt: float | None = default_of(RiskLimits, "max_drawdown_halt")
+    daily_loss_limit: float | None = default_of(RiskLimits, "daily_loss_limit")
+    finrl_cost_pct: float = default_of(EnvSpec, "finrl_cost_pct")
     use_learned_features: bool = True
+
+    def ppo_config(self) -> PPOConfig:
+        """The PPO recipe and budget these settings describe."""
+        return PPOConfig(
+            total_timesteps=self.total_timesteps,
+            learning_rate=self.learning_rate,
+            n_steps=self.n_steps,
+            batch_size=self.batch_size,
+            ent_coef=self.ent_coef,
+        )
 
     def env_spec(self) -> EnvSpec:
         """The environment these settings describe."""
-        impact = {"linear": LinearImpact(), "square_root": SquareRootImpact(), "none": NoImpact()}[
-            self.impact
-        ]
+        impact = IMPACT_MODELS[self.impact]
         risk = (
             RiskLimits(
                 max_weight=self.max_weight,
@@ -176,13 +204,7 @@ def trained_agent(
     tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
     env_spec = config.env_spec()
     dataset_splits = learned_features if config.use_learned_features else learned_features.without_learned()
-    ppo_config = PPOConfig(
-        total_timesteps=config.total_timesteps,
-        learning_rate=config.learning_rate,
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
-        ent_coef=config.ent_coef,
-    )
+    ppo_config = config.ppo_config()
     started = time.perf_counter()
     # One torch thread: the seed sweep's run of this seed then reproduces this agent exactly.
     with single_torch_thread():
@@ -303,15 +325,18 @@ SPLIT_WINDOW = "split"
 
 
 class AgentZooSettings(dg.Config):
-    """Which agents, seeds and windows the zoo trains, and each run's budget."""
+    """Which agents, seeds and windows the zoo trains, and each run's budget (defaults: :class:`ZooConfig`)."""
 
-    algorithms: list[str] = list(ALGORITHMS)
-    n_seeds: int = 2
-    first_seed: int = 100
-    timesteps: int = 4_000
-    walk_forward_windows: int = 0
-    window_test_dates: int = 126
-    use_ray: bool = True
+    algorithms: list[str] = list(default_of(ZooConfig, "algorithms"))
+    n_seeds: int = default_of(ZooConfig, "n_seeds")
+    first_seed: int = default_of(ZooConfig, "first_seed")
+    timesteps: int = default_of(ZooConfig, "timesteps")
+    walk_forward_windows: int = default_of(ZooConfig, "walk_forward_windows")
+    window_test_dates: int = default_of(ZooConfig, "window_test_dates")
+    use_ray: bool = default_of(ZooConfig, "use_ray")
+
+    def to_domain(self) -> ZooConfig:
+        return ZooConfig(**{**self.model_dump(), "algorithms": tuple(self.algorithms)})
 
 
 @dataclass(frozen=True)
@@ -366,6 +391,7 @@ def agent_zoo(
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[AgentZooReport]:
     """PPO, A2C, SAC, TD3, DDPG and QR-DQN under several seeds (and walk-forward windows), trained as Ray tasks."""
+    plan = config.to_domain()
     frames = [
         trained_agent.observation_frame(f)
         for f in (learned_features.train, learned_features.validation, learned_features.test)
@@ -379,8 +405,8 @@ def agent_zoo(
                 full, config.walk_forward_windows, config.window_test_dates, validation_dates
             )
         )
-    configs = {a: replace(DEFAULT_CONFIGS[a], total_timesteps=config.timesteps) for a in config.algorithms}
-    seeds = range(config.first_seed, config.first_seed + config.n_seeds)
+    configs = plan.configs()
+    seeds = plan.seeds()
     tasks = grid_tasks(configs, seeds, periods, trained_agent.env_spec, keep_policies=True)
     context.log.info(
         f"agent zoo: {len(configs)} agents x {config.n_seeds} seeds x {len(periods)} windows = {len(tasks)} "
@@ -426,11 +452,11 @@ def agent_zoo(
 
 
 class EnsembleSettings(dg.Config):
-    """Softmax temperature of the weighted ensemble and FinRL's rolling-selection windows."""
+    """Softmax temperature of the weighted ensemble and FinRL's rolling-selection windows (``EnsembleConfig``)."""
 
-    temperature: float = 1.0
-    rebalance_dates: int = 63
-    validation_dates: int = 63
+    temperature: float = default_of(EnsembleConfig, "temperature")
+    rebalance_dates: int = default_of(EnsembleConfig, "rebalance_dates")
+    validation_dates: int = default_of(EnsembleConfig, "validation_dates")
 
 
 @dataclass(frozen=True)
@@ -480,9 +506,7 @@ def _log_ensemble(
                 example, ensemble.predict(example.to_numpy(dtype=np.float32))[0]
             ),
             input_example=example,
-            pip_requirements=pinned_requirements(
-                ("stable-baselines3", "sb3-contrib", "torch", "gymnasium", "numpy", "pandas", "cloudpickle")
-            ),
+            pip_requirements=pinned_requirements(MODEL_REQUIREMENTS),
         )
         run_id = run.info.run_id
     version = registry.register(
@@ -506,7 +530,7 @@ def agent_ensemble(
     members = {name: outcome.policy() for name, outcome in agent_zoo.best_by_validation().items()}
     validation = trained_agent.observation_frame(learned_features.validation)
     test = trained_agent.observation_frame(learned_features.test)
-    ensemble = WeightedEnsemblePolicy.from_validation(members, validation, env_spec, config.temperature)
+    ensemble = weighted_ensemble_from_validation(members, validation, env_spec, config.temperature)
     weighted = run_backtest(ensemble, test, env_spec)
 
     # FinRL's rolling selection: trade each test window with the member that was best on the dates before it.

@@ -6,22 +6,26 @@ import dagster as dg
 import pandas as pd
 
 from resources.mlflow_registry import MlflowRegistryResource
+from trading_assets.config_defaults import default_of
 from trading_assets.metadata import png_metadata
 from trading_assets.training import TrainedAgent
 from trading_core.data.splits import DatasetSplits
 from trading_core.evaluation.plots import grouped_bars_png
-from trading_core.evaluation.tuning import search_hyperparameters
+from trading_core.evaluation.tuning import SearchConfig, search_hyperparameters
 
 
 class HyperparameterSearchSettings(dg.Config):
-    """An optional Optuna search; every trial counts toward the deflated Sharpe's number of trials."""
+    """An optional Optuna search; every trial counts toward the deflated Sharpe's number of trials.
 
-    algorithm: str = "ppo"
-    n_trials: int = 8
-    timesteps: int = 4_000
-    parallel_trials: int = 2
-    seed: int = 0
-    use_ray: bool = True
+    Defaults: :class:`SearchConfig`.
+    """
+
+    algorithm: str = default_of(SearchConfig, "algorithm")
+    n_trials: int = default_of(SearchConfig, "n_trials")
+    timesteps: int = default_of(SearchConfig, "timesteps")
+    parallel_trials: int = default_of(SearchConfig, "parallel_trials")
+    seed: int = default_of(SearchConfig, "seed")
+    use_ray: bool = default_of(SearchConfig, "use_ray")
 
 
 @dataclass(frozen=True)

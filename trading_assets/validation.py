@@ -7,6 +7,7 @@ previously stored validated bars stay as they were and nothing downstream runs.
 import dagster as dg
 
 from resources.market_data import RawBars
+from trading_assets.config_defaults import default_of
 from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
 from trading_core.data.validation import (
     RULES,
@@ -20,11 +21,14 @@ from trading_core.evaluation.plots import equity_curve_png
 
 
 class ValidationSettings(dg.Config):
-    """Thresholds of the data rules."""
+    """Thresholds of the data rules (defaults: :class:`ValidationConfig`)."""
 
-    min_completeness: float = 0.99
-    outlier_abs_return: float = 0.25
-    calendar: str = "XNYS"
+    min_completeness: float = default_of(ValidationConfig, "min_completeness")
+    outlier_abs_return: float = default_of(ValidationConfig, "outlier_abs_return")
+    calendar: str = default_of(ValidationConfig, "calendar")
+
+    def to_domain(self) -> ValidationConfig:
+        return ValidationConfig(**self.model_dump())
 
 
 VALIDATION_CHECKS = [
@@ -45,7 +49,7 @@ def validated_daily_bars(
     """Bars that passed every blocking data rule, typed and sorted by date and ticker."""
     outcomes = validate_daily_bars(
         raw_daily_bars.frame,
-        ValidationConfig(config.min_completeness, config.outlier_abs_return, config.calendar),
+        config.to_domain(),
     )
     failures = blocking_failures(outcomes)
     if not failures:

@@ -15,6 +15,7 @@ import pandas as pd
 
 from trading_core.data.schema import BASE_COLUMNS
 from trading_core.envs.spec import EnvSpec
+from trading_core.runtime.stored_pickles import load_project_pickle
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class DecisionSpec:
     @classmethod
     def load(cls, path: str | Path) -> DecisionSpec:
         """Read a spec written by :meth:`save`; only load specs from your own model registry."""
-        spec = pickle.loads(Path(path).read_bytes())  # noqa: S301 - artifacts of the project's own registry
+        spec = load_project_pickle(Path(path).read_bytes())
         if not isinstance(spec, cls):
             raise TypeError(f"{path} holds a {type(spec).__name__}, not a DecisionSpec")
         return spec

@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 from stable_baselines3 import PPO
 
-from trading_core.agents.zoo import AgentConfig, train_agent
+from trading_core.agents.zoo import DEFAULT_CONFIGS, AgentConfig, train_agent
 from trading_core.envs.spec import EnvSpec
+
+# Seed of the registered candidate's training run (its seed sweep and walk-forward windows count from it).
+CANDIDATE_SEED = 42
+
+_ZOO_PPO = DEFAULT_CONFIGS["ppo"]
 
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO hyperparameters and budget (defaults follow FinRL's PPO_PARAMS, with a small budget)."""
+    """PPO hyperparameters and budget: the zoo's PPO recipe (``DEFAULT_CONFIGS["ppo"]``, after FinRL's
+    PPO_PARAMS with a small budget) by default, so the registered candidate and the zoo's PPO agree."""
 
-    total_timesteps: int = 20_000
-    learning_rate: float = 2.5e-4
-    n_steps: int = 2048
-    batch_size: int = 128
-    ent_coef: float = 0.01
-    gamma: float = 0.99
-    net_arch: tuple[int, ...] = field(default=(64, 64))
+    total_timesteps: int = _ZOO_PPO.total_timesteps
+    learning_rate: float = _ZOO_PPO.learning_rate
+    n_steps: int = _ZOO_PPO.params["n_steps"]
+    batch_size: int = _ZOO_PPO.params["batch_size"]
+    ent_coef: float = _ZOO_PPO.params["ent_coef"]
+    gamma: float = _ZOO_PPO.gamma
+    net_arch: tuple[int, ...] = _ZOO_PPO.net_arch
 
     def as_dict(self) -> dict[str, object]:
         params = asdict(self)

@@ -11,6 +11,7 @@ choice back to the continuous vector at prediction time.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -48,6 +49,10 @@ _MODEL_CLASSES: dict[str, type[BaseAlgorithm]] = {
 }
 # Settings the factory consumes itself instead of passing them to the SB3 constructor.
 _FACTORY_KEYS = ("action_noise_sigma",)
+# The budget of every default recipe: small, so that a laptop trains the whole zoo.
+DEFAULT_TIMESTEPS = 20_000
+# Scale of TD3 / DDPG's Gaussian exploration noise when a config does not set ``action_noise_sigma``.
+DEFAULT_ACTION_NOISE_SIGMA = 0.1
 
 
 def _check_algorithm(algorithm: str) -> str:
@@ -136,12 +141,11 @@ class AgentConfig:
         """Inverse of :meth:`as_dict`."""
         values = dict(values)
         base = {name: values.pop(name) for name in ("algorithm", "total_timesteps", "learning_rate")}
-        return cls(
-            **base,
-            gamma=float(values.pop("gamma", 0.99)),
-            net_arch=tuple(values.pop("net_arch", (64, 64))),
-            hyperparameters=values,
-        )
+        if "gamma" in values:
+            base["gamma"] = float(values.pop("gamma"))
+        if "net_arch" in values:
+            base["net_arch"] = tuple(values.pop("net_arch"))
+        return cls(**base, hyperparameters=values)
 
 
 # FinRL's A2C/PPO/SAC/TD3/DDPG_PARAMS with small budgets; replay buffers capped at 100k transitions so the
@@ -150,17 +154,20 @@ class AgentConfig:
 DEFAULT_CONFIGS: dict[str, AgentConfig] = {
     "ppo": AgentConfig(
         "ppo",
-        total_timesteps=20_000,
+        total_timesteps=DEFAULT_TIMESTEPS,
         learning_rate=2.5e-4,
         hyperparameters={"n_steps": 2048, "batch_size": 128, "ent_coef": 0.01},
     ),
     # FinRL's five steps per update with one env, i.e. five per portfolio at EnvSpec's default four.
     "a2c": AgentConfig(
-        "a2c", total_timesteps=20_000, learning_rate=7e-4, hyperparameters={"n_steps": 20, "ent_coef": 0.01}
+        "a2c",
+        total_timesteps=DEFAULT_TIMESTEPS,
+        learning_rate=7e-4,
+        hyperparameters={"n_steps": 20, "ent_coef": 0.01},
     ),
     "sac": AgentConfig(
         "sac",
-        total_timesteps=20_000,
+        total_timesteps=DEFAULT_TIMESTEPS,
         learning_rate=1e-4,
         hyperparameters={
             "buffer_size": 100_000,
@@ -171,29 +178,29 @@ DEFAULT_CONFIGS: dict[str, AgentConfig] = {
     ),
     "td3": AgentConfig(
         "td3",
-        total_timesteps=20_000,
+        total_timesteps=DEFAULT_TIMESTEPS,
         learning_rate=1e-3,
         hyperparameters={
             "buffer_size": 100_000,
             "batch_size": 100,
             "learning_starts": 100,
-            "action_noise_sigma": 0.1,
+            "action_noise_sigma": DEFAULT_ACTION_NOISE_SIGMA,
         },
     ),
     "ddpg": AgentConfig(
         "ddpg",
-        total_timesteps=20_000,
+        total_timesteps=DEFAULT_TIMESTEPS,
         learning_rate=1e-3,
         hyperparameters={
             "buffer_size": 50_000,
             "batch_size": 128,
             "learning_starts": 100,
-            "action_noise_sigma": 0.1,
+            "action_noise_sigma": DEFAULT_ACTION_NOISE_SIGMA,
         },
     ),
     "qrdqn": AgentConfig(
         "qrdqn",
-        total_timesteps=20_000,
+        total_timesteps=DEFAULT_TIMESTEPS,
         learning_rate=1e-4,
         hyperparameters={
             "buffer_size": 100_000,
@@ -376,6 +383,11 @@ class _ProgressCallback(BaseCallback):
         self._report(f"{self._name}: finished after {self.num_timesteps} timesteps")
 
 
+def _sb3_default(algorithm: str, name: str) -> Any:
+    """The SB3 constructor's default of a setting, for configs that leave it out."""
+    return inspect.signature(_MODEL_CLASSES[algorithm]).parameters[name].default
+
+
 def _build_model(config: AgentConfig, env: VecEnv, seed: int) -> tuple[BaseAlgorithm, int]:
     """The SB3 model for a config, and the rollout size in transitions (0 for off-policy)."""
     kwargs: dict[str, Any] = config.params
@@ -386,10 +398,10 @@ def _build_model(config: AgentConfig, env: VecEnv, seed: int) -> tuple[BaseAlgor
     rollout = 0
     if algorithm in ON_POLICY:
         # ``n_steps`` is the rollout over all portfolios, so the update batch is the same for any n_envs.
-        total_rollout = int(kwargs.pop("n_steps", 2048 if algorithm == "ppo" else 5))
+        total_rollout = int(kwargs.pop("n_steps", _sb3_default(algorithm, "n_steps")))
         if algorithm == "ppo":
             # Same rule as train_ppo: never a rollout larger than the budget nor smaller than one batch.
-            batch_size = int(kwargs.get("batch_size", 64))
+            batch_size = int(kwargs.get("batch_size", _sb3_default(algorithm, "batch_size")))
             total_rollout = min(total_rollout, max(config.total_timesteps, batch_size))
             kwargs["n_steps"] = max(total_rollout // n_envs, 8)
         else:
@@ -406,7 +418,7 @@ def _build_model(config: AgentConfig, env: VecEnv, seed: int) -> tuple[BaseAlgor
         if algorithm in ("td3", "ddpg"):
             # Noise objects are stateful and unhashable, so the config holds only their scale.
             n_actions = env.action_space.shape[0]
-            sigma = float(config.params.get("action_noise_sigma", 0.1))
+            sigma = float(config.params.get("action_noise_sigma", DEFAULT_ACTION_NOISE_SIGMA))
             kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), sigma * np.ones(n_actions))
     model = _MODEL_CLASSES[algorithm](
         "MlpPolicy",

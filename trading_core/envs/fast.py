@@ -12,6 +12,7 @@ the action is mapped through a softmax to target portfolio weights.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -20,10 +21,48 @@ import pandas as pd
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
-from trading_core.market.arrays import MarketArrays
+from trading_core.market.arrays import MarketArrays, as_market
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig, StepOutcome
 
 ActionMode = Literal["shares", "weights"]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """How an agent's action becomes target holdings and a reward: FinRL's semantics, with its defaults (the
+    one place they are written; the environments, the backtester and :class:`~trading_core.envs.spec.EnvSpec`
+    take theirs from here).
+
+    :param hmax: most shares one action trades per asset (``shares`` mode)
+    :param reward_scaling: factor on the change in portfolio value (``shares`` mode)
+    :param mode: ``shares`` (FinRL) or ``weights`` (softmax portfolio weights)
+    """
+
+    hmax: int = 100
+    reward_scaling: float = 1e-4
+    mode: ActionMode = "shares"
+
+
+def observation_from(
+    cash: np.ndarray, closes: np.ndarray, holdings: np.ndarray, features: np.ndarray
+) -> np.ndarray:
+    """FinRL's observation ``[cash, closes (N), holdings (N), feature_1 (N), ..., feature_F (N)]``, float32.
+
+    The one place the layout is written: training, backtests and the live engine all build it here.
+
+    :param cash: cash per portfolio ``[B]``
+    :param closes: the bar's closes ``[N]``
+    :param holdings: shares held ``[B, N]``
+    :param features: the bar's features, feature-major ``[F, N]``
+    :return: ``[B, 1 + 2N + F*N]``
+    """
+    n_assets = closes.shape[-1]
+    observation = np.empty((len(cash), 1 + 2 * n_assets + features.size), dtype=np.float32)
+    observation[:, 0] = cash
+    observation[:, 1 : 1 + n_assets] = closes
+    observation[:, 1 + n_assets : 1 + 2 * n_assets] = holdings
+    observation[:, 1 + 2 * n_assets :] = features.reshape(-1)
+    return observation
 
 
 def build_observation(simulator: PortfolioSimulator) -> np.ndarray:
@@ -33,13 +72,7 @@ def build_observation(simulator: PortfolioSimulator) -> np.ndarray:
 
 def observation_at(market: MarketArrays, day: int, cash: np.ndarray, holdings: np.ndarray) -> np.ndarray:
     """FinRL's observation from market data up to ``day`` and the portfolios' cash ``[B]`` and holdings ``[B, N]``."""
-    n_assets = market.n_assets
-    observation = np.empty((len(cash), 1 + 2 * n_assets + market.features[day].size), dtype=np.float32)
-    observation[:, 0] = cash
-    observation[:, 1 : 1 + n_assets] = market.close[day]
-    observation[:, 1 + n_assets : 1 + 2 * n_assets] = holdings
-    observation[:, 1 + 2 * n_assets :] = market.features[day].reshape(-1)
-    return observation
+    return observation_from(cash, market.close[day], holdings, market.features[day])
 
 
 def targets_from_actions(
@@ -47,8 +80,8 @@ def targets_from_actions(
     holdings: np.ndarray,
     equity: np.ndarray,
     prices: np.ndarray,
-    mode: ActionMode,
-    hmax: int,
+    mode: ActionMode = ActionSpec.mode,
+    hmax: int = ActionSpec.hmax,
 ) -> np.ndarray:
     """Target holdings ``[B, N]`` for a batch of actions under FinRL's share semantics or softmax weights."""
     actions = np.asarray(actions, dtype=np.float64).reshape(holdings.shape)
@@ -70,10 +103,6 @@ def observation_space_for(market: MarketArrays) -> spaces.Box:
     return spaces.Box(low=-np.inf, high=np.inf, shape=(size,), dtype=np.float32)
 
 
-def _as_market(data: pd.DataFrame | MarketArrays) -> MarketArrays:
-    return data if isinstance(data, MarketArrays) else MarketArrays.from_features(data)
-
-
 class StockTradingVecEnv(VecEnv):
     """B portfolios trading the same dates in lockstep, as one stable-baselines3 ``VecEnv``.
 
@@ -93,11 +122,11 @@ class StockTradingVecEnv(VecEnv):
         data: pd.DataFrame | MarketArrays,
         config: SimulationConfig | None = None,
         n_envs: int = 1,
-        hmax: int = 100,
-        reward_scaling: float = 1e-4,
-        action_mode: ActionMode = "shares",
+        hmax: int = ActionSpec.hmax,
+        reward_scaling: float = ActionSpec.reward_scaling,
+        action_mode: ActionMode = ActionSpec.mode,
     ) -> None:
-        market = _as_market(data)
+        market = as_market(data)
         self.simulator = PortfolioSimulator(market, config or SimulationConfig(), n_envs)
         self.hmax, self.reward_scaling, self.action_mode = hmax, reward_scaling, action_mode
         action_space = spaces.Box(low=-1.0, high=1.0, shape=(market.n_assets,), dtype=np.float32)
@@ -167,11 +196,11 @@ class FastStockTradingEnv(gym.Env):
         self,
         data: pd.DataFrame | MarketArrays,
         config: SimulationConfig | None = None,
-        hmax: int = 100,
-        reward_scaling: float = 1e-4,
-        action_mode: ActionMode = "shares",
+        hmax: int = ActionSpec.hmax,
+        reward_scaling: float = ActionSpec.reward_scaling,
+        action_mode: ActionMode = ActionSpec.mode,
     ) -> None:
-        market = _as_market(data)
+        market = as_market(data)
         self.simulator = PortfolioSimulator(market, config or SimulationConfig(), 1)
         self.hmax, self.reward_scaling, self.action_mode = hmax, reward_scaling, action_mode
         self.observation_space = observation_space_for(market)

@@ -1,24 +1,36 @@
-"""Event-driven backtester on the shared simulation core: the same review, fill and cost code as training.
+"""Event-driven backtests on the shared simulation core: the same review, fill and cost code as training.
 
-Each date produces two events: the open, where orders decided at the previous close fill, and the close, where
-portfolios are marked, the risk manager sees the bar and the policy decides. Everything is recorded: equity,
-positions, every fill with its commission, spread and impact, and every risk intervention with its reason.
+The backtester drives :meth:`PortfolioSimulator.step`, so each date runs the market loop's events in their one
+order (:func:`~trading_core.market.simulator.run_bar`): the open, where orders decided at the previous close
+fill, and the close, where portfolios are marked, the risk manager sees the bar and the policy decides.
+B portfolios run on one panel at once (seeds, candidates, baselines), the way the training environment steps
+many; a single portfolio is the case B = 1. Everything is recorded as arrays and turned into frames once at the
+end: equity, positions, every fill with its commission, spread and impact, and every risk intervention with its
+reason.
+
+:func:`run_backtest` evaluates a policy in the engine it trained in against equal-weight buy-and-hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from trading_core.envs.fast import ActionMode, observation_at, targets_from_actions
-from trading_core.market.arrays import MarketArrays
-from trading_core.market.execution import FillBar, Fills
-from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
+from trading_core.envs.fast import ActionMode, ActionSpec, observation_at, targets_from_actions
+from trading_core.envs.finrl import TradingEnvConfig, rollout_policy
+from trading_core.envs.spec import EnvSpec
+from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
+from trading_core.market.arrays import MarketArrays, as_market
+from trading_core.market.limits import Intervention
+from trading_core.market.simulator import PortfolioSimulator, SimulationConfig, StepOutcome
 
 TRADE_COLUMNS = ["date", "tic", "shares", "price", "notional", "commission", "spread_cost", "impact_cost"]
+INTERVENTION_COLUMNS = ["date", "rule", "tic", "requested", "approved", "reason"]
+# Target holdings [B, N] at the close of ``day``, from the simulator's state then.
+Decide = Callable[[int, PortfolioSimulator], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -41,11 +53,96 @@ class BacktestRecord:
         }
 
 
-class EventDrivenBacktester:
-    """Replays a market panel bar by bar for one portfolio driven by a policy.
+class _Recorder:
+    """What a batched backtest records, as dense arrays per date, portfolio and asset (fills on the date they
+    executed on, date-major so each step writes one block); :meth:`records` builds the frames once at the end.
+    Memory: six floats per date, portfolio and asset."""
 
-    :param data: features frame or arrays of the backtest period
-    :param config: the same simulation settings the agent trained with
+    _FILL_FIELDS = ("shares", "price", "commission", "spread_cost", "impact_cost")
+
+    def __init__(self, simulator: PortfolioSimulator) -> None:
+        market, n_books = simulator.market, simulator.n_envs
+        self.market, self.tickers = market, np.array(market.tickers, dtype=object)
+        shape = (market.n_steps, n_books)
+        self.equity = np.zeros(shape)
+        self.states = np.zeros(shape, dtype=np.int64)
+        self.positions = np.zeros((*shape, market.n_assets))
+        self.fills = np.zeros((market.n_steps, len(self._FILL_FIELDS), n_books, market.n_assets))
+        self.interventions: list[Intervention] = []
+        self._mark(0, simulator.equity(), simulator)
+
+    def _mark(self, day: int, equity: np.ndarray, simulator: PortfolioSimulator) -> None:
+        self.equity[day] = equity
+        self.positions[day] = simulator.holdings
+        self.states[day] = simulator.gate.state
+
+    def record(self, outcome: StepOutcome, simulator: PortfolioSimulator) -> None:
+        """Book one step: its fills on the bar they executed on, the interventions on the decision's date."""
+        fills, booked = outcome.fills, self.fills[outcome.fill_day]
+        for index, name in enumerate(self._FILL_FIELDS):
+            booked[index] = getattr(fills, name)
+        if outcome.review is not None:
+            self.interventions.extend(outcome.review.interventions(outcome.day))
+        self._mark(simulator.day, outcome.equity_after, simulator)
+
+    def records(self) -> list[BacktestRecord]:
+        """One record per portfolio."""
+        interventions: dict[int, list[Intervention]] = {}
+        for intervention in self.interventions:
+            interventions.setdefault(intervention.env, []).append(intervention)
+        return [self._record(book, interventions.get(book, [])) for book in range(self.equity.shape[1])]
+
+    def _record(self, book: int, interventions: list[Intervention]) -> BacktestRecord:
+        market = self.market
+        dates, tickers = market.dates, self.tickers
+        shares, price, commission, spread_cost, impact_cost = self.fills[:, :, book].transpose(1, 0, 2)
+        # Per date, as the fills' own arrays sum them: every asset, traded or not.
+        costs = (commission + spread_cost + impact_cost).sum(axis=1)
+        notional = np.abs(shares) * price
+        traded = shares != 0
+        day, asset = np.nonzero(traded)  # date, then asset order
+        columns = (shares, price, notional, commission, spread_cost, impact_cost)
+        trades = pd.DataFrame(
+            {
+                "date": dates[day],
+                "tic": tickers[asset],
+                **{name: values[traded] for name, values in zip(TRADE_COLUMNS[2:], columns, strict=True)},
+            },
+            columns=TRADE_COLUMNS,
+            copy=False,  # every column is a fresh array of its own
+        )
+        return BacktestRecord(
+            equity=pd.Series(self.equity[:, book], index=dates, name="portfolio_value"),
+            positions=pd.DataFrame(self.positions[:, book], index=dates, columns=list(market.tickers)),
+            trades=trades,
+            interventions=self._interventions(interventions),
+            risk_states=pd.Series(self.states[:, book], index=dates, name="risk_state"),
+            costs=pd.Series(costs, index=dates, name="costs"),
+            traded_notional=pd.Series(notional.sum(axis=1), index=dates, name="traded_notional"),
+        )
+
+    def _interventions(self, interventions: list[Intervention]) -> pd.DataFrame:
+        dates, tickers = self.market.dates, self.market.tickers
+        rows = [
+            (
+                dates[i.step],
+                i.rule,
+                tickers[i.asset] if i.asset is not None else None,
+                i.requested,
+                i.approved,
+                i.reason,
+            )
+            for i in interventions
+        ]
+        return pd.DataFrame(rows, columns=INTERVENTION_COLUMNS)
+
+
+class EventDrivenBacktester:
+    """Replays a market panel bar by bar for B portfolios at once, each driven by a policy or target rule.
+
+    :param data: features frame or arrays of the backtest period (pass arrays to convert a panel only once)
+    :param config: the same simulation settings the agent trained with (``execution.whole_shares=False`` for
+        fractional shares)
     :param hmax: most shares per asset per action (``shares`` mode)
     :param action_mode: ``shares`` or ``weights``
     """
@@ -54,119 +151,158 @@ class EventDrivenBacktester:
         self,
         data: pd.DataFrame | MarketArrays,
         config: SimulationConfig,
-        hmax: int = 100,
-        action_mode: ActionMode = "shares",
+        hmax: int = ActionSpec.hmax,
+        action_mode: ActionMode = ActionSpec.mode,
     ) -> None:
-        self.market = data if isinstance(data, MarketArrays) else MarketArrays.from_features(data)
+        self.market = as_market(data)
         self.config, self.hmax, self.action_mode = config, hmax, action_mode
 
     def run(self, policy) -> BacktestRecord:
         """Backtest a policy with SB3's ``predict(observation, deterministic=True)``."""
+        return self.run_many([policy])[0]
+
+    def run_targets(self, decide: Decide) -> BacktestRecord:
+        """Backtest a decision function returning target holdings ``[1, N]`` at each close."""
+        return self.run_batch(decide, 1)[0]
+
+    def run_many(self, policies: Sequence) -> list[BacktestRecord]:
+        """Backtest B policies side by side, portfolio ``b`` driven by ``policies[b]``; a policy that drives
+        several portfolios is called once per bar on their stacked observations ``[k, obs]``."""
+        return self.run_batch(self.policy_targets(policies), len(policies))
+
+    def run_batch(self, decide: Decide, n_portfolios: int) -> list[BacktestRecord]:
+        """Backtest ``n_portfolios`` portfolios at once under a decision function returning targets ``[B, N]``.
+
+        Portfolio ``b``'s record equals the record of a single backtest under row ``b`` of the targets.
+        """
+        simulator = PortfolioSimulator(self.market, self.config, n_envs=n_portfolios)
+        simulator.reset()
+        recorder = _Recorder(simulator)
+        done = False
+        while not done:
+            outcome = simulator.step(decide(simulator.day, simulator))
+            recorder.record(outcome, simulator)
+            done = outcome.done
+        return recorder.records()
+
+    def policy_targets(self, policies: Sequence) -> Decide:
+        """The decision function of B policies: observation -> action -> target holdings, per portfolio."""
+        groups: dict[int, list[int]] = {}
+        for row, policy in enumerate(policies):
+            groups.setdefault(id(policy), []).append(row)
+        by_policy = [(policies[rows[0]], np.array(rows)) for rows in groups.values()]
+        market, n_assets = self.market, self.market.n_assets
 
         def decide(day: int, simulator: PortfolioSimulator) -> np.ndarray:
-            observation = observation_at(self.market, day, simulator.cash, simulator.holdings)
-            action, _ = policy.predict(observation[0], deterministic=True)
+            observation = observation_at(market, day, simulator.cash, simulator.holdings)
+            actions = np.empty((len(policies), n_assets))
+            for policy, rows in by_policy:
+                # One portfolio: the 1-D observation, exactly as a single-portfolio rollout predicts.
+                seen = observation[rows[0]] if len(rows) == 1 else observation[rows]
+                action, _ = policy.predict(seen, deterministic=True)
+                actions[rows] = np.asarray(action, dtype=np.float64).reshape(len(rows), n_assets)
             return targets_from_actions(
-                action, simulator.holdings, simulator.equity(), simulator.prices, self.action_mode, self.hmax
+                actions, simulator.holdings, simulator.equity(), simulator.prices, self.action_mode, self.hmax
             )
 
-        return self.run_targets(decide)
-
-    def run_targets(self, decide: Callable[[int, PortfolioSimulator], np.ndarray]) -> BacktestRecord:
-        """Backtest a decision function returning target holdings ``[1, N]`` at each close."""
-        market = self.market
-        simulator = PortfolioSimulator(market, self.config, n_envs=1)
-        simulator.reset()
-        equity = [float(simulator.equity()[0])]
-        positions = [simulator.holdings[0].copy()]
-        states = [int(simulator.risk.state[0]) if simulator.risk is not None else 0]
-        trades: list[tuple] = []
-        interventions: list[tuple] = []
-        daily_costs = np.zeros(market.n_steps)
-        daily_notional = np.zeros(market.n_steps)
-        pending: tuple[np.ndarray, np.ndarray, FillBar] | None = None
-
-        for day in range(market.n_steps):
-            if day > 0:
-                if pending is not None:  # the open: yesterday's orders meet today's bar
-                    fills = simulator.fill(*pending)
-                    self._record_fills(fills, day, trades, daily_costs, daily_notional)
-                    pending = None
-                simulator.advance()  # the close: mark to market, risk manager sees the bar
-                equity.append(float(simulator.equity()[0]))
-                positions.append(simulator.holdings[0].copy())
-                states.append(int(simulator.risk.state[0]) if simulator.risk is not None else 0)
-            if day == market.n_steps - 1:
-                break
-            approved, review = simulator.review(decide(day, simulator))
-            if review is not None:
-                interventions.extend(review.interventions(day))
-            decision_prices = np.broadcast_to(simulator.prices, simulator.holdings.shape).copy()
-            order = (approved - simulator.holdings, decision_prices, simulator.fill_bar())
-            if self.config.execution.fill_timing == "same_close":
-                fills = simulator.fill(*order)
-                self._record_fills(fills, day, trades, daily_costs, daily_notional)
-            else:
-                pending = order
-
-        dates = market.dates
-        return BacktestRecord(
-            equity=pd.Series(equity, index=dates, name="portfolio_value"),
-            positions=pd.DataFrame(np.asarray(positions), index=dates, columns=list(market.tickers)),
-            trades=pd.DataFrame(trades, columns=TRADE_COLUMNS),
-            interventions=pd.DataFrame(
-                [
-                    (
-                        dates[i.step],
-                        i.rule,
-                        market.tickers[i.asset] if i.asset is not None else None,
-                        i.requested,
-                        i.approved,
-                        i.reason,
-                    )
-                    for i in interventions
-                ],
-                columns=["date", "rule", "tic", "requested", "approved", "reason"],
-            ),
-            risk_states=pd.Series(states, index=dates, name="risk_state"),
-            costs=pd.Series(daily_costs, index=dates, name="costs"),
-            traded_notional=pd.Series(daily_notional, index=dates, name="traded_notional"),
-        )
-
-    def _record_fills(
-        self, fills: Fills, day: int, trades: list[tuple], daily_costs: np.ndarray, daily_notional: np.ndarray
-    ) -> None:
-        """Book the fills of the bar ``day`` (the bar they executed on)."""
-        date = self.market.dates[day]
-        traded = np.flatnonzero(fills.shares[0])
-        for asset in traded:
-            trades.append(
-                (
-                    date,
-                    self.market.tickers[asset],
-                    float(fills.shares[0, asset]),
-                    float(fills.price[0, asset]),
-                    float(fills.notional[0, asset]),
-                    float(fills.commission[0, asset]),
-                    float(fills.spread_cost[0, asset]),
-                    float(fills.impact_cost[0, asset]),
-                )
-            )
-        daily_costs[day] += float(fills.total_cost[0].sum())
-        daily_notional[day] += float(fills.notional[0].sum())
+        return decide
 
 
-def equal_weight_buy_and_hold_targets(day: int, simulator: PortfolioSimulator) -> np.ndarray:
-    """Buy equal dollar amounts of every asset at the first close (whole shares), then hold."""
-    if day > 0:
-        return simulator.holdings.copy()
-    budget = simulator.equity()[:, None] / simulator.market.n_assets
-    # Leave room for the costs of the initial purchase so it is never cut by the cash rule.
-    return np.floor(budget * 0.99 / simulator.prices)
+def buy_and_hold_targets(invest: float = 0.99) -> Decide:
+    """Buy equal dollar amounts of every asset at the first close, ``invest`` of the equity (the rest leaves
+    room for the purchase's costs, so the cash rule never cuts it), then hold. Whole shares unless the
+    simulation trades fractional ones."""
+
+    def decide(day: int, simulator: PortfolioSimulator) -> np.ndarray:
+        if day > 0:
+            return simulator.holdings.copy()
+        budget = simulator.equity()[:, None] / simulator.market.n_assets
+        shares = budget * invest / simulator.prices
+        return np.floor(shares) if simulator.config.execution.whole_shares else shares
+
+    return decide
 
 
-def buy_and_hold_record(data: pd.DataFrame | MarketArrays, config: SimulationConfig) -> BacktestRecord:
+def buy_and_hold_record(
+    data: pd.DataFrame | MarketArrays, config: SimulationConfig, invest: float = 0.99
+) -> BacktestRecord:
     """The equal-weight buy-and-hold benchmark under the same costs and fills, without the risk manager."""
-    return EventDrivenBacktester(data, replace(config, risk=None)).run_targets(
-        equal_weight_buy_and_hold_targets
+    return EventDrivenBacktester(data, replace(config, risk=None)).run_targets(buy_and_hold_targets(invest))
+
+
+def equal_weight_buy_and_hold(
+    data: pd.DataFrame | MarketArrays, initial_amount: float, cost_pct: float
+) -> pd.Series:
+    """The FinRL engine's benchmark: :func:`buy_and_hold_record` under FinRL's costs (same-close fills,
+    ``cost_pct`` on the traded value) in fractional shares, investing all the cash the costs leave."""
+    config = SimulationConfig.finrl_parity(initial_amount, cost_pct, whole_shares=False)
+    record = buy_and_hold_record(data, config, invest=1.0 / (1.0 + cost_pct))
+    return record.equity.rename("buy_and_hold_value")
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    """Equity curves and metrics of the agent and of the benchmark over the same dates."""
+
+    equity: pd.Series
+    benchmark_equity: pd.Series
+    metrics: PerformanceMetrics
+    benchmark_metrics: PerformanceMetrics
+    actions: pd.DataFrame
+    total_cost: float
+    trades: int
+    record: BacktestRecord | None = None
+
+
+def backtest_policy(
+    policy, test_features: pd.DataFrame | MarketArrays, env_config: TradingEnvConfig
+) -> BacktestResult:
+    """Backtest a policy in FinRL's environment against equal-weight buy-and-hold with the same costs."""
+    equity, actions, cost, trades = rollout_policy(policy, test_features, env_config)
+    benchmark = equal_weight_buy_and_hold(test_features, env_config.initial_amount, env_config.cost_pct)
+    return BacktestResult(
+        equity=equity,
+        benchmark_equity=benchmark,
+        metrics=compute_metrics(equity),
+        benchmark_metrics=compute_metrics(benchmark),
+        actions=actions,
+        total_cost=cost,
+        trades=trades,
     )
+
+
+def _result(record: BacktestRecord, benchmark: BacktestRecord) -> BacktestResult:
+    return BacktestResult(
+        equity=record.equity,
+        benchmark_equity=benchmark.equity.rename("buy_and_hold_value"),
+        metrics=compute_metrics(record.equity, record.traded_notional, record.costs),
+        benchmark_metrics=compute_metrics(benchmark.equity, benchmark.traded_notional, benchmark.costs),
+        actions=record.positions.diff().fillna(0.0),
+        total_cost=float(record.costs.sum()),
+        trades=len(record.trades),
+        record=record,
+    )
+
+
+def run_backtest(policy, test_features: pd.DataFrame | MarketArrays, env_spec: EnvSpec) -> BacktestResult:
+    """Backtest a policy in the engine it trained in, against equal-weight buy-and-hold under the same costs.
+
+    The fast engine replays the period through the event-driven backtester (next-bar fills, costs split into
+    commission, spread and impact, risk interventions recorded); the FinRL engine rolls out FinRL's own env.
+
+    :param test_features: the period as a features frame or as arrays (converted once for agent and benchmark)
+    """
+    return run_backtests([policy], test_features, env_spec)[0]
+
+
+def run_backtests(
+    policies: Sequence, test_features: pd.DataFrame | MarketArrays, env_spec: EnvSpec
+) -> list[BacktestResult]:
+    """:func:`run_backtest` for several policies on one period: the fast engine runs them as one batched
+    backtest (and the benchmark once); each result equals that policy's own :func:`run_backtest`."""
+    if env_spec.engine == "finrl":
+        return [backtest_policy(policy, test_features, env_spec.finrl_config()) for policy in policies]
+    backtester = EventDrivenBacktester(test_features, env_spec.simulation, hmax=env_spec.hmax)
+    records = backtester.run_many(policies)
+    benchmark = buy_and_hold_record(backtester.market, env_spec.simulation)
+    return [_result(record, benchmark) for record in records]

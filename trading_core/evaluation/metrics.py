@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kurtosis, norm, skew
 
-PERIODS_PER_YEAR = 252
+from trading_core.market import measures
+from trading_core.market.measures import PERIODS_PER_YEAR
+
 EULER_MASCHERONI = 0.5772156649015329
 
 
@@ -61,9 +63,8 @@ def sortino_ratio(returns: pd.Series) -> float:
 
 
 def max_drawdown(equity: pd.Series) -> float:
-    """Largest peak-to-trough loss as a positive fraction."""
-    running_peak = equity.cummax()
-    return float(-(equity / running_peak - 1.0).min())
+    """Largest peak-to-trough loss as a positive fraction (:func:`trading_core.market.measures.max_drawdown`)."""
+    return measures.max_drawdown(equity.to_numpy(dtype=float))
 
 
 def max_drawdown_duration(equity: pd.Series) -> int:
@@ -76,15 +77,7 @@ def max_drawdown_duration(equity: pd.Series) -> int:
     ``[100, 90, 95, 100, 80]`` has runs of 2 (recovered) and 1 (open at the end), so the result is 2. Equals the
     longest ``days`` of quantstats' ``drawdown_details`` on a calendar-daily index.
     """
-    values = equity.to_numpy(dtype=float)
-    if len(values) == 0:
-        return 0
-    underwater = values < np.maximum.accumulate(values)
-    longest = current = 0
-    for below in underwater:
-        current = current + 1 if below else 0
-        longest = max(longest, current)
-    return int(longest)
+    return measures.max_drawdown_duration(equity.to_numpy(dtype=float))
 
 
 def annual_return(equity: pd.Series) -> float:
@@ -103,8 +96,8 @@ def win_rate(returns: pd.Series) -> float:
 
 
 def value_at_risk(returns: pd.Series, level: float = 0.95) -> float:
-    """Historical one-day VaR as a positive fraction of the portfolio."""
-    return float(max(-np.quantile(returns.to_numpy(), 1.0 - level), 0.0)) if len(returns) else 0.0
+    """Historical one-day VaR as a positive fraction of the portfolio (:func:`~trading_core.market.measures.var_of_returns`)."""
+    return measures.var_of_returns(returns.to_numpy(dtype=float), level)
 
 
 def conditional_value_at_risk(returns: pd.Series, level: float = 0.95) -> float:
@@ -116,12 +109,7 @@ def conditional_value_at_risk(returns: pd.Series, level: float = 0.95) -> float:
     ``conditional_value_at_risk(returns, cutoff=1 - level)``. Like :func:`value_at_risk` it is floored at 0 (a tail
     made of gains is no loss), so ``cvar >= var`` always; NaNs are ignored and an empty series gives 0.0.
     """
-    values = returns.to_numpy(dtype=float)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return 0.0
-    tail = values[values <= np.quantile(values, 1.0 - level)]
-    return float(max(-tail.mean(), 0.0))
+    return measures.cvar_of_returns(returns.to_numpy(dtype=float), level)
 
 
 def _aligned(flows: pd.Series, equity: pd.Series, name: str) -> np.ndarray:

@@ -81,6 +81,9 @@ def evaluate_gate(
 class CandidateThresholds:
     """The gate on a candidate judged over several training runs (seeds).
 
+    The limits shared with the registered candidate's gate default to :class:`PromotionThresholds`; the seed
+    sweep's gate on the registered candidate defaults to ``min_p25_sharpe`` and ``min_deflated_sharpe`` here.
+
     :param min_sharpe: lowest acceptable out-of-sample Sharpe of the run validation picks (the registered
         candidate's ``min_sharpe``)
     :param min_p25_sharpe: lowest acceptable 25th percentile over runs of the out-of-sample Sharpe
@@ -89,11 +92,11 @@ class CandidateThresholds:
     :param must_beat_buy_and_hold: require a median Sharpe above equal-weight buy-and-hold
     """
 
-    min_sharpe: float = 1.0
+    min_sharpe: float = PromotionThresholds.min_sharpe
     min_p25_sharpe: float = 0.5
-    max_drawdown: float = 0.15
+    max_drawdown: float = PromotionThresholds.max_drawdown
     min_deflated_sharpe: float = 0.5
-    must_beat_buy_and_hold: bool = True
+    must_beat_buy_and_hold: bool = PromotionThresholds.must_beat_buy_and_hold
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,79 @@ import io
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from trading_core.agents.zoo import AgentConfig, TrainedPolicy, load_policy, train_agent
+from trading_core.agents.zoo import (
+    ALGORITHMS,
+    DEFAULT_CONFIGS,
+    AgentConfig,
+    TrainedPolicy,
+    load_policy,
+    train_agent,
+)
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.backtest import run_backtest
-from trading_core.evaluation.metrics import PERIODS_PER_YEAR, daily_returns
+from trading_core.evaluation.backtester import run_backtest
+from trading_core.evaluation.metrics import daily_returns
+from trading_core.evaluation.promotion import CandidateThresholds
+from trading_core.evaluation.walk_forward import WalkForwardConfig
+from trading_core.market.arrays import MarketArrays
+from trading_core.market.measures import PERIODS_PER_YEAR
 from trading_core.runtime.distributed import fan_out, single_torch_thread
+
+
+@dataclass(frozen=True)
+class SeedSweepConfig:
+    """The registered candidate's recipe retrained under several seeds, and the gate on the distribution.
+
+    :param n_seeds: seeds, counted up from the candidate's own seed (which is the first)
+    :param timesteps: training budget of each run; ``None``: the candidate's own budget
+    :param use_ray: train the seeds as parallel Ray tasks
+    :param min_p25_sharpe: lowest acceptable 25th percentile over seeds of the out-of-sample Sharpe
+    :param min_deflated_sharpe: lowest acceptable deflated Sharpe ratio of the candidate's own seed
+    """
+
+    n_seeds: int = 3
+    timesteps: int | None = None
+    use_ray: bool = True
+    min_p25_sharpe: float = CandidateThresholds.min_p25_sharpe
+    min_deflated_sharpe: float = CandidateThresholds.min_deflated_sharpe
+
+    def seeds(self, candidate_seed: int) -> list[int]:
+        return [candidate_seed + offset for offset in range(self.n_seeds)]
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """Which agents, seeds and windows the agent zoo trains, and each run's budget.
+
+    :param algorithms: agents of :data:`~trading_core.agents.zoo.ALGORITHMS`, each with its default recipe
+    :param n_seeds: seeds per agent and window
+    :param first_seed: the first of the consecutive seeds
+    :param timesteps: training budget of every run
+    :param walk_forward_windows: walk-forward windows trained besides the split; 0 for the split only
+    :param window_test_dates: dates per walk-forward test window (the walk-forward evaluation's by default)
+    :param use_ray: train the runs as parallel Ray tasks
+    """
+
+    algorithms: tuple[str, ...] = ALGORITHMS
+    n_seeds: int = 2
+    first_seed: int = 100
+    timesteps: int = 4_000
+    walk_forward_windows: int = 0
+    window_test_dates: int = WalkForwardConfig.test_dates
+    use_ray: bool = True
+
+    def seeds(self) -> range:
+        return range(self.first_seed, self.first_seed + self.n_seeds)
+
+    def configs(self) -> dict[str, AgentConfig]:
+        """Each agent's default recipe at this budget."""
+        return {a: replace(DEFAULT_CONFIGS[a], total_timesteps=self.timesteps) for a in self.algorithms}
 
 
 @dataclass(frozen=True)
@@ -29,9 +90,9 @@ class SeedTask:
     seed: int
     config: AgentConfig
     env_spec: EnvSpec
-    train: pd.DataFrame
-    validation: pd.DataFrame
-    test: pd.DataFrame
+    train: pd.DataFrame | MarketArrays
+    validation: pd.DataFrame | MarketArrays
+    test: pd.DataFrame | MarketArrays
     window: str = "split"
     keep_policy: bool = False
 
@@ -95,7 +156,8 @@ def train_and_evaluate(task: SeedTask) -> SeedOutcome:
     )
 
 
-Periods = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+# (train, validation, test) of one window, as frames or arrays (arrays convert each period only once).
+Periods = tuple[pd.DataFrame | MarketArrays, pd.DataFrame | MarketArrays, pd.DataFrame | MarketArrays]
 
 
 def grid_tasks(

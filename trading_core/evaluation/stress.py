@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.backtester import run_backtest
 from trading_core.features.batch import build_features
+from trading_core.market.arrays import MarketArrays, as_frame
 from trading_core.market.costs import CostModel, LinearImpact, SquareRootImpact
+from trading_core.market.execution import ExecutionConfig
 from trading_core.market.simulator import SimulationConfig
 
 CRISES: dict[str, tuple[str, str]] = {
@@ -25,6 +27,20 @@ CRISES: dict[str, tuple[str, str]] = {
     "feb_apr_2020_covid_crash": ("2020-02-18", "2020-04-30"),
 }
 PRICE_COLUMNS = ["open", "high", "low", "close"]
+
+
+@dataclass(frozen=True)
+class StressConfig:
+    """Where the synthetic shocks hit and the limit that joins the promotion gate.
+
+    :param max_stress_drawdown: largest acceptable max drawdown of the agent in any scenario
+    :param shock_offset: test dates before the synthetic shocks hit, so the agent holds positions
+    :param min_dates: fewest dates of a crisis inside the data for its replay to run
+    """
+
+    max_stress_drawdown: float = 0.25
+    shock_offset: int = 10
+    min_dates: int = 10
 
 
 @dataclass(frozen=True)
@@ -110,9 +126,12 @@ def liquidity_drop(
     elif isinstance(impact, SquareRootImpact):
         impact = replace(impact, eta=impact.eta * impact_factor, beta=impact.beta * impact_factor)
     else:
-        impact = LinearImpact(alpha=0.1 * impact_factor, beta=0.05 * impact_factor)
+        linear = LinearImpact()
+        impact = replace(linear, alpha=linear.alpha * impact_factor, beta=linear.beta * impact_factor)
     cap = config.execution.participation_cap
-    execution = replace(config.execution, participation_cap=(cap if cap is not None else 0.1) / cap_divisor)
+    if cap is None:
+        cap = ExecutionConfig().participation_cap
+    execution = replace(config.execution, participation_cap=cap / cap_divisor)
     return replace(config, cost_model=CostModel(config.cost_model.commission, impact), execution=execution)
 
 
@@ -138,12 +157,12 @@ def _scenario(name: str, kind: str, policy, features: pd.DataFrame, env_spec: En
 def run_stress_tests(
     policy,
     bars: pd.DataFrame,
-    features: pd.DataFrame,
+    features: pd.DataFrame | MarketArrays,
     test_start: pd.Timestamp,
     test_end: pd.Timestamp,
     env_spec: EnvSpec,
-    shock_offset: int = 10,
-    min_dates: int = 10,
+    shock_offset: int = StressConfig.shock_offset,
+    min_dates: int = StressConfig.min_dates,
     rebuild: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> list[StressResult]:
     """Every crisis replay found in the features and every synthetic shock on the test period.
@@ -154,9 +173,12 @@ def run_stress_tests(
     :param test_start: first date of the test period
     :param test_end: last date of the test period
     :param shock_offset: test dates before the synthetic shocks hit, so the agent holds positions
+    :param min_dates: fewest dates of a crisis inside the features for its replay to run
     :param rebuild: bars -> the agent's features, for shocked bars (default: technical features rebuilt and
         the recorded VIX kept)
     """
+    # Each scenario is a panel of its own (a window, or features rebuilt from shocked bars), made from the frame.
+    features = as_frame(features)
     results = []
     for name, (start, end) in CRISES.items():
         window = features[(features["date"] >= start) & (features["date"] <= end)]

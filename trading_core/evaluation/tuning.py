@@ -12,12 +12,31 @@ from dataclasses import dataclass, replace
 import optuna
 import pandas as pd
 
-from trading_core.agents.zoo import DEFAULT_CONFIGS, AgentConfig, train_agent
+from trading_core.agents.zoo import DEFAULT_CONFIGS, ON_POLICY, AgentConfig, train_agent
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.backtest import run_backtest
+from trading_core.evaluation.backtester import run_backtest
+from trading_core.evaluation.seed_sweep import ZooConfig
 from trading_core.runtime.distributed import fan_out, single_torch_thread
 
-ON_POLICY = ("ppo", "a2c")
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """An Optuna search of one zoo agent's hyperparameters.
+
+    :param algorithm: agent of the zoo to tune
+    :param n_trials: proposals to evaluate
+    :param timesteps: training budget of each proposal (a zoo run's by default: tuned at the budget it runs at)
+    :param parallel_trials: proposals trained at once (the ``batch_size`` of :func:`search_hyperparameters`)
+    :param seed: seeds the sampler and every trial's training
+    :param use_ray: train each batch of proposals as Ray tasks
+    """
+
+    algorithm: str = "ppo"
+    n_trials: int = 8
+    timesteps: int = ZooConfig.timesteps
+    parallel_trials: int = 2
+    seed: int = 0
+    use_ray: bool = True
 
 
 def suggest_config(trial: optuna.trial.BaseTrial, base: AgentConfig) -> AgentConfig:
@@ -72,9 +91,9 @@ def search_hyperparameters(
     env_spec: EnvSpec,
     n_trials: int,
     timesteps: int,
-    seed: int = 0,
-    batch_size: int = 2,
-    use_ray: bool = True,
+    seed: int = SearchConfig.seed,
+    batch_size: int = SearchConfig.parallel_trials,
+    use_ray: bool = SearchConfig.use_ray,
     on_trial: Callable[[int, dict[str, object], float], None] | None = None,
 ) -> SearchResult:
     """Tree-structured Parzen search over :func:`suggest_config`, ``batch_size`` proposals at a time.

@@ -11,8 +11,9 @@ import pandas as pd
 
 from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.backtest import BacktestResult, run_backtest
+from trading_core.evaluation.backtester import BacktestResult, run_backtest
 from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
+from trading_core.market.arrays import MarketArrays, date_window
 from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 
@@ -26,14 +27,51 @@ class WalkForwardWindow:
     test_end: pd.Timestamp
 
 
+@dataclass(frozen=True)
+class WalkForwardConfig:
+    """Windows of the walk-forward evaluation and the training budget per window.
+
+    :param n_windows: number of test windows
+    :param test_dates: dates per test window
+    :param scheme: ``expanding`` (training from the first date) or ``rolling`` (``train_dates`` long)
+    :param train_dates: dates per training window (``rolling``), the minimum for the first one (``expanding``);
+        ``None``: every date before the first test window's gap
+    :param purge: dates dropped before each test window
+    :param embargo: further dates dropped before each test window
+    :param timesteps_per_window: PPO budget of each window's agent
+    :param use_ray: train the windows as parallel Ray tasks
+    """
+
+    n_windows: int = 3
+    test_dates: int = 126
+    scheme: Literal["rolling", "expanding"] = "expanding"
+    train_dates: int | None = None
+    purge: int = 5
+    embargo: int = 5
+    timesteps_per_window: int = 10_000
+    use_ray: bool = True
+
+    def windows(self, dates: pd.Series | pd.DatetimeIndex) -> list[WalkForwardWindow]:
+        """The windows over ``dates`` (see :func:`walk_forward_windows`)."""
+        return walk_forward_windows(
+            dates,
+            n_windows=self.n_windows,
+            test_size=self.test_dates,
+            train_size=self.train_dates,
+            scheme=self.scheme,
+            purge=self.purge,
+            embargo=self.embargo,
+        )
+
+
 def walk_forward_windows(
     dates: pd.Series | pd.DatetimeIndex,
     n_windows: int,
     test_size: int,
     train_size: int | None = None,
-    scheme: Literal["rolling", "expanding"] = "expanding",
-    purge: int = 5,
-    embargo: int = 5,
+    scheme: Literal["rolling", "expanding"] = WalkForwardConfig.scheme,
+    purge: int = WalkForwardConfig.purge,
+    embargo: int = WalkForwardConfig.embargo,
 ) -> list[WalkForwardWindow]:
     """Consecutive test windows at the end of the dates, each preceded by its training window and a gap.
 
@@ -113,8 +151,8 @@ def stitch(curves: list[pd.Series], initial: float) -> pd.Series:
 class WindowTask:
     """Training and test data of one walk-forward window."""
 
-    train: pd.DataFrame
-    test: pd.DataFrame
+    train: pd.DataFrame | MarketArrays
+    test: pd.DataFrame | MarketArrays
     env_spec: EnvSpec
     ppo_config: PPOConfig
     seed: int
@@ -128,7 +166,7 @@ def train_and_test_window(task: WindowTask) -> BacktestResult:
 
 
 def run_walk_forward(
-    features: pd.DataFrame,
+    features: pd.DataFrame | MarketArrays,
     windows: list[WalkForwardWindow],
     env_spec: EnvSpec,
     ppo_config: PPOConfig,
@@ -142,13 +180,9 @@ def run_walk_forward(
     """
     tasks = []
     for number, window in enumerate(windows, start=1):
-        train = features[(features["date"] >= window.train_start) & (features["date"] <= window.train_end)]
-        test = features[(features["date"] >= window.test_start) & (features["date"] <= window.test_end)]
-        tasks.append(
-            WindowTask(
-                train.reset_index(drop=True), test.reset_index(drop=True), env_spec, ppo_config, seed + number
-            )
-        )
+        train = date_window(features, window.train_start, window.train_end)
+        test = date_window(features, window.test_start, window.test_end)
+        tasks.append(WindowTask(train, test, env_spec, ppo_config, seed + number))
     if report:
         report(f"walk-forward: {len(tasks)} windows {'on Ray' if use_ray else 'in turn'}")
     results = fan_out(train_and_test_window, tasks, use_ray=use_ray)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from trading_core.evaluation.metrics import PERIODS_PER_YEAR
+from trading_core.evaluation.metrics import sharpe_ratio
 
 EXCHANGE_TIMEZONE = "America/New_York"
 
@@ -146,10 +146,6 @@ def compare_champion_challenger(
     else:
         p_value, low, high = 1.0, float(difference.mean()), float(difference.mean())
 
-    def sharpe(returns: pd.Series) -> float:
-        std = returns.std(ddof=1)
-        return float(np.sqrt(PERIODS_PER_YEAR) * returns.mean() / std) if n > 1 and std > 0 else 0.0
-
     if n < min_sessions:
         verdict = f"insufficient evidence: {n} of {min_sessions} sessions"
     elif p_value < alpha:
@@ -160,8 +156,8 @@ def compare_champion_challenger(
         sessions=n,
         champion_return=float(champion.loc[shared].iloc[-1] / champion.loc[shared].iloc[0] - 1),
         challenger_return=float(challenger.loc[shared].iloc[-1] / challenger.loc[shared].iloc[0] - 1),
-        champion_sharpe=sharpe(a),
-        challenger_sharpe=sharpe(b),
+        champion_sharpe=sharpe_ratio(a),
+        challenger_sharpe=sharpe_ratio(b),
         mean_difference=float(difference.mean()),
         p_value=p_value,
         ci_low=low,

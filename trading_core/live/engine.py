@@ -1,8 +1,11 @@
 """One decision per bar: streaming features -> the registered policy -> target holdings -> the shared risk manager.
 
-The observation is laid out exactly as the training environment lays it out
-(:func:`trading_core.envs.fast.observation_at`), from features that equal the batch pipeline's
-(:class:`trading_core.features.streaming.StreamingFeatures`), so the agent sees live what it saw in training.
+The observation is laid out by the training environment's own function
+(:func:`trading_core.envs.fast.observation_from`), from features that equal the batch pipeline's
+(:class:`trading_core.features.streaming.StreamingFeatures`), so the agent sees live what it saw in training. The
+risk manager sits where the simulator's market loop puts it (:class:`trading_core.market.simulator.RiskGate`):
+it sees each bar's close (:meth:`DecisionEngine.mark`) and reviews each decision (:meth:`DecisionEngine.decide`);
+the live loop runs the bar's events in the loop's order (:func:`trading_core.market.simulator.run_bar`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import numpy as np
 import pandas as pd
 
 from trading_core.agents.decision_spec import DecisionSpec
-from trading_core.envs.fast import targets_from_actions
-from trading_core.market.risk import RiskManager, RiskReview, TradingState
+from trading_core.envs.fast import observation_from, targets_from_actions
+from trading_core.market.limits import TradingState
+from trading_core.market.risk import RiskManager, RiskReview
+from trading_core.market.simulator import RiskGate
 from trading_core.models.cnn_lstm import TrainedForecaster, add_learned_features
 from trading_core.models.cnn_lstm import learned_features as forecast_features
 
@@ -57,9 +62,18 @@ class DecisionEngine:
         self.policy, self.spec, self.forecaster = policy, spec, forecaster
         simulation = spec.env_spec.simulation
         limits = simulation.risk if spec.env_spec.engine == "fast" else None
-        self.risk = RiskManager(limits, 1, len(spec.tickers)) if limits is not None else None
+        self.gate = RiskGate(limits, 1, len(spec.tickers))
         self.var_lookback = simulation.var_lookback
         self._index_cache: dict[tuple[str, ...], tuple[int, np.ndarray]] = {}
+
+    @property
+    def risk(self) -> RiskManager | None:
+        """The risk manager (``None`` when the agent trades without one); settable to restore a saved one."""
+        return self.gate.risk
+
+    @risk.setter
+    def risk(self, risk: RiskManager | None) -> None:
+        self.gate.risk = risk
 
     @property
     def history_dates(self) -> int:
@@ -67,8 +81,7 @@ class DecisionEngine:
         return self.forecaster.config.window + 1 if self.forecaster is not None else 1
 
     def reset(self, equity: float) -> None:
-        if self.risk is not None:
-            self.risk.reset(np.array([equity]))
+        self.gate.reset(np.array([equity]))
 
     def feature_rows(self, recent: pd.DataFrame) -> pd.DataFrame | None:
         """The last date's rows with every observed column, or ``None`` while the forecaster warms up."""
@@ -109,14 +122,13 @@ class DecisionEngine:
         :param values: the bar's features, one row per ticker in sorted order, one column per name in ``columns``
         """
         close, features = self._indices(columns)
-        return np.concatenate(
-            [[book.cash], values[:, close], book.holdings, values[:, features].T.reshape(-1)]
-        ).astype(np.float32)[None, :]
+        return observation_from(
+            np.array([book.cash]), values[:, close], book.holdings[None, :], values[:, features].T
+        )
 
     def mark(self, equity: float, turbulence: float) -> None:
-        """Let the risk manager see the bar's close (drawdown, daily loss and turbulence breakers)."""
-        if self.risk is not None:
-            self.risk.on_bar(np.array([equity]), turbulence)
+        """The close: the risk manager sees the bar (drawdown, daily loss and turbulence breakers)."""
+        self.gate.close(np.array([equity]), turbulence)
 
     def decide(
         self, bar_time: pd.Timestamp, values: np.ndarray, columns: tuple[str, ...], book: PortfolioBook
@@ -134,16 +146,11 @@ class DecisionEngine:
             "shares",  # the fast environment trades FinRL share actions
             env.hmax,
         )
-        approved, review, state = targets, None, TradingState.ACTIVE
-        if self.risk is not None:
-            window = (
-                np.array(book.returns[-self.var_lookback :]) if book.returns else np.zeros((0, len(prices)))
-            )
-            review = self.risk.review(
-                targets, book.holdings[None, :], prices[None, :], np.array([book.cash]), window
-            )
-            approved = review.approved
-            state = TradingState(int(self.risk.state[0]))
+        window = np.array(book.returns[-self.var_lookback :]) if book.returns else np.zeros((0, len(prices)))
+        approved, review = self.gate.review(
+            targets, book.holdings[None, :], prices[None, :], np.array([book.cash]), window
+        )
+        state = TradingState(int(self.gate.state[0]))
         return Decision(
             bar_time, prices, np.asarray(action).reshape(-1), targets[0], approved[0], review, state
         )

@@ -41,10 +41,14 @@ from trading_core.features.streaming import StreamingFeatures
 from trading_core.live.engine import Decision, DecisionEngine, PortfolioBook
 from trading_core.live.sources import BarEvent
 from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
-from trading_core.market.risk import TradingState
+from trading_core.market.limits import RiskLimits, TradingState
+from trading_core.market.measures import drawdown_from_peak, var_of_returns
+from trading_core.market.risk import MIN_VAR_ROWS
+from trading_core.market.simulator import run_bar
 from trading_core.monitoring.alerts import Alert, AlertEvaluator, AlertSink, AlertSnapshot
 from trading_core.monitoring.drift import psi_against_quantiles
 from trading_core.monitoring.live_metrics import LiveMetrics
+from trading_core.runtime.stored_pickles import load_project_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +105,16 @@ class LiveSummary:
     fills: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     killed: bool = False
+
+
+@dataclass(frozen=True)
+class _BarClose:
+    """What the close of a bar left for the decision: the kill switch, the latency clock, features, books."""
+
+    killed: bool
+    started: float
+    values: np.ndarray | None
+    books: list[PortfolioBook]
 
 
 class LiveTradingLoop:
@@ -224,7 +238,7 @@ class LiveTradingLoop:
                 role.engine.reset(self.initial_cash)
             return
         # The state is the loop's own, written by this code into the project's own database.
-        state = pickle.loads(base64.b64decode(saved.payload["engine_state"]))  # noqa: S301
+        state = load_project_pickle(base64.b64decode(saved.payload["engine_state"]))
         if state["format"] != STATE_FORMAT:
             raise RuntimeError(
                 f"session {self.config.session_id}: saved state format {state['format']} unknown"
@@ -306,37 +320,20 @@ class LiveTradingLoop:
         return self.summary
 
     def process(self, event: BarEvent) -> None:
-        """One bar: fills of earlier orders, features, marks, decisions, orders, state."""
+        """One bar in the market loop's order (:func:`~trading_core.market.simulator.run_bar`): earlier orders
+        fill, the close marks every book and its risk manager sees the bar, the agents decide; then the orders
+        go out and the state is saved."""
         if not self.market_open(event.timestamp):
             self.summary.skipped_closed += 1
             return
         session_id, bar_time = self.config.session_id, event.timestamp
         bars = {s: b for s, b in event.bars.items() if s in self.tickers}
-        # The exchange's side of the bar: earlier orders fill (the local broker and the simulated mirror).
-        broker_fills = self.broker.on_bar(bar_time, bars) if isinstance(self.broker, SimulatedBroker) else []
-        mirror_fills = self.mirror.on_bar(bar_time, bars) if self.mirror is not None else broker_fills
-        if self.shadow is not None:
-            self.shadow.on_bar(bar_time, bars)
-        killed = self._kill_switch_engaged()
-        # The agent's side, timed as the decision latency: features, marks, decisions, orders.
-        started = time.perf_counter()
-        values = self.features.update_values(
-            bar_time, {s: (b.open, b.high, b.low, b.close, b.volume) for s, b in bars.items()}
+        (broker_fills, mirror_fills), close, decisions = run_bar(
+            lambda: self._fill(bar_time, bars),
+            lambda: self._close(bar_time, bars),
+            lambda close: self._decide(bar_time, close),
         )
-        closes = self._closes(bars)
-        asset_returns = self._asset_returns(values) if values is not None else None
-        decisions: list[tuple[RoleState, Decision, PortfolioBook]] = []
-        for role in self.roles:
-            book = self._book(role)
-            self._mark(role, book, closes, values, asset_returns)
-            due = self.bar_count % self.config.decide_every == 0
-            if killed or not due:
-                continue
-            matrix = self._feature_matrix(role, values)
-            if matrix is None:
-                continue
-            book.returns = list(role.returns)
-            decisions.append((role, role.engine.decide(bar_time, *matrix, book), book))
+        killed, started = close.killed, close.started
         orders = self._orders(decisions)
         decided = time.perf_counter()
         if decisions:
@@ -379,8 +376,49 @@ class LiveTradingLoop:
         self.summary.bars += 1
         self._last_bar_wall = pd.Timestamp.now(tz="UTC")
         self.summary.fills += len(broker_fills)
-        self._update_drift(values)
+        self._update_drift(close.values)
         self._monitor(bar_time)
+
+    def _fill(self, bar_time: pd.Timestamp, bars: dict) -> tuple[list[Fill], list[Fill]]:
+        """The open, the exchange's side of the bar: earlier orders fill (the local broker, the simulated
+        mirror and the challenger's shadow book); the broker's and the mirror's fills."""
+        broker_fills = self.broker.on_bar(bar_time, bars) if isinstance(self.broker, SimulatedBroker) else []
+        mirror_fills = self.mirror.on_bar(bar_time, bars) if self.mirror is not None else broker_fills
+        if self.shadow is not None:
+            self.shadow.on_bar(bar_time, bars)
+        return broker_fills, mirror_fills
+
+    def _close(self, bar_time: pd.Timestamp, bars: dict) -> _BarClose:
+        """The close: the bar's features, and every role's book marked to it (its risk manager sees the bar).
+        The decision latency is timed from here (features, marks, decisions, orders)."""
+        killed = self._kill_switch_engaged()
+        started = time.perf_counter()
+        values = self.features.update_values(
+            bar_time, {s: (b.open, b.high, b.low, b.close, b.volume) for s, b in bars.items()}
+        )
+        closes = self._closes(bars)
+        asset_returns = self._asset_returns(values) if values is not None else None
+        books = []
+        for role in self.roles:
+            book = self._book(role)
+            self._mark(role, book, closes, values, asset_returns)
+            books.append(book)
+        return _BarClose(killed, started, values, books)
+
+    def _decide(
+        self, bar_time: pd.Timestamp, close: _BarClose
+    ) -> list[tuple[RoleState, Decision, PortfolioBook]]:
+        """The decision: each role's agent decides on the close (every ``decide_every`` bars, not once killed)."""
+        decisions: list[tuple[RoleState, Decision, PortfolioBook]] = []
+        if close.killed or self.bar_count % self.config.decide_every != 0:
+            return decisions
+        for role, book in zip(self.roles, close.books, strict=True):
+            matrix = self._feature_matrix(role, close.values)
+            if matrix is None:
+                continue
+            book.returns = list(role.returns)
+            decisions.append((role, role.engine.decide(bar_time, *matrix, book), book))
+        return decisions
 
     # ------------------------------------------------------------------------------------------- helpers
 
@@ -405,7 +443,11 @@ class LiveTradingLoop:
         values: np.ndarray | None,
         asset_returns: np.ndarray | None,
     ) -> None:
-        """Mark a book to the bar's close, update its VaR, and let its risk manager see the bar."""
+        """Mark a book to the bar's close, update its VaR, and let its risk manager see the bar.
+
+        The VaR is the risk manager's historical VaR of the current book over the spec's ``var_lookback`` bars at
+        its ``var_confidence`` (the default limits' confidence when the spec has no risk limits).
+        """
         equity = book.cash + float(book.holdings @ closes)
         columns = self.features.value_columns
         has_turbulence = values is not None and "turbulence" in columns
@@ -415,10 +457,13 @@ class LiveTradingLoop:
         role.last_equity, role.last_cash = equity, book.cash
         if asset_returns is not None:
             role.returns.append(asset_returns)
-        history = np.array(role.returns)[-60:]
-        if len(history) >= 20 and equity > 0:
+        simulation = role.engine.spec.env_spec.simulation
+        limits = simulation.risk
+        confidence = limits.var_confidence if limits is not None else RiskLimits.var_confidence
+        history = np.array(role.returns)[-simulation.var_lookback :]
+        if len(history) >= MIN_VAR_ROWS and equity > 0:
             pnl = history @ (book.holdings * closes) / equity
-            role.last_var = float(max(-np.quantile(pnl, 0.05), 0.0))
+            role.last_var = var_of_returns(pnl, confidence)
 
     def _asset_returns(self, values: np.ndarray) -> np.ndarray:
         """Close-to-close returns between the last two feature dates (what the risk manager's VaR uses)."""
@@ -427,7 +472,9 @@ class LiveTradingLoop:
         return np.zeros(len(self.tickers)) if previous is None else closes / previous - 1.0
 
     def _drawdown(self, role: RoleState) -> float:
-        return max(1.0 - role.last_equity / role.peak_equity, 0.0) if role.peak_equity > 0 else 0.0
+        if not role.peak_equity > 0:  # no mark yet (NaN) or never any positive equity
+            return 0.0
+        return float(max(drawdown_from_peak(role.last_equity, role.peak_equity), 0.0))
 
     def _trading_state(self, role: RoleState) -> TradingState:
         risk = role.engine.risk

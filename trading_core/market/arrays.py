@@ -83,8 +83,76 @@ class MarketArrays:
             ask=field("ask") if "ask" in frame.columns else None,
         )
 
+    def between(self, start: pd.Timestamp | str, end: pd.Timestamp | str) -> MarketArrays:
+        """The dates from ``start`` to ``end`` (inclusive), as views of these arrays (no copies)."""
+        first, stop = (
+            self.dates.searchsorted(pd.Timestamp(start)),
+            self.dates.searchsorted(pd.Timestamp(end), "right"),
+        )
+        rows = slice(first, stop)
+
+        def cut(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[rows]
+
+        return MarketArrays(
+            dates=self.dates[rows],
+            tickers=self.tickers,
+            feature_names=self.feature_names,
+            open=self.open[rows],
+            high=self.high[rows],
+            low=self.low[rows],
+            close=self.close[rows],
+            volume=self.volume[rows],
+            features=self.features[rows],
+            turbulence=self.turbulence[rows],
+            bid=cut(self.bid),
+            ask=cut(self.ask),
+        )
+
+    def to_frame(self) -> pd.DataFrame:
+        """The long features frame again (one row per date and ticker), for code that reads frames (FinRL)."""
+        dates = np.repeat(self.dates.to_numpy(), self.n_assets)
+        frame = pd.DataFrame(
+            {"date": dates, "tic": np.tile(np.array(self.tickers, dtype=object), self.n_steps)}
+        )
+        for column in ("open", "high", "low", "close", "volume"):
+            frame[column] = getattr(self, column).reshape(-1)
+        for index, name in enumerate(self.feature_names):
+            frame[name] = self.features[:, index, :].reshape(-1)
+        if "turbulence" not in self.feature_names and self.turbulence.any():
+            frame["turbulence"] = np.repeat(self.turbulence, self.n_assets)
+        for column in ("bid", "ask"):
+            if getattr(self, column) is not None:
+                frame[column] = getattr(self, column).reshape(-1)
+        return frame
+
     def daily_returns(self) -> np.ndarray:
         """Close-to-close simple returns ``[T, N]``; row 0 is zero."""
         returns = np.zeros_like(self.close)
         returns[1:] = self.close[1:] / self.close[:-1] - 1.0
         return returns
+
+
+def as_market(data: pd.DataFrame | MarketArrays) -> MarketArrays:
+    """The panel as arrays: converted from a features frame, or passed through when it already is arrays (so a
+    caller that converts once can hand the arrays to every consumer)."""
+    return data if isinstance(data, MarketArrays) else MarketArrays.from_features(data)
+
+
+def as_frame(data: pd.DataFrame | MarketArrays) -> pd.DataFrame:
+    """The panel as a long features frame: passed through, or rebuilt from arrays (for code that reads frames)."""
+    return data.to_frame() if isinstance(data, MarketArrays) else data
+
+
+def n_dates(data: pd.DataFrame | MarketArrays) -> int:
+    """Number of dates of a features frame or of arrays."""
+    return data.n_steps if isinstance(data, MarketArrays) else int(data["date"].nunique())
+
+
+def date_window(
+    data: pd.DataFrame | MarketArrays, start: pd.Timestamp | str, end: pd.Timestamp | str
+) -> pd.DataFrame | MarketArrays:
+    """The dates from ``start`` to ``end`` (inclusive) of a features frame or of arrays, in the same form."""
+    if isinstance(data, MarketArrays):
+        return data.between(start, end)
+    return data[(data["date"] >= start) & (data["date"] <= end)].reset_index(drop=True)

@@ -1,10 +1,16 @@
-"""Batched portfolio simulation over a market panel: the one step function behind every environment and the
-backtester. B portfolios advance together through the same dates; actions arrive as target holdings."""
+"""Batched portfolio simulation over a market panel, and the market loop every driver follows.
+
+The market loop's event order is written once, in :func:`run_bar`: at a bar's open the orders decided at the
+previous close fill; at its close every book is marked and the risk manager sees the bar; then the policy decides
+and the risk manager reviews its targets (:class:`RiskGate`). :class:`PortfolioSimulator` runs that loop for B
+portfolios in lockstep over one panel (the training environments and the backtester drive its
+:meth:`~PortfolioSimulator.step`); the live engine runs it with a broker's fills."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -22,7 +28,8 @@ from trading_core.market.costs import (
     trailing_volatility,
 )
 from trading_core.market.execution import ExecutionConfig, FillBar, Fills, execute_orders
-from trading_core.market.risk import RiskLimits, RiskManager, RiskReview
+from trading_core.market.limits import RiskLimits, TradingState
+from trading_core.market.risk import RiskManager, RiskReview
 
 
 @dataclass(frozen=True)
@@ -52,26 +59,127 @@ class SimulationConfig:
     var_lookback: int = 60
 
     @classmethod
-    def finrl_parity(cls, initial_amount: float = 100_000.0, cost_pct: float = 0.001) -> SimulationConfig:
-        """FinRL ``StockTradingEnv`` semantics: same-bar close fills, proportional costs, no risk manager."""
+    def finrl_parity(
+        cls, initial_amount: float = 100_000.0, cost_pct: float = 0.001, whole_shares: bool = True
+    ) -> SimulationConfig:
+        """FinRL ``StockTradingEnv`` semantics: same-bar close fills, proportional costs, no risk manager.
+
+        :param whole_shares: FinRL's whole shares; ``False`` trades fractional shares (vectorbt's default)
+        """
         return cls(
             initial_amount=initial_amount,
             cost_model=CostModel(ProportionalCommission(cost_pct), NoImpact()),
             spread="none",
-            execution=ExecutionConfig(fill_timing="same_close", participation_cap=None),
+            execution=ExecutionConfig(
+                fill_timing="same_close", participation_cap=None, whole_shares=whole_shares
+            ),
             risk=None,
         )
 
 
+Filled = TypeVar("Filled")
+Marked = TypeVar("Marked")
+Decided = TypeVar("Decided")
+
+
+def run_bar(
+    fill: Callable[[], Filled],
+    close: Callable[[], Marked],
+    decide: Callable[[Marked], Decided] | None = None,
+) -> tuple[Filled, Marked, Decided | None]:
+    """One bar of the market loop, in the order every driver follows (simulator, backtester, live engine).
+
+    1. the open: orders decided at the previous close fill (``fill``: the simulator's fill code, or a broker);
+    2. the close: every book is marked to the bar's close and the risk manager sees the bar (``close``);
+    3. the decision: the policy decides on what the close showed and the risk manager reviews its targets
+       (``decide``, given what ``close`` returned). ``None`` where the decision comes later from outside, as
+       in :meth:`PortfolioSimulator.step`, whose caller decides between steps.
+    """
+    filled = fill()
+    marked = close()
+    return filled, marked, decide(marked) if decide is not None else None
+
+
+def portfolio_value(cash: np.ndarray, holdings: np.ndarray, prices: np.ndarray) -> np.ndarray:
+    """Cash plus holdings ``[B, N]`` at ``prices``, ``[B]``.
+
+    Each portfolio's dot product is taken on its own row, so its value does not depend on how many portfolios
+    are simulated beside it (a batched matrix product may round differently from one row to the next).
+    """
+    return cash + np.vecdot(holdings, prices)
+
+
+class RiskGate:
+    """The risk manager's two places in the market loop, for B books: it sees every close and reviews every
+    decision; with no limits both pass everything through.
+
+    :param limits: risk limits; ``None`` switches the risk manager off
+    :param n_books: number of portfolios B
+    :param n_assets: number of assets N
+    """
+
+    def __init__(self, limits: RiskLimits | None, n_books: int, n_assets: int) -> None:
+        self.risk = RiskManager(limits, n_books, n_assets) if limits is not None else None
+        self._active = np.full(n_books, TradingState.ACTIVE, dtype=np.int64)
+
+    @property
+    def state(self) -> np.ndarray:
+        """Trading state of every book (``ACTIVE`` when the risk manager is off)."""
+        return self._active if self.risk is None else self.risk.state
+
+    def reset(self, equity: np.ndarray) -> None:
+        if self.risk is not None:
+            self.risk.reset(equity)
+
+    def close(self, equity: np.ndarray, turbulence: float) -> np.ndarray:
+        """The close: the books are marked at ``equity`` ``[B]``; the risk manager sees the bar."""
+        if self.risk is not None:
+            self.risk.on_bar(equity, turbulence)
+        return equity
+
+    def review(
+        self,
+        target: np.ndarray,
+        holdings: np.ndarray,
+        prices: np.ndarray,
+        cash: np.ndarray,
+        returns_window: np.ndarray,
+    ) -> tuple[np.ndarray, RiskReview | None]:
+        """The decision: target holdings ``[B, N]`` at the close's ``prices`` ``[B, N]`` become approved ones.
+
+        :param returns_window: trailing asset returns ``[L, N]`` up to this close, for the VaR limit
+        """
+        if self.risk is None:
+            return target, None
+        review = self.risk.review(target, holdings, prices, cash, returns_window)
+        return review.approved, review
+
+
+@dataclass(frozen=True)
+class Orders:
+    """Orders decided at a close: signed shares ``[B, N]``, the close they saw and the bar they fill on."""
+
+    shares: np.ndarray
+    decision_prices: np.ndarray
+    bar: FillBar
+    fill_day: int
+
+
 @dataclass(frozen=True)
 class StepOutcome:
-    """What one simulation step did to every portfolio."""
+    """What one simulation step did to every portfolio.
+
+    :param day: the date the decision was taken at
+    :param fill_day: the date its orders filled on (``day + 1`` for next-open fills, ``day`` for same-close)
+    """
 
     equity_before: np.ndarray
     equity_after: np.ndarray
     fills: Fills
     review: RiskReview | None
     done: bool
+    day: int = 0
+    fill_day: int = 0
 
 
 class PortfolioSimulator:
@@ -105,10 +213,29 @@ class PortfolioSimulator:
         self.adv = trailing_adv(market.volume, config.stats_window)
         self.sigma = trailing_volatility(market.close, config.stats_window)
         self.returns = market.daily_returns()
-        self.risk = RiskManager(config.risk, n_envs, market.n_assets) if config.risk is not None else None
+        self.gate = RiskGate(config.risk, n_envs, market.n_assets)
         self.day = 0
         self.cash = np.full(n_envs, config.initial_amount)
         self.holdings = np.zeros((n_envs, market.n_assets))
+        # Every per-date field seen by all B portfolios, as read-only [T, B, N] views (no copies).
+        books = (market.n_steps, n_envs, market.n_assets)
+        self._by_book = {
+            name: np.broadcast_to(values[:, None, :], books)
+            for name, values in (
+                ("open", market.open),
+                ("high", market.high),
+                ("low", market.low),
+                ("close", market.close),
+                ("volume", market.volume),
+                ("half_spread", self.half_spread),
+                ("adv", self.adv),
+                ("sigma", self.sigma),
+            )
+        }
+
+    @property
+    def risk(self) -> RiskManager | None:
+        return self.gate.risk
 
     @property
     def prices(self) -> np.ndarray:
@@ -116,14 +243,13 @@ class PortfolioSimulator:
         return self.market.close[self.day]
 
     def equity(self) -> np.ndarray:
-        return self.cash + self.holdings @ self.prices
+        return portfolio_value(self.cash, self.holdings, self.prices)
 
     def reset(self) -> None:
         self.day = 0
         self.cash[:] = self.config.initial_amount
         self.holdings[:] = 0.0
-        if self.risk is not None:
-            self.risk.reset(self.equity())
+        self.gate.reset(self.equity())
 
     def returns_window(self) -> np.ndarray:
         """Asset returns of the trailing ``var_lookback`` bars up to and including today (known at the close)."""
@@ -132,27 +258,39 @@ class PortfolioSimulator:
 
     def review(self, target: np.ndarray) -> tuple[np.ndarray, RiskReview | None]:
         """Risk-check target holdings ``[B, N]`` at today's close; returns the approved targets and the review."""
-        if self.risk is None:
-            return target, None
-        prices = np.broadcast_to(self.prices, self.holdings.shape)
-        review = self.risk.review(target, self.holdings, prices, self.cash, self.returns_window())
-        return review.approved, review
+        prices = self._by_book["close"][self.day]
+        return self.gate.review(target, self.holdings, prices, self.cash, self.returns_window())
 
     def fill_bar(self) -> FillBar:
         """The bar that orders decided at today's close fill on, with the estimates known today."""
-        market, day, shape = self.market, self.day, self.holdings.shape
+        day, by_book = self.day, self._by_book
         next_bar = self.config.execution.fill_timing == "next_open"
         fill_day = day + 1 if next_bar else day
         return FillBar(
-            reference_price=np.broadcast_to(market.open[fill_day] if next_bar else market.close[day], shape),
-            high=np.broadcast_to(market.high[fill_day], shape),
-            low=np.broadcast_to(market.low[fill_day], shape),
-            volume=np.broadcast_to(market.volume[fill_day], shape),
+            reference_price=by_book["open"][fill_day] if next_bar else by_book["close"][day],
+            high=by_book["high"][fill_day],
+            low=by_book["low"][fill_day],
+            volume=by_book["volume"][fill_day],
             # Spread, volume and volatility estimates are the ones known when the order was decided.
-            half_spread=np.broadcast_to(self.half_spread[day], shape),
-            adv=np.broadcast_to(self.adv[day], shape),
-            sigma=np.broadcast_to(self.sigma[day], shape),
+            half_spread=by_book["half_spread"][day],
+            adv=by_book["adv"][day],
+            sigma=by_book["sigma"][day],
         )
+
+    def submit(self, target: np.ndarray) -> tuple[Orders, RiskReview | None]:
+        """The decision at today's close: the risk manager reviews target holdings ``[B, N]``, and the approved
+        ones become orders for the bar they fill on (today's close or the next open)."""
+        if self.day >= self.market.n_steps - 1:
+            raise RuntimeError("the simulation is at its last date; reset() first")
+        approved, review = self.review(target)
+        same_close = self.config.execution.fill_timing == "same_close"
+        orders = Orders(
+            shares=approved - self.holdings,
+            decision_prices=self._by_book["close"][self.day],
+            bar=self.fill_bar(),
+            fill_day=self.day if same_close else self.day + 1,
+        )
+        return orders, review
 
     def fill(self, orders: np.ndarray, decision_prices: np.ndarray, bar: FillBar) -> Fills:
         """Execute signed share orders against a bar and book them into cash and holdings."""
@@ -169,21 +307,28 @@ class PortfolioSimulator:
         self.cash = self.cash + fills.cash_change
         return fills
 
+    def close_next(self) -> tuple[np.ndarray, float]:
+        """Move to the next date's close and mark every portfolio to it: its equity and turbulence."""
+        self.day += 1
+        return self.equity(), float(self.market.turbulence[self.day])
+
     def advance(self) -> np.ndarray:
         """Move to the next date's close, mark every portfolio to it and let the risk manager see the bar."""
-        self.day += 1
-        equity = self.equity()
-        if self.risk is not None:
-            self.risk.on_bar(equity, float(self.market.turbulence[self.day]))
-        return equity
+        return self.gate.close(*self.close_next())
+
+    def next_bar(self, orders: Orders) -> tuple[Fills, np.ndarray]:
+        """The next bar of the market loop up to its decision: the orders fill (at today's close with same-close
+        fills, else at the next open) and the next close marks the portfolios; their fills and equity."""
+        fills, equity, _ = run_bar(
+            lambda: self.fill(orders.shares, orders.decision_prices, orders.bar), self.advance
+        )
+        return fills, equity
 
     def step(self, target: np.ndarray) -> StepOutcome:
-        """Review target holdings ``[B, N]`` at today's close, fill them, and mark to the next close."""
-        if self.day >= self.market.n_steps - 1:
-            raise RuntimeError("the simulation is at its last date; reset() first")
-        equity_before = self.equity()
-        approved, review = self.review(target)
-        decision_prices = np.broadcast_to(self.prices, self.holdings.shape)
-        fills = self.fill(approved - self.holdings, decision_prices, self.fill_bar())
-        equity_after = self.advance()
-        return StepOutcome(equity_before, equity_after, fills, review, self.day >= self.market.n_steps - 1)
+        """Decide target holdings ``[B, N]`` at today's close, then run the next bar up to its decision (the next
+        decision is the next step's)."""
+        day, equity_before = self.day, self.equity()
+        orders, review = self.submit(target)
+        fills, equity_after = self.next_bar(orders)
+        done = self.day >= self.market.n_steps - 1
+        return StepOutcome(equity_before, equity_after, fills, review, done, day, orders.fill_day)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from trading_core.market.risk import TradingState
+from trading_core.market.limits import TradingState
 
 Severity = Literal["info", "warning", "critical"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp, ttest_ind
 
-from trading_core.evaluation.metrics import PERIODS_PER_YEAR
+from trading_core.market.measures import PERIODS_PER_YEAR
 
 PSI_EPSILON = 1e-4
 FEATURE_DRIFT_COLUMNS: tuple[str, ...] = (

@@ -19,7 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from trading_core.market.risk import TradingState
+from trading_core.market.limits import TradingState
 
 # Decision latency from a tenth of a millisecond (a cached policy forward pass) up to a second (a stalled step).
 DECISION_LATENCY_BUCKETS: tuple[float, ...] = (
