@@ -207,7 +207,11 @@ def reference_fills(orders, holdings, cash, bar, cost_model, whole_shares):
             # A smaller order can cost more per share (a minimum commission): cut it to what the cash covers
             # at its prices and price it again; a second miss buys nothing.
             shrunk = np.zeros(len(buys), dtype=bool)
-            while (over := reduced & (quantity > 0) & (quantity * fill_price + fee > available)).any():
+            while (
+                over := reduced
+                & (quantity > 0)
+                & (quantity * fill_price + fee > available + 1e-9 * np.maximum(np.abs(available), 1.0))
+            ).any():
                 cut = (
                     np.floor_divide(available - fee, fill_price)
                     if whole_shares

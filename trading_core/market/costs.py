@@ -528,9 +528,12 @@ class CostModel:
         commission = self.commission(abs_shares, fill_price)
         spread_cost = reference_value * spread
         impact_cost = reference_value * impact
-        shape = np.broadcast_shapes(
-            *(np.shape(x) for x in (fill_price, commission, spread_cost, impact_cost))
-        )
+        shape = np.shape(fill_price)
+        parts = (fill_price, commission, spread_cost, impact_cost)
+        # The usual case, on the backtest's hot path: every part already has the orders' shape.
+        if all(isinstance(part, np.ndarray) and part.shape == shape for part in parts):
+            return Execution(*parts)
+        shape = np.broadcast_shapes(*(np.shape(part) for part in parts))
         return Execution(
             fill_price=_as_shape(fill_price, shape),
             commission=_as_shape(commission, shape),

@@ -288,6 +288,9 @@ def _price_requests(
     return rows[:count], columns[:count], quantities[:count], n_pending
 
 
+_ROUNDING = 1e-9  # relative overshoot of the cash that counts as floating-point rounding
+
+
 @njit(cache=True, inline="always")
 def _maximum(a: float, b: float) -> float:
     return a if (a >= b or a != a) else b  # np.maximum: NaN propagates
@@ -355,9 +358,10 @@ def _walk_buys(
                 pending_priced[3, book],
             )
             quantity = pending_quantity[book]
-            if quantity > 0 and quantity * priced[0] + priced[1] > cash:
+            if quantity > 0 and quantity * priced[0] + priced[1] > cash + _ROUNDING * max(abs(cash), 1.0):
                 # A smaller order can cost more per share (a minimum commission): cut it to what the cash
-                # covers at these prices and price it again; a second miss (rounding only) buys nothing.
+                # covers at these prices and price it again; a second miss buys nothing. Rounding-sized
+                # misses are no misses, so FinRL's whole-share fills stay exactly FinRL's.
                 smaller = (cash - priced[1]) // priced[0] if whole_shares else (cash - priced[1]) / priced[0]
                 pending_quantity[book] = 0.0 if shrunk[book] else _minimum(quantity, _maximum(smaller, 0.0))
                 shrunk[book] = True
