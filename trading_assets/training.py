@@ -49,7 +49,7 @@ from trading_core.evaluation.selection import (
     weighted_ensemble_from_validation,
 )
 from trading_core.evaluation.walk_forward import walk_forward_windows
-from trading_core.market.arrays import MarketArrays
+from trading_core.market.arrays import MarketArrays, as_market
 from trading_core.market.costs import (
     BROKER_PRESETS,
     CostModel,
@@ -531,7 +531,8 @@ def agent_ensemble(
     validation = trained_agent.observation_frame(learned_features.validation)
     test = trained_agent.observation_frame(learned_features.test)
     ensemble = weighted_ensemble_from_validation(members, validation, env_spec, config.temperature)
-    weighted = run_backtest(ensemble, test, env_spec)
+    test_market = as_market(test)
+    weighted = run_backtest(ensemble, test_market, env_spec)
 
     # FinRL's rolling selection: trade each test window with the member that was best on the dates before it.
     history = pd.concat([validation, test], ignore_index=True)
@@ -550,9 +551,8 @@ def agent_ensemble(
         ]
     )
 
-    market = MarketArrays.from_features(test)
     observation = observation_at(
-        market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
+        test_market, 0, np.array([env_spec.initial_amount]), np.zeros((1, test_market.n_assets))
     )
     example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
     spec = decision_spec_for(learned_features, env_spec, trained_agent.forecaster)

@@ -18,6 +18,7 @@ from trading_core.agents.ensemble import EnsembleConfig, Policy, WeightedEnsembl
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.walk_forward import stitch
+from trading_core.market.arrays import MarketArrays, as_market, date_window
 
 
 def validation_sharpes(
@@ -31,8 +32,9 @@ def validation_sharpes(
     """
     if not candidates:
         raise ValueError("no candidates to evaluate")
+    market = as_market(validation_features)  # once for every candidate
     return {
-        name: float(run_backtest(policy, validation_features, env_spec).metrics.sharpe)
+        name: float(run_backtest(policy, market, env_spec).metrics.sharpe)
         for name, policy in candidates.items()
     }
 
@@ -69,11 +71,11 @@ class RebalanceWindow:
         if not (self.validation_start <= self.validation_end < self.trade_start <= self.trade_end):
             raise ValueError(f"validation must precede trading without overlap: {self}")
 
-    def validation_slice(self, features: pd.DataFrame) -> pd.DataFrame:
-        return features[features["date"].between(self.validation_start, self.validation_end)]
+    def validation_slice(self, features: pd.DataFrame | MarketArrays) -> pd.DataFrame | MarketArrays:
+        return date_window(features, self.validation_start, self.validation_end)
 
-    def trade_slice(self, features: pd.DataFrame) -> pd.DataFrame:
-        return features[features["date"].between(self.trade_start, self.trade_end)]
+    def trade_slice(self, features: pd.DataFrame | MarketArrays) -> pd.DataFrame | MarketArrays:
+        return date_window(features, self.trade_start, self.trade_end)
 
 
 def rebalance_windows(
@@ -136,9 +138,10 @@ def rolling_selection(
     for previous, current in zip(windows, windows[1:], strict=False):
         if current.trade_start <= previous.trade_end:
             raise ValueError(f"windows must be consecutive without overlapping trades: {previous}, {current}")
+    market = as_market(features)  # once; every window is a view of it
     selections = []
     for window, pool in zip(windows, per_window, strict=True):
-        chosen, sharpes = select_by_validation_sharpe(pool, window.validation_slice(features), env_spec)
+        chosen, sharpes = select_by_validation_sharpe(pool, window.validation_slice(market), env_spec)
         selections.append(WindowSelection(window=window, chosen=chosen, sharpes=sharpes))
     return selections
 
@@ -158,9 +161,9 @@ def trade_selections(
     """
     if not selections:
         raise ValueError("no windows to trade")
+    market = as_market(features)  # once; every window is a view of it
     curves = [
-        run_backtest(candidates[s.chosen], s.window.trade_slice(features), env_spec).equity
-        for s in selections
+        run_backtest(candidates[s.chosen], s.window.trade_slice(market), env_spec).equity for s in selections
     ]
     return stitch(curves, env_spec.initial_amount)
 
