@@ -292,11 +292,7 @@ def seed_sweep(
         model_registry.log_trial(
             f"seed_sweep_seed_{outcome.seed}",
             params={"algorithm": "ppo", "seed": outcome.seed, "candidate_run": trained_agent.run_id},
-            metrics={
-                "validation_sharpe": outcome.validation_sharpe,
-                "test_sharpe": outcome.test_sharpe,
-                "test_max_drawdown": outcome.test_max_drawdown,
-            },
+            metrics=outcome.trial_metrics(),
             kind="seed_sweep",
         )
     table = seed_table(outcomes)

@@ -423,11 +423,7 @@ def agent_zoo(
                 "total_timesteps": config.timesteps,
                 "candidate_run": trained_agent.run_id,
             },
-            metrics={
-                "validation_sharpe": outcome.validation_sharpe,
-                "test_sharpe": outcome.test_sharpe,
-                "test_max_drawdown": outcome.test_max_drawdown,
-            },
+            metrics=outcome.trial_metrics(),
             kind="agent_zoo",
         )
     table = seed_table(outcomes)

@@ -136,6 +136,14 @@ class SeedOutcome:
             raise ValueError(f"{self.algorithm} seed {self.seed}: the task did not keep its policy")
         return policy_from_bytes(self.algorithm, self.policy_archive)
 
+    def trial_metrics(self) -> dict[str, float]:
+        """What an experiment-tracking trial records of this run."""
+        return {
+            "validation_sharpe": self.validation_sharpe,
+            "test_sharpe": self.test_sharpe,
+            "test_max_drawdown": self.test_max_drawdown,
+        }
+
 
 def train_and_evaluate(task: SeedTask) -> SeedOutcome:
     """Train one agent and backtest it on validation and test (module level so Ray can ship it)."""
