@@ -14,7 +14,7 @@ import torch
 from stable_baselines3 import PPO
 
 from benchmarks.common import dow30_features
-from trading_core.envs.fast import StockTradingVecEnv, observation_at, targets_from_actions
+from trading_core.envs.fast import ActionSpec, StockTradingVecEnv, observation_at, targets_from_actions
 from trading_core.market.arrays import MarketArrays
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         observation = observation_at(market, simulator.day, simulator.cash, simulator.holdings)
         action, _ = policy.predict(observation, deterministic=True)
         target = targets_from_actions(
-            action, simulator.holdings, simulator.equity(), simulator.prices, "shares", 100
+            action, simulator.holdings, simulator.equity(), simulator.prices, ActionSpec()
         )
         orders, _ = simulator.submit(target)  # the risk manager's review and the orders it approves
         latencies.append(time.perf_counter() - started)

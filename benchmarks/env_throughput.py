@@ -12,7 +12,7 @@ import json
 import numpy as np
 
 from benchmarks.common import Timer, dow30_features, finrl_numpy_env
-from trading_core.envs.fast import FastStockTradingEnv, StockTradingVecEnv
+from trading_core.envs.fast import ActionSpec, FastStockTradingEnv, StockTradingVecEnv
 from trading_core.envs.finrl import TradingEnvConfig, make_stock_trading_env
 from trading_core.market.arrays import MarketArrays
 from trading_core.market.simulator import SimulationConfig
@@ -36,11 +36,14 @@ def finrl_steps_per_s(features, actions: np.ndarray) -> float:
 
 
 def fast_single_steps_per_s(market: MarketArrays, actions: np.ndarray) -> float:
-    return single_env_steps_per_s(FastStockTradingEnv(market, SimulationConfig()), actions)
+    # FinRL's share actions, so every environment runs the same action stream.
+    return single_env_steps_per_s(
+        FastStockTradingEnv(market, SimulationConfig(), ActionSpec.finrl()), actions
+    )
 
 
 def fast_vec_steps_per_s(market: MarketArrays, actions: np.ndarray, n_envs: int) -> float:
-    env = StockTradingVecEnv(market, SimulationConfig(), n_envs=n_envs)
+    env = StockTradingVecEnv(market, SimulationConfig(), n_envs=n_envs, action=ActionSpec.finrl())
     env.reset()
     # Each portfolio gets the same seeded action stream, shifted so the portfolios differ.
     batches = [np.roll(actions, shift, axis=0) for shift in range(n_envs)]

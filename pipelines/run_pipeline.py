@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, fields
+from datetime import date
 from typing import Any
 
 from resources.state_home import STATE_HOME_ENV, StateHome
@@ -25,9 +26,11 @@ class RunOutputs:
 
     raw_daily_bars: Any = None
     validated_daily_bars: Any = None
+    features: Any = None
     dataset_splits: Any = None
     cnn_lstm_model: Any = None
     trained_agent: Any = None
+    candidate_leaderboard: Any = None
     registered_model: Any = None
     backtest: Any = None
     champion_model: Any = None
@@ -66,12 +69,32 @@ def _data_lines(out: RunOutputs) -> list[str]:
             f"Date range  : {validated['date'].min().date()} .. {validated['date'].max().date()} "
             f"({validated['date'].nunique()} sessions, {len(validated)} bars)"
         )
+        lines += _coverage_lines(validated, out.features)
     if splits is not None:
         s = splits.split
         lines.append(
             f"Periods     : train {s.train_start.date()}..{s.train_end.date()} | validation "
             f"{s.validation_start.date()}..{s.validation_end.date()} | test {s.test_start.date()}..{s.test_end.date()}"
         )
+    return lines
+
+
+def _coverage_lines(validated, features) -> list[str]:
+    """Each ticker's first and last date (and listing status), then every ticker the features exclude and why."""
+    from trading_core.data.coverage import excluded_tickers, universe_coverage
+    from trading_core.features.batch import indicator_warm_up
+
+    coverage = universe_coverage(validated, features, indicator_warm_up())
+    lines = []
+    for index, row in enumerate(coverage.itertuples()):
+        label = "Coverage    :" if index == 0 else " " * 13  # the label once, then aligned rows
+        plural = "s" if row.missing_bars > 1 else ""
+        missing = f", {row.missing_bars} missing bar{plural}" if row.missing_bars else ""
+        lines.append(
+            f"{label} {row.tic} {row.first_date.date()}..{row.last_date.date()} ({row.status}{missing})"
+        )
+    excluded = excluded_tickers(coverage)
+    lines += [f"Excluded    : {tic}: {reason}" for tic, reason in excluded.items()]
     return lines
 
 
@@ -123,7 +146,43 @@ def _model_lines(version, champion) -> list[str]:
     if version is None:
         return []
     aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
-    return [f"Model       : {version.name} version {version.version}, aliases: {', '.join(aliases)}"]
+    return [
+        f"Model       : {version.name} version {version.version} = {version.candidate} seed {version.seed} "
+        f"(validation's pick from the leaderboard), aliases: {', '.join(aliases)}"
+    ]
+
+
+def _leaderboard_lines(report) -> list[str]:
+    if report is None:
+        return []
+    table = report.table
+    lines = [
+        "",
+        f"Leaderboard : every candidate after costs, ranked on validation ({report.board.n_trials} trials; "
+        "SR = Sharpe, p25/med over runs)",
+        f"    {'candidate':<26}{'kind':<10}{'runs':>4}{'val p25':>8}{'test p25':>9}{'test med':>9}"
+        f"{'return':>8}{'maxDD':>7}{'halted':>7}{'turn/yr':>8}{'cost/yr':>8}{'DSR':>6}",
+    ]
+
+    def number(value: float, fmt: str) -> str:
+        return "-" if value != value else fmt.format(value)  # NaN: no such run (ensembles on validation)
+
+    for row in table.to_dict(orient="records"):
+        lines.append(
+            f"    {row['candidate']:<26}{row['kind']:<10}{row['runs']:>4}"
+            f"{number(row['validation_sharpe_p25'], '{:.2f}'):>8}{number(row['test_sharpe_p25'], '{:.2f}'):>9}"
+            f"{number(row['test_sharpe_median'], '{:.2f}'):>9}{number(row['test_return_median'], '{:+.1%}'):>8}"
+            f"{number(row['test_max_drawdown_worst'], '{:.1%}'):>7}{row['test_days_halted_median']:>7.0f}"
+            f"{number(row['test_turnover_median'], '{:.1f}x'):>8}{number(row['test_cost_drag_median'], '{:.2%}'):>8}"
+            f"{number(row['deflated_sharpe'], '{:.2f}'):>6}"
+        )
+    lines.append(
+        f"    validation picks {report.pick or 'nothing'} to register; allocator to beat: "
+        f"{report.allocator_pick or 'none'} (test Sharpe "
+        f"{number(report.allocator_test_sharpe if report.allocator_test_sharpe is not None else float('nan'), '{:.2f}')}), "
+        f"buy & hold test Sharpe {report.benchmark_test_sharpe:.2f}"
+    )
+    return lines
 
 
 def _format_metrics_table(report) -> list[str]:
@@ -161,6 +220,10 @@ def _backtest_lines(report) -> list[str]:
         lines.append(
             "    costs: commission {commission:,.0f}, spread {spread_cost:,.0f}, impact {impact_cost:,.0f}; "
             "risk interventions: {n}".format(n=len(report.record.interventions), **costs)
+        )
+        halts = report.record.halt_statistics
+        lines.append(
+            f"    risk states: {halts.days_halted} days halted, {halts.halts} halts, {halts.rearms} re-arms"
         )
     return lines
 
@@ -214,7 +277,7 @@ def _seed_lines(sweep) -> list[str]:
 
 
 def _candidate_lines(out: RunOutputs) -> list[str]:
-    verdicts, report, agent = out.candidate_verdicts, out.backtest, out.trained_agent
+    verdicts, report, registered = out.candidate_verdicts, out.backtest, out.registered_model
     if verdicts is None:
         return []
     lines = [
@@ -231,7 +294,7 @@ def _candidate_lines(out: RunOutputs) -> list[str]:
     if report is not None:
         failed = [g.name for g in out.gates() if not g.passed]
         lines.append(
-            f"    {'registered ' + (agent.algorithm if agent else ''):<20} v{report.version}: "
+            f"    {'registered ' + (registered.candidate if registered else ''):<20} v{report.version}: "
             + ("pass (promoted)" if out.champion_model is not None else "fail: " + ", ".join(failed))
         )
     return lines
@@ -264,10 +327,11 @@ def _attribution_lines(attribution) -> list[str]:
 
 
 def _is_gate_failure(event) -> bool:
-    """The backtest step fails when a blocking gate check does: that is a verdict, not a broken step."""
+    """A gate step (backtest, stress tests, seed sweep) fails when a blocking gate check does: that is a
+    verdict, not a broken step."""
     error = event.event_specific_data.error
     return (
-        event.step_key == "backtest"
+        event.step_key in GATE_ASSETS
         and error is not None
         and error.cls_name == "DagsterAssetCheckFailedError"
     )
@@ -314,6 +378,7 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         *_data_check_lines(evaluations),
         *_forecaster_lines(out.cnn_lstm_model),
         *_training_lines(out.trained_agent),
+        *_leaderboard_lines(out.candidate_leaderboard),
         *_model_lines(out.registered_model, out.champion_model),
         *_backtest_lines(out.backtest),
         *_gate_lines(out, evaluations),
@@ -335,9 +400,11 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Budget and seed overrides; each default shown is the one the asset's Dagster config falls back to."""
     from trading_assets.evaluation import WalkForwardSettings
+    from trading_assets.features import SplitSettings
     from trading_assets.training import AgentZooSettings, TrainingSettings
 
     training, walk_forward, zoo = TrainingSettings(), WalkForwardSettings(), AgentZooSettings()
+    split = SplitSettings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--timesteps",
@@ -358,7 +425,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"budget of each agent-zoo run (default {zoo.timesteps})",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--train-end",
+        default=None,
+        help=f"last training date, YYYY-MM-DD (default: the first {split.train_fraction * 100:.0f}%% of the dates)",
+    )
+    parser.add_argument(
+        "--validation-end",
+        default=None,
+        help="last validation date, YYYY-MM-DD; the test period runs from the next date to the end (default: "
+        f"the next {split.validation_fraction * 100:.0f}%% of the dates)",
+    )
+    args = parser.parse_args(argv)
+    for flag in ("train_end", "validation_end"):
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                parser.error(f"--{flag.replace('_', '-')}: {value!r} is not a date of the form YYYY-MM-DD")
+    return args
 
 
 def run_config_for(args: argparse.Namespace) -> dict:
@@ -371,6 +457,9 @@ def run_config_for(args: argparse.Namespace) -> dict:
         run_config["ops"]["walk_forward"] = {"config": {"timesteps_per_window": args.walk_forward_timesteps}}
     if args.zoo_timesteps is not None:
         run_config["ops"]["agent_zoo"] = {"config": {"timesteps": args.zoo_timesteps}}
+    split = {k: v for k, v in (("train_end", args.train_end), ("validation_end", args.validation_end)) if v}
+    if split:
+        run_config["ops"]["dataset_splits"] = {"config": split}
     return run_config
 
 

@@ -126,15 +126,26 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         return champion, previous
 
     def log_trial(
-        self, run_name: str, params: dict[str, object], metrics: dict[str, float], kind: str
+        self,
+        run_name: str,
+        params: dict[str, object],
+        metrics: dict[str, float],
+        kind: str,
+        curves: dict[str, list[tuple[int, float]]] | None = None,
     ) -> str:
-        """Record one trial (a trained-and-evaluated configuration) as its own run; returns its id."""
+        """Record one trial (a trained-and-evaluated configuration) as its own run; returns its id.
+
+        :param curves: step metrics, ``(step, value)`` points by name (e.g. the reward learning curve)
+        """
         client = self._client()
         run = client.create_run(self.experiment_id(), run_name=run_name, tags={TRIAL_TAG: kind})
         for key, value in params.items():
             client.log_param(run.info.run_id, key, value)
         for key, value in metrics.items():
             client.log_metric(run.info.run_id, key, float(value))
+        for key, points in (curves or {}).items():
+            for step, value in points:
+                client.log_metric(run.info.run_id, key, float(value), step=int(step))
         client.set_terminated(run.info.run_id)
         return run.info.run_id
 
@@ -155,6 +166,13 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         self._client()
         pyfunc_model = mlflow.pyfunc.load_model(f"models:/{model_name or self.model_name}/{version}")
         return pyfunc_model.unwrap_python_model().model
+
+    def load_logged_policy(self, model_uri: str):
+        """Load a logged (not necessarily registered) agent through its pyfunc flavour: the policy inside."""
+        import mlflow
+
+        self._client()
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model
 
     def version_run_tags(self, version: str, model_name: str | None = None) -> dict[str, str]:
         """Tags of the run that produced a registered version (data ranges, hashes, code version)."""

@@ -33,6 +33,7 @@ from trading_assets.paper_trading import (
     fill_reconciliation,
     paper_trading_sessions,
 )
+from trading_assets.selection import RegisteredCandidate
 from trading_assets.training import ENSEMBLE_MODEL_NAME, AgentZooReport, EnsembleReport, TrainedAgent
 from trading_assets.validation import ValidationSettings, validated_daily_bars
 from trading_core.agents.training import PPOConfig
@@ -370,7 +371,13 @@ def evaluation_reports(version: str, passed: bool, stress_version: str | None = 
         deflated_sharpe=1.0,
         gate=(gate("seed_p25_sharpe", True),),
     )
-    registered = RegisteredVersion("rl_trading_agent", version, f"run-{version}", "source")
+    registered = RegisteredCandidate(
+        RegisteredVersion("rl_trading_agent", version, f"run-{version}", "source"),
+        candidate="ppo_recipe",
+        algorithm="ppo",
+        seed=42,
+        agent_config=PPOConfig().as_agent_config(),
+    )
     return {"backtest": backtest, "stress_tests": stress, "seed_sweep": sweep, "registered_model": registered}
 
 

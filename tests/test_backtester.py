@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from trading_core.agents.training import PPOConfig, train_ppo
-from trading_core.envs.fast import FastStockTradingEnv
+from trading_core.envs.fast import ActionSpec, FastStockTradingEnv
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import EventDrivenBacktester, buy_and_hold_record
 from trading_core.features.batch import build_features
@@ -34,8 +34,14 @@ class ScriptedPolicy:
         return np.sin(closes * 7.0 + observation[..., :1] * 1e-4).astype(np.float32), None
 
 
-def env_rollout(features: pd.DataFrame, config: SimulationConfig, policy, hmax: int = 200) -> np.ndarray:
-    env = FastStockTradingEnv(features, config, hmax=hmax)
+# The scripted policy speaks FinRL's share actions.
+SHARES = ActionSpec(mode="shares", hmax=200)
+
+
+def env_rollout(
+    features: pd.DataFrame, config: SimulationConfig, policy, action: ActionSpec = SHARES
+) -> np.ndarray:
+    env = FastStockTradingEnv(features, config, action)
     observation, _ = env.reset()
     done = False
     while not done:
@@ -54,7 +60,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_backtest_equals_environment_rollout(features, name):
     config = CONFIGS[name]
-    record = EventDrivenBacktester(features, config, hmax=200).run(ScriptedPolicy())
+    record = EventDrivenBacktester(features, config, SHARES).run(ScriptedPolicy())
     expected = env_rollout(features, config, ScriptedPolicy())
     np.testing.assert_array_equal(record.equity.to_numpy(), expected)
 
@@ -62,15 +68,15 @@ def test_backtest_equals_environment_rollout(features, name):
 def test_backtest_of_a_trained_agent_equals_its_rollout(features):
     spec = EnvSpec(n_envs=2)
     model = train_ppo(features, spec, PPOConfig(total_timesteps=256, n_steps=128, batch_size=64), seed=1)
-    record = EventDrivenBacktester(features, spec.simulation, hmax=spec.hmax).run(model)
+    record = EventDrivenBacktester(features, spec.simulation, spec.action).run(model)
     np.testing.assert_array_equal(
-        record.equity.to_numpy(), env_rollout(features, spec.simulation, model, spec.hmax)
+        record.equity.to_numpy(), env_rollout(features, spec.simulation, model, spec.action)
     )
 
 
 def test_record_accounts_for_every_dollar(features):
     config = SimulationConfig(risk=None)
-    record = EventDrivenBacktester(features, config, hmax=200).run(ScriptedPolicy())
+    record = EventDrivenBacktester(features, config, SHARES).run(ScriptedPolicy())
     market = MarketArrays.from_features(features)
     trades = record.trades
     assert len(trades) > 0
@@ -91,7 +97,7 @@ def test_orders_fill_on_the_bar_after_the_decision(features):
     config = SimulationConfig(
         cost_model=CostModel(ProportionalCommission(0.0), NoImpact()), spread="none", risk=None
     )
-    record = EventDrivenBacktester(features, config, hmax=200).run(ScriptedPolicy())
+    record = EventDrivenBacktester(features, config, SHARES).run(ScriptedPolicy())
     market = MarketArrays.from_features(features)
     day_of = {date: i for i, date in enumerate(market.dates)}
     for trade in record.trades.itertuples():
@@ -102,7 +108,9 @@ def test_orders_fill_on_the_bar_after_the_decision(features):
 
 def test_risk_interventions_are_recorded_with_reasons(features):
     config = SimulationConfig(risk=RiskLimits(max_weight=0.05, var_limit=0.002))
-    record = EventDrivenBacktester(features, config, hmax=500).run(ScriptedPolicy())
+    record = EventDrivenBacktester(features, config, ActionSpec(mode="shares", hmax=500)).run(
+        ScriptedPolicy()
+    )
     assert not record.interventions.empty
     assert {"max_weight"} <= set(record.interventions["rule"])
     assert record.interventions["reason"].str.len().min() > 10

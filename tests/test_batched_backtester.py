@@ -4,6 +4,7 @@ what its frame gives, the observation layout is one function, and the backtester
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 from trading_core.agents.decision_spec import DecisionSpec
 from trading_core.data.schema import feature_columns_of
 from trading_core.data.validation import to_validated_bars
-from trading_core.envs.fast import observation_at
+from trading_core.envs.fast import ActionSpec, observation_at
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import (
     BacktestRecord,
@@ -33,6 +34,10 @@ from trading_core.market.simulator import SimulationConfig
 def features(slice_bars) -> pd.DataFrame:
     frame = build_features(slice_bars)
     return frame[frame["date"] >= "2018-06-01"].reset_index(drop=True)
+
+
+# The scripted policy speaks FinRL's share actions.
+SHARES = ActionSpec(mode="shares")
 
 
 class ScriptedPolicy:
@@ -73,7 +78,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_batched_backtest_equals_single_backtests(features, name):
     policies = [ScriptedPolicy(frequency) for frequency in (7.0, 3.0, 11.0, 5.0)]
-    backtester = EventDrivenBacktester(features, CONFIGS[name], hmax=400)
+    backtester = EventDrivenBacktester(features, CONFIGS[name], replace(SHARES, hmax=400))
     batched = backtester.run_many(policies)
     assert len(batched) == len(policies)
     for policy, record in zip(policies, batched, strict=True):
@@ -100,7 +105,7 @@ def test_batched_target_rows_equal_single_runs(features):
 
 
 def test_run_backtests_equal_run_backtest_each(features):
-    spec = EnvSpec(simulation=SimulationConfig(risk=RiskLimits(var_limit=None)))
+    spec = EnvSpec(simulation=SimulationConfig(risk=RiskLimits(var_limit=None)), action=SHARES)
     policies = [ScriptedPolicy(2.0), ScriptedPolicy(9.0)]
     for result, policy in zip(run_backtests(policies, features, spec), policies, strict=True):
         alone = run_backtest(policy, features, spec)
@@ -110,7 +115,7 @@ def test_run_backtests_equal_run_backtest_each(features):
 
 @pytest.mark.parametrize("engine", ["fast", "finrl"])
 def test_a_panel_given_as_arrays_backtests_as_its_frame(features, engine):
-    spec = EnvSpec(engine=engine)
+    spec = EnvSpec(engine=engine, action=SHARES)
     from_frame = run_backtest(ScriptedPolicy(), features, spec)
     from_arrays = run_backtest(ScriptedPolicy(), MarketArrays.from_features(features), spec)
     pd.testing.assert_series_equal(from_arrays.equity, from_frame.equity, check_exact=True)

@@ -59,3 +59,12 @@ def test_balanced_panel_drops_dates_missing_a_ticker(slice_bars):
     gap = slice_bars.drop(index=slice_bars[(slice_bars["tic"] == "KO")].index[5])
     panel = balanced_panel(gap)
     assert panel["date"].nunique() == slice_bars["date"].nunique() - 1
+
+
+def test_a_missing_bar_costs_only_its_own_ticker_that_date(slice_bars, full_features):
+    date = np.sort(full_features["date"].unique())[100]
+    gap = slice_bars.drop(index=slice_bars[(slice_bars["tic"] == "KO") & (slice_bars["date"] == date)].index)
+    features = build_features(gap)
+    assert features["date"].nunique() == build_features(slice_bars)["date"].nunique()
+    on_date = features[features["date"] == date]
+    assert sorted(on_date["tic"]) == sorted(set(slice_bars["tic"]) - {"KO"})

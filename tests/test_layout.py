@@ -15,6 +15,7 @@ LAYERS = (
     "data",
     "features",
     "market",
+    "allocators",
     "broker",
     "envs",
     "models",

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_core.features.batch import build_features
+from trading_core.features.batch import balanced_panel, build_features
 from trading_core.features.streaming import BAR_FIELDS, StreamingFeatures
 from trading_core.models.cnn_lstm import CNNLSTMConfig, learned_features, train_cnn_lstm
 
@@ -22,7 +22,7 @@ INTRADAY_FILE = SHARED_DATA / "intraday_1min_us_equities_2019.csv.gz"
 DAILY_TICKERS = ["MSFT", "AAPL", "AMGN", "CVX", "JPM", "KO"]  # deliberately unsorted
 # SLV and TRV lack a bar in about one minute out of six: those minutes leave the balanced panel.
 INTRADAY_TICKERS = ["AAPL", "JPM", "SLV", "SPY", "TRV"]
-# More than turbulence's 252-date window (build_features refuses shorter panels when it adds turbulence).
+# More than turbulence's 252-date window (shorter panels get turbulence 0 throughout).
 HISTORY_DATES = 300
 INTRADAY_HISTORY_MINUTES = 400  # about 330 complete minutes
 RELATIVE_TOLERANCE = 1e-9
@@ -144,19 +144,21 @@ def test_intraday_stream_equals_batch_and_skips_minutes_missing_a_ticker(intrada
     features = StreamingFeatures(INTRADAY_TICKERS, history=history)
     streamed, silent = _stream(features, rest)
 
-    full = build_features(intraday_bars)
+    # The stream keeps balanced_panel's rule (a minute missing a ticker never happened); batch features keep it.
+    balanced = balanced_panel(intraday_bars)
+    full = build_features(balanced)
     assert_rows_match(streamed, full[full["date"] >= rest["date"].min()])
     incomplete = rest.groupby("date")["tic"].nunique() < len(INTRADAY_TICKERS)
     assert incomplete.sum() > 50
     # balanced_panel drops those minutes (nothing is forward-filled); the stream emits nothing for them.
     assert silent == list(incomplete.index[incomplete])
     emitted_dates = np.sort(streamed["date"].unique())
-    _assert_equals_batch_up_to_each_date(streamed, intraday_bars, _sample_dates(emitted_dates, 6, seed=1))
+    _assert_equals_batch_up_to_each_date(streamed, balanced, _sample_dates(emitted_dates, 6, seed=1))
 
 
 def test_without_history_warm_up_emits_exactly_the_dates_batch_keeps_on_data_up_to_them(daily_bars):
     first_dates = np.sort(daily_bars["date"].unique())[:40]
-    # Without turbulence: FinRL's turbulence fails on panels shorter than 252 dates.
+    # Without turbulence: on panels shorter than 252 dates it is 0 anyway.
     features = StreamingFeatures(DAILY_TICKERS, use_turbulence=False)
     emitted = 0
     for date, bar_map in _updates(daily_bars[daily_bars["date"].isin(first_dates)]):
@@ -231,7 +233,7 @@ def test_a_date_missing_one_ticker_is_skipped_like_balanced_panel(daily_bars):
     streamed, silent = _stream(features, gappy[gappy["date"] >= rest["date"].min()])
 
     assert silent == [pd.Timestamp(gap_date)]
-    batch = build_features(gappy)
+    batch = build_features(balanced_panel(gappy))
     assert_rows_match(streamed, batch[batch["date"] >= rest["date"].min()])
 
 

@@ -112,7 +112,10 @@ def test_a_promoted_candidate_names_its_alias_and_still_lists_broken_steps():
     text, ok = run_pipeline.summarize(result, HOME, "sqlite:///synthetic.db")
     lines = text.splitlines()
     assert ok  # promoted: the gate passed even though an independent step broke
-    assert "Model       : rl_trading_agent version 2, aliases: challenger, champion" in lines
+    assert (
+        "Model       : rl_trading_agent version 2 = ppo_recipe seed 42 (validation's pick from the leaderboard), "
+        "aliases: challenger, champion"
+    ) in lines
     assert "Verdict     : PROMOTED — version 2 now holds alias 'champion'" in lines
     assert "FAILED steps: walk_forward (see the Dagster UI for details)" in lines
     assert "  walk_forward: ValueError: no windows" in lines

@@ -1,9 +1,11 @@
-"""Risk manager: every rule on hand-built cases, the trading-state machine, the pure risk functions, and
-Hypothesis properties that no approved post-trade portfolio ever breaches a limit over random action sequences."""
+"""Risk manager: every rule on hand-built cases, the trading-state machine (latching and re-arming breakers,
+exposure scaling before any halt), the pure risk functions, and Hypothesis properties that no approved post-trade
+portfolio ever breaches a limit or its exposure cap over random action sequences, batched or one by one."""
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from statistics import NormalDist
 
 import numpy as np
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.stats import norm
 
-from trading_core.market.limits import Intervention, RiskLimits, TradingState
+from trading_core.market.limits import HaltStatistics, Intervention, RiskLimits, TradingState
 from trading_core.market.measures import historical_cvar, historical_var, parametric_var
 from trading_core.market.risk import RULES, RiskManager
 from trading_core.market.sizing import capped_kelly_fraction, inverse_volatility_weights, risk_parity_weights
@@ -71,6 +73,34 @@ def test_limits_validate_their_arguments() -> None:
         RiskLimits(var_confidence=1.0)
     with pytest.raises(ValueError, match="max_weight"):
         RiskLimits(max_weight=-0.1)
+    with pytest.raises(ValueError, match="halt_policy"):
+        RiskLimits(halt_policy="forever")
+    for name in ("rearm_after_bars", "rearm_stages", "stage_bars"):
+        with pytest.raises(ValueError, match=name):
+            RiskLimits(**{name: 0})
+    with pytest.raises(ValueError, match="min_exposure_scale"):
+        RiskLimits(min_exposure_scale=1.5)
+    with pytest.raises(ValueError, match="target_volatility"):
+        RiskLimits(target_volatility=0.0)
+
+
+def test_defaults_rearm_and_scale_while_disabled_and_live_limits_do_neither() -> None:
+    limits = RiskLimits()
+    assert limits.halt_policy == "rearm" and limits.drawdown_scaling and limits.target_volatility is not None
+    off = RiskLimits.disabled()
+    assert not off.drawdown_scaling and off.target_volatility is None and off.max_drawdown_halt is None
+    assert limits.for_live() == dataclasses.replace(limits, halt_policy="latch")
+
+
+def test_limits_pickled_before_rearming_existed_keep_latching_without_scaling() -> None:
+    old = RiskLimits(max_weight=0.3)
+    for name in ("halt_policy", "rearm_after_bars", "drawdown_scaling", "target_volatility"):
+        del old.__dict__[name]  # as a pickle written before these fields existed
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded == dataclasses.replace(
+        RiskLimits(max_weight=0.3), halt_policy="latch", drawdown_scaling=False, target_volatility=None
+    )
+    assert pickle.loads(pickle.dumps(RiskLimits())) == RiskLimits()
 
 
 def test_no_short_clips_negative_targets_to_zero() -> None:
@@ -268,7 +298,12 @@ def test_review_leaves_its_inputs_alone_and_broadcasts_one_price_row() -> None:
 
 def test_drawdown_goes_reducing_then_halted_with_one_liquidation() -> None:
     limits = only(
-        drawdown_reduce=0.10, max_drawdown_halt=0.20, allow_short=True, max_margin=1.0, liquidate_on_halt=True
+        drawdown_reduce=0.10,
+        max_drawdown_halt=0.20,
+        allow_short=True,
+        max_margin=1.0,
+        liquidate_on_halt=True,
+        halt_policy="latch",
     )
     risk = RiskManager(limits, 1, 3)
     risk.reset(np.array([1000.0]))
@@ -309,9 +344,151 @@ def test_drawdown_goes_reducing_then_halted_with_one_liquidation() -> None:
         (0, 0, "ACTIVE"),
     ]
     assert "drawdown 10.91% >= drawdown_reduce 10.00%" in log[0][3]
-    assert "drawdown 20.91% >= max_drawdown_halt 20.00%" in log[1][3]
+    assert "drawdown 20.91% >= max_drawdown_halt 20.00%, latched until reset()" in log[1][3]
     assert log[2][3] == "reset"
     assert risk.transitions() == []
+
+
+# A synthetic equity path: a peak at bar 1, a crash through the 20% breaker at bar 2, a trough, a recovery.
+SYNTHETIC_CRASH_AND_RECOVERY = (110.0, 85.0, 80.0, 82.0, 84.0, 86.0, 88.0, 90.0, 92.0, 94.0, 96.0, 98.0)
+SYNTHETIC_HALT_BAR = 2  # 85 is 22.7% below the peak of 110
+
+
+def rearming(**changes: object) -> RiskLimits:
+    """Only the max-drawdown breaker: re-arm after 3 bars, then 4 stages of 2 bars each."""
+    settings = {"halt_policy": "rearm", "rearm_after_bars": 3, "rearm_stages": 4, "stage_bars": 2}
+    return only(max_gross_exposure=1.0, max_drawdown_halt=0.20, **{**settings, **changes})
+
+
+def walk(risk: RiskManager, path: tuple[float, ...]) -> tuple[list[int], list[float]]:
+    """Feed an equity path bar by bar; the state and the exposure cap after each bar."""
+    states, caps = [], []
+    for equity in path:
+        risk.on_bar(np.full(risk.n_envs, equity))
+        states.append(int(risk.state[0]))
+        caps.append(float(risk.exposure_cap[0]))
+    return states, caps
+
+
+def test_synthetic_crash_rearms_after_the_cooloff_then_ramps_back_to_full_exposure() -> None:
+    risk = RiskManager(rearming(), 1, 2)
+    risk.reset(np.array([100.0]))
+    states, caps = walk(risk, SYNTHETIC_CRASH_AND_RECOVERY)
+    rearm = SYNTHETIC_HALT_BAR + 3
+    # HALTED for exactly the cool-off: the bar of the crash and the two after it.
+    assert states[SYNTHETIC_HALT_BAR - 1 : rearm - 1] == [2, 2, 2]
+    assert states[rearm - 1 :] == [0] * (len(states) - rearm + 1)
+    # Stages 1/4 .. 3/4 of two bars each, then full exposure.
+    assert caps[rearm - 1 :] == [0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0, 1.0]
+    assert risk.stage[0] == 0 and risk.peak_equity[0] == 98.0  # the new high-water mark is 84, then new peaks
+    [(_, halt_bar, halted, halt_reason), (_, rearm_bar, active, rearm_reason)] = risk.transitions()
+    assert (halt_bar, halted, rearm_bar, active) == (SYNTHETIC_HALT_BAR, "HALTED", rearm, "ACTIVE")
+    assert "drawdown 22.73% >= max_drawdown_halt 20.00%, re-arms after 3 bars" in halt_reason
+    assert rearm_reason == "re-armed after 3 bars: new high-water mark 84.00, exposure stage 1/4"
+
+
+def test_synthetic_crash_under_latch_stays_halted_until_reset() -> None:
+    risk = RiskManager(rearming(halt_policy="latch"), 1, 2)
+    risk.reset(np.array([100.0]))
+    states, caps = walk(risk, SYNTHETIC_CRASH_AND_RECOVERY)
+    assert states == [0] + [2] * (len(states) - 1) and caps == [1.0] * len(caps)
+    assert risk.peak_equity[0] == 110.0
+    [(_, _, name, reason)] = risk.transitions()
+    assert name == "HALTED" and reason.endswith("latched until reset()")
+
+
+def test_rearmed_exposure_stage_caps_the_review_with_its_reason() -> None:
+    risk = RiskManager(rearming(), 1, 2)
+    risk.reset(np.array([100.0]))
+    walk(risk, SYNTHETIC_CRASH_AND_RECOVERY[: SYNTHETIC_HALT_BAR + 3])  # the re-arm bar: stage 1/4
+    holdings, prices, cash = np.zeros((1, 2)), np.array([[1.0, 1.0]]), np.array([84.0])
+    review = risk.review(np.array([[42.0, 42.0]]), holdings, prices, cash)
+    np.testing.assert_allclose(review.approved, [[10.5, 10.5]], rtol=1e-15)  # 25% of 84
+    [event] = review.interventions(5)
+    assert (event.rule, event.asset, event.requested, event.approved) == ("exposure_scaling", None, 1.0, 0.25)
+    assert event.reason == (
+        "gross exposure 100.00% of equity 84.00 > exposure cap 25.00% (max_gross_exposure 100.00% x re-arm "
+        "exposure stage 1/4 = 0.2500): target scaled by 0.250000"
+    )
+
+
+def test_rearm_sets_a_new_high_water_mark_and_a_new_crash_halts_again() -> None:
+    risk = RiskManager(rearming(), 1, 1)
+    risk.reset(np.array([100.0]))
+    # Halt at 75 (bar 1), re-arm at 70 (bar 4): 20% below 70 is 56, far below the old peak's breaker at 80.
+    states, _ = walk(risk, (75.0, 72.0, 71.0, 70.0, 60.0, 56.5, 55.0))
+    assert states == [2, 2, 2, 0, 0, 0, 2]
+    assert risk.stage[0] == 0 and risk.exposure_cap[0] == 1.0  # a new halt ends the ramp
+    reasons = [reason for *_, reason in risk.transitions()]
+    assert "new high-water mark 70.00" in reasons[1] and "drawdown 21.43% >= max_drawdown_halt" in reasons[2]
+
+
+def test_single_stage_rearms_at_full_exposure() -> None:
+    risk = RiskManager(rearming(rearm_stages=1), 1, 1)
+    risk.reset(np.array([100.0]))
+    states, caps = walk(risk, (75.0, 75.0, 75.0, 75.0))
+    assert states == [2, 2, 2, 0] and caps[-1] == 1.0
+    assert risk.transitions()[-1][3].endswith("exposure stage 1/1")
+
+
+def test_a_rearm_during_a_daily_loss_cooldown_is_logged_and_the_cooldown_holds() -> None:
+    risk = RiskManager(rearming(daily_loss_limit=0.05, cooldown_bars=3), 1, 1)
+    risk.reset(np.array([100.0]))
+    # Halt at 75 (also a daily loss), re-arm due at bar 4, where a new 6% loss starts a cooldown.
+    states, _ = walk(risk, (75.0, 75.0, 75.0, 70.5, 70.5, 70.5, 70.5))
+    assert states == [2, 2, 2, 2, 2, 2, 0]
+    log = risk.transitions()
+    assert [(step, name) for _, step, name, _ in log] == [(1, "HALTED"), (4, "HALTED"), (7, "ACTIVE")]
+    assert log[1][3].startswith("re-armed after 3 bars: new high-water mark 70.50, exposure stage 1/4")
+    assert "one-bar loss 6.00% >= daily_loss_limit 5.00%" in log[1][3]
+
+
+def test_drawdown_scaling_shrinks_the_cap_linearly_instead_of_reducing() -> None:
+    limits = only(
+        max_gross_exposure=1.0,
+        drawdown_reduce=0.10,
+        max_drawdown_halt=0.30,
+        drawdown_scaling=True,
+        min_exposure_scale=0.2,
+    )
+    risk = RiskManager(limits, 1, 2)
+    risk.reset(np.array([100.0]))
+    states, caps = walk(risk, (95.0, 89.0, 80.0, 71.0))
+    # 1 at 10% drawdown, 0.2 at 30%: 0.96 at 11%, 0.6 at 20%, 0.24 at 29%; never REDUCING.
+    assert states == [0, 0, 0, 0]
+    np.testing.assert_allclose(caps, [1.0, 0.96, 0.6, 0.24], rtol=1e-12)
+    holdings, prices, cash = np.array([[30.0, 30.0]]), np.array([[1.0, 1.0]]), np.array([11.0])
+    review = risk.review(np.array([[40.0, 40.0]]), holdings, prices, cash)
+    np.testing.assert_allclose(np.abs(review.approved).sum(), 0.24 * 71.0, rtol=1e-12)
+    [event] = review.interventions(4)
+    assert event.rule == "exposure_scaling" and event.approved == pytest.approx(0.24)
+    assert "exposure cap 24.00% (max_gross_exposure 100.00% x drawdown scale 0.2400 at drawdown 29.00%" in (
+        event.reason
+    )
+    assert "0.2 at max_drawdown_halt 30.00%" in event.reason
+    # Without drawdown scaling the same path goes REDUCING at drawdown_reduce, as before.
+    risk = RiskManager(dataclasses.replace(limits, drawdown_scaling=False), 1, 2)
+    risk.reset(np.array([100.0]))
+    assert walk(risk, (95.0, 89.0, 80.0, 71.0)) == ([0, 1, 1, 1], [1.0] * 4)
+
+
+def test_volatility_targeting_scales_the_cap_by_target_over_trailing_volatility() -> None:
+    risk = RiskManager(only(max_gross_exposure=1.5, target_volatility=0.2), 1, 2, vol_window=10)
+    risk.reset(np.array([1000.0]))
+    equity, caps = 1000.0, []
+    for bar in range(8):
+        equity *= 1.05 if bar % 2 == 0 else 1 / 1.05  # about 80% annualised
+        risk.on_bar(np.array([equity]))
+        caps.append(float(risk.exposure_cap[0]))
+    assert caps[:4] == [1.5] * 4  # fewer than vol_min_periods returns: no estimate, no scaling
+    vol = float(risk.volatility[0])  # recorded without volatility_halt
+    assert vol > 0.7 and caps[-1] == pytest.approx(1.5 * 0.2 / vol, rel=1e-12)
+    assert risk.state[0] == TradingState.ACTIVE
+    holdings, prices, cash = np.zeros((1, 2)), np.array([[10.0, 10.0]]), np.array([equity])
+    review = risk.review(np.array([[equity / 20, equity / 20]]), holdings, prices, cash)
+    [event] = review.interventions(8)
+    assert event.rule == "exposure_scaling" and event.approved == pytest.approx(caps[-1])
+    assert f"target_volatility 20.00% / trailing volatility {vol:.2%}" in event.reason
 
 
 def test_reducing_ends_when_the_drawdown_recovers() -> None:
@@ -382,7 +559,7 @@ def test_turbulence_goes_reducing_while_above_per_env() -> None:
 
 
 def test_partial_reset_by_mask_and_by_index() -> None:
-    risk = RiskManager(only(max_drawdown_halt=0.2), 3, 1)
+    risk = RiskManager(only(max_drawdown_halt=0.2, halt_policy="latch"), 3, 1)
     risk.reset(np.full(3, 100.0))
     risk.on_bar(np.array([70.0, 70.0, 70.0]))
     assert risk.state.tolist() == [2, 2, 2]
@@ -514,6 +691,13 @@ def risk_limits(draw) -> RiskLimits:
         turbulence_halt=draw(optional(st.floats(0.0, 100.0))),
         cooldown_bars=draw(st.integers(0, 3)),
         liquidate_on_halt=draw(st.booleans()),
+        halt_policy=draw(st.sampled_from(["rearm", "latch"])),
+        rearm_after_bars=draw(st.integers(1, 3)),
+        rearm_stages=draw(st.integers(1, 4)),
+        stage_bars=draw(st.integers(1, 2)),
+        drawdown_scaling=draw(st.booleans()),
+        min_exposure_scale=draw(st.sampled_from([0.0, 0.25, 1.0])),
+        target_volatility=draw(optional(st.floats(0.05, 1.0))),
     )
 
 
@@ -587,8 +771,9 @@ def scenarios(draw) -> Scenario:
     )
 
 
-def check_review(limits, state, pending, review, target, holdings, prices, cash, window) -> None:
-    """Every invariant of one approved target against the portfolios it was reviewed on."""
+def check_review(limits, state, pending, cap, review, target, holdings, prices, cash, window) -> None:
+    """Every invariant of one approved target against the portfolios it was reviewed on (and their exposure
+    caps ``cap``, as fractions of equity)."""
     approved = review.approved
     equity = cash + (holdings * prices).sum(axis=1)
     rtol = 1e-9
@@ -618,6 +803,7 @@ def check_review(limits, state, pending, review, target, holdings, prices, cash,
             assert np.all(np.abs(values) <= limits.max_weight * e * (1 + rtol))
         if limits.max_gross_exposure is not None:
             assert np.abs(values).sum() <= limits.max_gross_exposure * e * (1 + rtol)
+        assert np.abs(values).sum() <= cap[env] * e * (1 + rtol)
         if limits.max_net_exposure is not None:
             assert abs(values.sum()) <= limits.max_net_exposure * e * (1 + rtol)
         post_cash = post_trade_cash(a[None], h[None], p[None], cash[env : env + 1], limits.cost_buffer)[0]
@@ -638,9 +824,9 @@ def test_no_approved_portfolio_ever_breaches_a_limit(scenario: Scenario) -> None
     for step in range(scenario.steps):
         target = scenario.target(rng, holdings, prices, cash + (holdings * prices).sum(axis=1))
         window = scenario.returns_window(rng, step)
-        state = risk.state.copy()
+        state, cap = risk.state.copy(), risk.exposure_cap
         review = risk.review(target, holdings, prices, cash, window)
-        check_review(limits, state, pending, review, target, holdings, prices, cash, window)
+        check_review(limits, state, pending, cap, review, target, holdings, prices, cash, window)
         for rule in np.asarray(RULES)[review.rule_hits.any(axis=0)]:
             event(f"rule hit: {rule}")
         # Fill at the decision prices, then let the market move and the manager see the close.
@@ -657,6 +843,10 @@ def test_no_approved_portfolio_ever_breaches_a_limit(scenario: Scenario) -> None
         assert changed.dtype == bool and changed.shape == (scenario.n_envs,)
         for env in np.flatnonzero(changed):
             event(f"entered {TradingState(int(risk.state[env])).name}")
+        if (risk.exposure_scale < 1.0).any():
+            event("exposure scaled")
+        if (risk.stage > 0).any():
+            event("re-arm stage")
     for env, step, name, reason in risk.transitions():
         assert 0 <= env < scenario.n_envs and 1 <= step <= scenario.steps and name in TradingState.__members__
         assert reason
@@ -675,3 +865,95 @@ def test_review_is_idempotent_on_its_own_output(scenario: Scenario) -> None:
     approved = risk.review(target, holdings, prices, cash, window).approved
     again = risk.review(approved, holdings, prices, cash, window).approved
     np.testing.assert_allclose(again, approved, rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_a_batch_of_portfolios_equals_each_portfolio_alone(scenario: Scenario) -> None:
+    """B portfolios in one manager get the approvals, states, caps and transitions each gets on its own."""
+    limits, rng = scenario.limits, np.random.default_rng(scenario.seed)
+    prices, holdings, cash = scenario.start(rng)
+    batch = RiskManager(limits, scenario.n_envs, scenario.n_assets, vol_window=5, vol_min_periods=2)
+    alone = [RiskManager(limits, 1, scenario.n_assets, vol_window=5, vol_min_periods=2) for _ in batch.state]
+    equity = cash + (holdings * prices).sum(axis=1)
+    batch.reset(equity)
+    for b, risk in enumerate(alone):
+        risk.reset(equity[b : b + 1])
+    for step in range(scenario.steps):
+        target = scenario.target(rng, holdings, prices, cash + (holdings * prices).sum(axis=1))
+        window = scenario.returns_window(rng, step)
+        review = batch.review(target, holdings, prices, cash, window)
+        for b, risk in enumerate(alone):
+            row = slice(b, b + 1)
+            single = risk.review(target[row], holdings[row], prices[row], cash[row], window)
+            np.testing.assert_allclose(single.approved, review.approved[row], rtol=1e-12, atol=1e-12)
+            assert single.rule_hits.tolist() == review.rule_hits[row].tolist()
+        order = review.approved - holdings
+        cash = cash - (order * prices).sum(axis=1)
+        holdings = review.approved
+        prices = prices * (1.0 + np.clip(rng.normal(0.0, scenario.move_vol, prices.shape), -0.3, 0.3))
+        equity, turbulence = cash + (holdings * prices).sum(axis=1), rng.uniform(0.0, 150.0)
+        batch.on_bar(equity, turbulence)
+        for b, risk in enumerate(alone):
+            risk.on_bar(equity[b : b + 1], turbulence)
+            assert (risk.state[0], risk.stage[0]) == (batch.state[b], batch.stage[b])
+            np.testing.assert_allclose(risk.exposure_cap, batch.exposure_cap[b : b + 1], rtol=1e-12)
+    batched = batch.transitions()
+    for b, risk in enumerate(alone):
+        assert [(step, name, reason) for _, step, name, reason in risk.transitions()] == [
+            (step, name, reason) for env, step, name, reason in batched if env == b
+        ]
+
+
+def test_a_manager_saved_before_rearming_existed_restores_and_runs() -> None:
+    risk = RiskManager(rearming(), 2, 1)
+    risk.reset(np.full(2, 100.0))
+    risk.on_bar(np.array([75.0, 100.0]))
+    for name in ("drawdown_scale", "volatility_scale", "exposure_scale", "stage", "_halt_age", "_ramp_age"):
+        del risk.__dict__[name]
+    risk._log = [(bar, envs, states, causes, figures[:4]) for bar, envs, states, causes, figures in risk._log]
+    restored = pickle.loads(pickle.dumps(risk))
+    restored.on_bar(np.array([75.0, 100.0]))
+    assert restored.state.tolist() == [2, 0] and restored.exposure_cap.tolist() == [1.0, 1.0]
+    [(env, step, name, reason)] = restored.transitions()
+    assert (env, step, name) == (0, 1, "HALTED") and "max_drawdown_halt" in reason
+
+
+def test_live_trading_latches_the_limits_it_trained_with() -> None:
+    from trading_core.agents.decision_spec import DecisionSpec
+    from trading_core.envs.spec import EnvSpec
+    from trading_core.live.engine import DecisionEngine
+
+    spec = DecisionSpec(tickers=("AAPL", "MSFT"), feature_columns=("macd",), env_spec=EnvSpec())
+    engine = DecisionEngine(policy=None, spec=spec)
+    assert spec.env_spec.simulation.risk.halt_policy == "rearm"
+    assert engine.risk.limits == spec.env_spec.simulation.risk.for_live()
+
+
+def test_halt_statistics_count_days_entries_and_exits() -> None:
+    assert HaltStatistics.of_states([0, 1, 2, 2, 0, 2, 2, 2]) == HaltStatistics(
+        days_halted=5, halts=2, rearms=1
+    )
+    assert HaltStatistics.of_states(np.array([], dtype=np.int64)) == HaltStatistics(0, 0, 0)
+
+
+def test_a_backtest_record_reports_its_halt_statistics() -> None:
+    import pandas as pd
+
+    from trading_core.evaluation.backtester import BacktestRecord
+
+    risk = RiskManager(rearming(), 1, 1)
+    risk.reset(np.array([100.0]))
+    states = [0, *walk(risk, SYNTHETIC_CRASH_AND_RECOVERY)[0]]
+    dates = pd.bdate_range("2020-01-01", periods=len(states))
+    empty = pd.DataFrame()
+    record = BacktestRecord(
+        equity=pd.Series([100.0, *SYNTHETIC_CRASH_AND_RECOVERY], index=dates),
+        positions=empty,
+        trades=empty,
+        interventions=empty,
+        risk_states=pd.Series(states, index=dates, name="risk_state"),
+        costs=pd.Series(0.0, index=dates),
+        traded_notional=pd.Series(0.0, index=dates),
+    )
+    assert record.halt_statistics == HaltStatistics(days_halted=3, halts=1, rearms=1)

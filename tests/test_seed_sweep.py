@@ -101,10 +101,11 @@ def test_zoo_walk_forward_periods_keep_validation_inside_training_and_before_tes
     periods = _walk_forward_periods(features, n_windows=2, test_dates=60, validation_dates=40)
     assert list(periods) == ["window_1", "window_2"]
     for train, validation, test in periods.values():
-        assert train["date"].max() < validation["date"].min()
-        assert validation["date"].nunique() == 40
-        assert validation["date"].max() < test["date"].min()  # the purge/embargo gap lies between them
-        assert test["date"].nunique() == 60
+        assert train.dates.max() < validation.dates.min()
+        assert validation.n_steps == 40
+        assert validation.dates.max() < test.dates.min()  # the purge/embargo gap lies between them
+        assert test.n_steps == 60
+        assert train.tickers == validation.tickers == test.tickers  # one universe for every part
 
     returns = pd.Series(dtype=float)
     nan_first = SeedOutcome("ppo", 1, float("nan"), 0.0, 0.0, 0.0, returns)

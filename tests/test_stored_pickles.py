@@ -7,6 +7,7 @@ import pickle
 import pytest
 
 from trading_core.agents.decision_spec import DecisionSpec
+from trading_core.envs.fast import ActionSpec
 from trading_core.envs.spec import EnvSpec
 from trading_core.runtime.stored_pickles import load_project_pickle
 
@@ -31,5 +32,5 @@ def test_a_decision_spec_pickled_under_the_old_module_paths_loads(tmp_path):
 
 
 def test_current_pickles_load_unchanged():
-    spec = EnvSpec(hmax=7)
+    spec = EnvSpec(action=ActionSpec(hmax=7))
     assert load_project_pickle(pickle.dumps(spec)) == spec

@@ -39,11 +39,11 @@ def test_same_seed_same_policy_different_seed_differs(parts, engine):
     observation, _ = env.reset(seed=0)
     batch = np.stack([observation] * 2)
     assert np.array_equal(policy_actions(first, batch), policy_actions(second, batch))
-    for a, b in zip(first.policy.parameters(), second.policy.parameters(), strict=True):
+    for a, b in zip(first.model.policy.parameters(), second.model.policy.parameters(), strict=True):
         assert np.array_equal(a.detach().numpy(), b.detach().numpy())
     assert any(
         not np.array_equal(a.detach().numpy(), b.detach().numpy())
-        for a, b in zip(first.policy.parameters(), other.policy.parameters(), strict=True)
+        for a, b in zip(first.model.policy.parameters(), other.model.policy.parameters(), strict=True)
     )
     result_a = run_backtest(first, parts["test"], env_spec)
     result_b = run_backtest(second, parts["test"], env_spec)

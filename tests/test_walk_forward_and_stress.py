@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.test_backtester import ScriptedPolicy
+from tests.test_backtester import SHARES, ScriptedPolicy
 from trading_core.agents.training import PPOConfig
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.attribution import attribute_pnl, attribution_summary
@@ -110,7 +110,7 @@ def test_liquidity_drop_scales_impact_and_participation():
 
 
 def test_stress_tests_replay_crises_in_the_data_and_apply_shocks(slice_bars, features):
-    spec = EnvSpec()
+    spec = EnvSpec(action=SHARES)  # the scripted policy's share actions
     test_start, test_end = pd.Timestamp("2019-01-02"), pd.Timestamp("2019-12-31")
     results = {
         r.name: r
@@ -133,7 +133,7 @@ def test_stress_tests_replay_crises_in_the_data_and_apply_shocks(slice_bars, fea
 
 def test_attribution_adds_up_to_the_equity_change(features):
     test = features[features["date"] >= "2019-01-01"].reset_index(drop=True)
-    result = run_backtest(ScriptedPolicy(), test, EnvSpec())
+    result = run_backtest(ScriptedPolicy(), test, EnvSpec(action=SHARES))
     closes = test.pivot(index="date", columns="tic", values="close")
     table = attribute_pnl(result.record, closes)
     assert table["net_pnl"].sum() == pytest.approx(result.equity.iloc[-1] - result.equity.iloc[0], rel=1e-9)

@@ -11,17 +11,20 @@ from typing import Literal
 import dagster as dg
 import pandas as pd
 
-from resources.mlflow_registry import (
-    CHAMPION_ALIAS,
-    PREVIOUS_ALIAS,
-    MlflowRegistryResource,
-    RegisteredVersion,
-)
+from resources.mlflow_registry import CHAMPION_ALIAS, PREVIOUS_ALIAS, MlflowRegistryResource
 from trading_assets.config_defaults import default_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
-from trading_assets.training import ENSEMBLE_MODEL_NAME, AgentZooReport, EnsembleReport, TrainedAgent
-from trading_core.data.splits import DatasetSplits
+from trading_assets.selection import LeaderboardReport, RegisteredCandidate
+from trading_assets.training import (
+    ENSEMBLE_MODEL_NAME,
+    AgentZooReport,
+    EnsembleReport,
+    TrainedAgent,
+    agent_market,
+)
+from trading_core.allocators.prior import with_prior_column
+from trading_core.data.splits import PERIODS, DatasetSplits
 from trading_core.evaluation.attribution import attribute_pnl, attribution_summary
 from trading_core.evaluation.backtester import (
     BacktestRecord,
@@ -43,6 +46,7 @@ from trading_core.evaluation.promotion import (
     PromotionThresholds,
     evaluate_gate,
     judge_candidate,
+    yardstick_gate,
 )
 from trading_core.evaluation.seed_sweep import (
     SeedSweepConfig,
@@ -54,6 +58,7 @@ from trading_core.evaluation.seed_sweep import (
 )
 from trading_core.evaluation.stress import StressConfig, StressResult, run_stress_tests
 from trading_core.evaluation.walk_forward import WalkForwardConfig, WalkForwardResult, run_walk_forward
+from trading_core.market.arrays import MarketArrays
 from trading_core.models.cnn_lstm import feature_builder
 
 GATE_CHECKS = {
@@ -102,7 +107,7 @@ def _normalized(curve: pd.Series) -> pd.Series:
 def stress_tests(
     context: dg.AssetExecutionContext,
     config: StressSettings,
-    registered_model: RegisteredVersion,
+    registered_model: RegisteredCandidate,
     trained_agent: TrainedAgent,
     validated_daily_bars: pd.DataFrame,
     features: pd.DataFrame,
@@ -114,15 +119,23 @@ def stress_tests(
     policy = model_registry.load_policy(registered_model.version)
     split = learned_features.split
     build = feature_builder(features, cnn_lstm_model.forecaster)
+    env_spec = registered_model.env_spec
+    prior = env_spec.action.prior
+
+    def rebuild(bars: pd.DataFrame) -> pd.DataFrame:
+        frame = trained_agent.observation_frame(build(bars))
+        # A tilting agent's prior refits on the shocked prices, as it would live.
+        return frame if prior is None else with_prior_column(frame, prior)
+
     results = run_stress_tests(
         policy,
         validated_daily_bars,
-        trained_agent.observation_frame(learned_features.full),
+        agent_market(trained_agent, learned_features, env_spec),  # the universe every scenario trades
         split.test_start,
         split.test_end,
-        trained_agent.env_spec,
+        env_spec,
         shock_offset=config.shock_offset,
-        rebuild=lambda bars: trained_agent.observation_frame(build(bars)),
+        rebuild=rebuild,
     )
     worst = max(results, key=lambda r: r.max_drawdown)
     gate = (
@@ -240,6 +253,7 @@ class SeedSweepSettings(dg.Config):
     use_ray: bool = default_of(SeedSweepConfig, "use_ray")
     min_p25_sharpe: float = default_of(SeedSweepConfig, "min_p25_sharpe")
     min_deflated_sharpe: float = default_of(SeedSweepConfig, "min_deflated_sharpe")
+    must_beat_yardsticks: bool = default_of(SeedSweepConfig, "must_beat_yardsticks")
 
     def to_domain(self) -> SeedSweepConfig:
         return SeedSweepConfig(**self.model_dump())
@@ -259,6 +273,8 @@ class SeedSweepReport:
 SEED_GATE_CHECKS = {
     "seed_p25_sharpe": "25th percentile over seeds of the out-of-sample Sharpe at least the configured minimum",
     "deflated_sharpe": "deflated Sharpe ratio (trials counted from the experiment's MLflow runs) at least the minimum",
+    "p25_beats_buy_and_hold": "25th percentile over seeds of the test Sharpe above equal-weight buy-and-hold",
+    "p25_beats_allocator": "25th percentile over seeds of the test Sharpe above the classical allocator validation picked",
 }
 
 
@@ -273,34 +289,44 @@ SEED_GATE_CHECKS = {
 def seed_sweep(
     context: dg.AssetExecutionContext,
     config: SeedSweepSettings,
+    registered_model: RegisteredCandidate,
+    candidate_leaderboard: LeaderboardReport,
     trained_agent: TrainedAgent,
     learned_features: DatasetSplits,
     model_registry: MlflowRegistryResource,
 ):
-    """The candidate's training recipe retrained under several seeds (Ray tasks), each judged out of sample."""
-    ppo = trained_agent.ppo_config
-    recipe = replace(ppo, total_timesteps=config.timesteps or ppo.total_timesteps).as_agent_config()
-    frames = [
-        trained_agent.observation_frame(f)
-        for f in (learned_features.train, learned_features.validation, learned_features.test)
+    """The registered candidate's recipe retrained under several seeds (Ray tasks), each judged out of sample;
+    at the seeds' 25th percentile it must beat equal-weight buy-and-hold and validation's allocator."""
+    recipe = registered_model.agent_config
+    if config.timesteps:
+        recipe = replace(recipe, total_timesteps=config.timesteps)
+    env_spec = registered_model.env_spec
+    periods = [agent_market(trained_agent, learned_features, env_spec, p) for p in PERIODS]
+    algorithm = registered_model.algorithm
+    seeds = config.to_domain().seeds(registered_model.seed)
+    tasks = [
+        SeedTask(algorithm, seed, recipe, env_spec, *periods, candidate=registered_model.candidate)
+        for seed in seeds
     ]
-    seeds = config.to_domain().seeds(trained_agent.seed)
-    tasks = [SeedTask("ppo", seed, recipe, trained_agent.env_spec, *frames) for seed in seeds]
-    context.log.info(f"seed sweep: {len(tasks)} seeds {'on Ray' if config.use_ray else 'in turn'}")
+    context.log.info(
+        f"seed sweep: {registered_model.candidate} over {len(tasks)} seeds {'on Ray' if config.use_ray else 'in turn'}"
+    )
     outcomes = run_seed_sweep(tasks, use_ray=config.use_ray)
     for outcome in outcomes:
         model_registry.log_trial(
-            f"seed_sweep_seed_{outcome.seed}",
-            params={"algorithm": "ppo", "seed": outcome.seed, "candidate_run": trained_agent.run_id},
+            f"seed_sweep_{algorithm}_seed_{outcome.seed}",
+            params={"algorithm": algorithm, "seed": outcome.seed, "candidate_run": registered_model.run_id},
             metrics=outcome.trial_metrics(),
             kind="seed_sweep",
+            curves={"train_mean_reward_per_step": list(outcome.learning_curve)},
         )
     table = seed_table(outcomes)
     stats = distribution(table)
     n_trials = max(model_registry.trial_count(), 1)
-    candidate = next(o for o in outcomes if o.seed == trained_agent.seed)
+    candidate = next(o for o in outcomes if o.seed == registered_model.seed)
     deflated = deflated_sharpe_ratio(candidate.test_returns, n_trials, per_period_sharpe_variance(outcomes))
     p25 = float(stats.loc["test_sharpe", "p25"])
+    leaderboard = candidate_leaderboard
     gate = (
         GateResult(
             "seed_p25_sharpe",
@@ -317,6 +343,17 @@ def seed_sweep(
             f"deflated Sharpe {deflated:.2f} over {n_trials} trials vs required >= {config.min_deflated_sharpe:.2f}",
         ),
     )
+    if config.must_beat_yardsticks:
+        gate += tuple(
+            yardstick_gate(
+                registered_model.candidate,
+                p25,
+                len(outcomes),
+                leaderboard.benchmark_test_sharpe,
+                leaderboard.allocator_pick,
+                leaderboard.allocator_test_sharpe,
+            )
+        )
     report = SeedSweepReport(table, stats, n_trials, deflated, gate)
     png = grouped_bars_png(
         table.set_index("seed")[["validation_sharpe", "test_sharpe"]], "Sharpe ratio per seed", "Sharpe"
@@ -354,6 +391,15 @@ def seed_sweep(
             description=result.description,
             metadata={"value": float(result.value), "threshold": float(result.threshold)},
         )
+    checked = {result.name for result in gate}
+    for name in ("p25_beats_buy_and_hold", "p25_beats_allocator"):
+        if name not in checked:
+            reason = (
+                "not required by the seed-sweep settings"
+                if not config.must_beat_yardsticks
+                else "no classical allocator on the leaderboard"
+            )
+            yield dg.AssetCheckResult(check_name=name, passed=True, description=reason)
 
 
 class PromotionSettings(dg.Config):
@@ -409,7 +455,7 @@ class BacktestReport:
 def backtest(
     context: dg.AssetExecutionContext,
     config: PromotionSettings,
-    registered_model: RegisteredVersion,
+    registered_model: RegisteredCandidate,
     trained_agent: TrainedAgent,
     learned_features: DatasetSplits,
     model_registry: MlflowRegistryResource,
@@ -419,9 +465,9 @@ def backtest(
     Both come from one step so that the attribution is stored even when the gate fails.
     """
     policy = model_registry.load_policy(registered_model.version)
-    result = run_backtest(
-        policy, trained_agent.observation_frame(learned_features.test), trained_agent.env_spec
-    )
+    env_spec = registered_model.env_spec
+    test = agent_market(trained_agent, learned_features, env_spec, "test")
+    result = run_backtest(policy, test, env_spec)
     gate = tuple(evaluate_gate(result.metrics, result.benchmark_metrics, config.to_domain()))
     report = BacktestReport(
         model_name=registered_model.name,
@@ -479,7 +525,7 @@ def backtest(
         },
     )
     if result.record is not None:
-        yield _attribution_output(result, learned_features, registered_model, model_registry)
+        yield _attribution_output(result, test, registered_model, model_registry)
     for gate_result in gate:
         yield dg.AssetCheckResult(
             check_name=gate_result.name,
@@ -500,7 +546,7 @@ def champion_model(
     backtest: BacktestReport,
     stress_tests: StressReport,
     seed_sweep: SeedSweepReport,
-    registered_model: RegisteredVersion,
+    registered_model: RegisteredCandidate,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[dict]:
     """The registry version holding alias ``champion``, moved here only when every gate check passed."""
@@ -522,12 +568,12 @@ def champion_model(
 
 def _attribution_output(
     result: BacktestResult,
-    dataset_splits: DatasetSplits,
-    registered_model: RegisteredVersion,
+    test: MarketArrays,
+    registered_model: RegisteredCandidate,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output:
-    closes = dataset_splits.test.pivot(index="date", columns="tic", values="close")
-    table = attribute_pnl(result.record, closes)
+    # The backtest's own arrays: their carried closes value every position (no NaN on a cell without a bar).
+    table = attribute_pnl(result.record, test)
     summary = attribution_summary(table, float(result.equity.iloc[0]), result.benchmark_metrics.total_return)
     png = grouped_bars_png(
         table[["gross_pnl", "net_pnl"]], "Out-of-sample PnL per asset, before and after costs", "PnL"
@@ -587,17 +633,17 @@ def candidate_verdicts(
 ) -> dg.Output[CandidateVerdicts]:
     """Every candidate (each zoo agent over its seeds, both ensembles) judged by the promotion gate's criteria."""
     thresholds = config.to_domain()
-    test = trained_agent.observation_frame(learned_features.test)
+    test = trained_agent.observation_market(learned_features, "test")
     benchmark = compute_metrics(buy_and_hold_record(test, trained_agent.env_spec.simulation).equity)
     n_trials = max(model_registry.trial_count(), 1)
     runs = agent_zoo.split_outcomes()
     variance = per_period_sharpe_variance(runs)
     verdicts = []
-    for algorithm, representative in agent_zoo.best_by_validation().items():
-        own = [o for o in runs if o.algorithm == algorithm]
+    for candidate, representative in agent_zoo.best_by_validation().items():
+        own = [o for o in runs if o.candidate == candidate]
         verdicts.append(
             judge_candidate(
-                algorithm,
+                candidate,
                 [o.test_sharpe for o in own],
                 [o.test_max_drawdown for o in own],
                 representative.test_sharpe,

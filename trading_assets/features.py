@@ -6,9 +6,10 @@ import pandas as pd
 from resources.market_data import MarketDataResource
 from trading_assets.config_defaults import default_of
 from trading_assets.metadata import frame_metadata, markdown_table
+from trading_core.data.coverage import excluded_tickers, universe_coverage
 from trading_core.data.schema import feature_columns_of
 from trading_core.data.splits import DatasetSplits, apply_split, make_date_split
-from trading_core.features.batch import build_features
+from trading_core.features.batch import build_features, indicator_warm_up
 
 
 class FeatureSettings(dg.Config):
@@ -40,7 +41,23 @@ def features(
     metadata["dropped_warmup_dates"] = dg.MetadataValue.int(
         validated_daily_bars["date"].nunique() - frame["date"].nunique()
     )
+    metadata.update(coverage_metadata(validated_daily_bars, frame))
     return dg.Output(frame, metadata=metadata)
+
+
+def coverage_metadata(bars: pd.DataFrame, frame: pd.DataFrame) -> dict[str, dg.MetadataValue]:
+    """The universe coverage table, and the tickers the features leave out with the reason."""
+    coverage = universe_coverage(bars, frame, indicator_warm_up())
+    excluded = excluded_tickers(coverage)
+    table = coverage.assign(
+        first_date=coverage["first_date"].dt.date, last_date=coverage["last_date"].dt.date
+    )
+    return {
+        "universe_coverage": dg.MetadataValue.md(table.to_markdown(index=False)),
+        "excluded_tickers": dg.MetadataValue.md(
+            "\n".join(f"- {tic}: {reason}" for tic, reason in excluded.items()) or "none"
+        ),
+    }
 
 
 @dg.asset(group_name="features", compute_kind="pandas")

@@ -9,6 +9,7 @@ from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
 from trading_assets.config_defaults import default_of
 from trading_assets.metadata import markdown_table
 from trading_core.agents.decision_spec import DRIFT_FEATURE_PREFIXES
+from trading_core.allocators.prior import with_prior_column
 from trading_core.data.schema import indicator_columns_of
 from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.metrics import daily_returns
@@ -89,10 +90,13 @@ def champion_monitoring(
     if spec.forecaster_uri:
         forecaster = model_registry.load_forecaster(spec.forecaster_uri)
         frame = add_learned_features(features, forecast_features(forecaster, features))
+    frame = frame[frame["tic"].isin(spec.tickers)]
+    if spec.prior is not None:  # the allocator weights a tilting champion observes, fit on the full history
+        frame = with_prior_column(frame, spec.prior)
     missing = [c for c in spec.observation_columns if c not in frame.columns]
     if missing:
         raise dg.Failure(f"features lack columns the champion observes: {', '.join(missing)}")
-    frame = frame[frame["tic"].isin(spec.tickers)][spec.observation_columns]
+    frame = frame[spec.observation_columns]
 
     dates = frame["date"].drop_duplicates().sort_values()
     recent = frame[frame["date"] >= dates.iloc[-config.recent_dates]]

@@ -3,7 +3,7 @@ windows on Ray) and the ensembles built from it."""
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,22 +25,25 @@ from trading_core.agents.pyfunc import (
     log_agent_model,
 )
 from trading_core.agents.training import CANDIDATE_SEED, PPOConfig, train_ppo
+from trading_core.allocators.config import PRIOR_FEATURE
 from trading_core.data.schema import BASE_COLUMNS, frame_fingerprint, indicator_columns_of
-from trading_core.data.splits import DatasetSplits
-from trading_core.envs.fast import observation_at
+from trading_core.data.splits import PERIODS, DatasetSplits, Period
+from trading_core.envs.fast import ActionSpec, observation_at
+from trading_core.envs.rewards import RewardConfig
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.metrics import (
     PerformanceMetrics,
     compute_metrics,
 )
-from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
+from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png, learning_curve_png
 from trading_core.evaluation.seed_sweep import (
     SeedOutcome,
     ZooConfig,
     grid_tasks,
     run_seed_sweep,
     seed_table,
+    tilt_tasks,
 )
 from trading_core.evaluation.selection import (
     rebalance_windows,
@@ -49,7 +52,7 @@ from trading_core.evaluation.selection import (
     weighted_ensemble_from_validation,
 )
 from trading_core.evaluation.walk_forward import walk_forward_windows
-from trading_core.market.arrays import MarketArrays, as_market
+from trading_core.market.arrays import MarketArrays, as_market, period_market
 from trading_core.market.costs import (
     BROKER_PRESETS,
     CostModel,
@@ -96,7 +99,8 @@ class TrainingSettings(dg.Config):
     env_engine: Literal["fast", "finrl"] = default_of(EnvSpec, "engine")
     n_envs: int = default_of(EnvSpec, "n_envs")
     initial_amount: float = default_of(SimulationConfig, "initial_amount")
-    hmax: int = default_of(EnvSpec, "hmax")
+    action_mode: Literal["weights", "shares"] = default_of(ActionSpec, "mode")
+    hmax: int = default_of(ActionSpec, "hmax")
     commission: str = name_of(BROKER_PRESETS, _DEFAULT_COSTS.commission)
     spread: Literal["auto", "quotes", "corwin_schultz", "fixed", "none"] = default_of(
         SimulationConfig, "spread"
@@ -111,6 +115,14 @@ class TrainingSettings(dg.Config):
     var_limit: float | None = default_of(RiskLimits, "var_limit")
     max_drawdown_halt: float | None = default_of(RiskLimits, "max_drawdown_halt")
     daily_loss_limit: float | None = default_of(RiskLimits, "daily_loss_limit")
+    halt_policy: Literal["rearm", "latch"] = default_of(RiskLimits, "halt_policy")
+    rearm_after_bars: int = default_of(RiskLimits, "rearm_after_bars")
+    drawdown_scaling: bool = default_of(RiskLimits, "drawdown_scaling")
+    target_volatility: float | None = default_of(RiskLimits, "target_volatility")
+    action_temperature: float = default_of(ActionSpec, "temperature")
+    reward_kind: Literal["log_return", "differential_sharpe", "value_change"] = default_of(
+        RewardConfig, "kind"
+    )
     finrl_cost_pct: float = default_of(EnvSpec, "finrl_cost_pct")
     use_learned_features: bool = True
 
@@ -133,6 +145,10 @@ class TrainingSettings(dg.Config):
                 var_limit=self.var_limit,
                 max_drawdown_halt=self.max_drawdown_halt,
                 daily_loss_limit=self.daily_loss_limit,
+                halt_policy=self.halt_policy,
+                rearm_after_bars=self.rearm_after_bars,
+                drawdown_scaling=self.drawdown_scaling,
+                target_volatility=self.target_volatility,
             )
             if self.risk_enabled
             else None
@@ -152,7 +168,13 @@ class TrainingSettings(dg.Config):
         return EnvSpec(
             engine=self.env_engine,
             simulation=simulation,
-            hmax=self.hmax,
+            action=replace(
+                default_of(EnvSpec, "action"),
+                mode=self.action_mode,
+                hmax=self.hmax,
+                temperature=self.action_temperature,
+                reward=replace(default_of(ActionSpec, "reward"), kind=self.reward_kind),
+            ),
             n_envs=self.n_envs,
             finrl_cost_pct=self.finrl_cost_pct,
         )
@@ -166,6 +188,11 @@ class TrainedAgent:
         """A features frame cut to the columns this agent observes, in its order."""
         return frame[[*BASE_COLUMNS, *self.feature_columns]]
 
+    def observation_market(self, splits: DatasetSplits, period: Period = "full") -> MarketArrays:
+        """A period of ``splits`` (or ``full``) as arrays on the run's universe, cut to the features this agent
+        observes: what every consumer hands trading_core, so all periods have the same assets."""
+        return period_market(splits, period, columns=[*BASE_COLUMNS, *self.feature_columns])
+
     run_id: str
     model_uri: str
     algorithm: str
@@ -178,11 +205,28 @@ class TrainedAgent:
     forecaster: str = ""  # registered CNN+LSTM "name/version" whose outputs the agent observes
 
 
+def agent_market(
+    agent: TrainedAgent, splits: DatasetSplits, env_spec: EnvSpec, period: Period = "full"
+) -> MarketArrays:
+    """A period (or ``full``) as the agents of ``env_spec`` trade it: :meth:`TrainedAgent.observation_market`,
+    with the prior column when ``env_spec`` tilts around a prior (fit on the full history, then cut, so each
+    period's priors saw everything before them)."""
+    if env_spec.action.prior is None:
+        return agent.observation_market(splits, period)
+    market = env_spec.market_for(agent.observation_market(splits))
+    if period == "full":
+        return market
+    split = splits.split
+    return market.between(getattr(split, f"{period}_start"), getattr(split, f"{period}_end"))
+
+
 def decision_spec_for(splits: DatasetSplits, env_spec: EnvSpec, forecaster: str) -> DecisionSpec:
-    """The spec registered with an agent trained on ``splits`` (forecaster as "name/version", or empty)."""
+    """The spec registered with an agent trained on ``splits`` (forecaster as "name/version", or empty); an
+    agent with a prior observes its column last (:meth:`EnvSpec.market_for`)."""
+    prior = (PRIOR_FEATURE,) if env_spec.action.prior is not None else ()
     return DecisionSpec(
         tickers=tuple(splits.tickers),
-        feature_columns=tuple(splits.feature_columns),
+        feature_columns=(*splits.feature_columns, *prior),
         env_spec=env_spec,
         forecaster_uri=f"models:/{forecaster}" if forecaster else None,
         use_turbulence="turbulence" in splits.feature_columns,
@@ -191,6 +235,22 @@ def decision_spec_for(splits: DatasetSplits, env_spec: EnvSpec, forecaster: str)
             splits.train, [c for c in indicator_columns_of(splits.train) if not c.startswith("cnn_lstm_")]
         ),
     )
+
+
+def observation_example(splits: DatasetSplits, env_spec: EnvSpec) -> pd.DataFrame:
+    """The observation of a fresh portfolio at the test period's first close: the registered model's input example."""
+    columns = [*BASE_COLUMNS, *splits.feature_columns]
+    if env_spec.action.prior is None:
+        market = period_market(splits, "test", columns=columns)
+    else:  # the prior fit on the history before the test period
+        split = splits.split
+        market = env_spec.market_for(period_market(splits, "full", columns)).between(
+            split.test_start, split.test_end
+        )
+    observation = observation_at(
+        market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
+    )
+    return pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
 
 
 @dg.asset(group_name="training", compute_kind="stable_baselines3", required_resource_keys={"mlflow"})
@@ -209,10 +269,14 @@ def trained_agent(
     # One torch thread: the seed sweep's run of this seed then reproduces this agent exactly.
     with single_torch_thread():
         model = train_ppo(
-            dataset_splits.train, env_spec, ppo_config, seed=config.seed, report=context.log.info
+            period_market(dataset_splits, "train"),
+            env_spec,
+            ppo_config,
+            seed=config.seed,
+            report=context.log.info,
         )
     training_seconds = time.perf_counter() - started
-    validation = run_backtest(model, dataset_splits.validation, env_spec)
+    validation = run_backtest(model, period_market(dataset_splits, "validation"), env_spec)
 
     data_hash = frame_fingerprint(dataset_splits.train)
     split = dataset_splits.split.as_dict()
@@ -247,11 +311,10 @@ def trained_agent(
             **{f"validation_{k}": v for k, v in validation.metrics.as_dict().items()},
         }
     )
-    market = MarketArrays.from_features(dataset_splits.test)
-    observation = observation_at(
-        market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
-    )
-    example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
+    # MLflow step metrics: the reward curve over training, what budgets are chosen from.
+    for steps, value in model.learning_curve:
+        tracking.log_metric("train_mean_reward_per_step", value, step=steps)
+    example = observation_example(dataset_splits, env_spec)
     model_info = log_agent_model(
         model,
         "ppo",
@@ -285,35 +348,13 @@ def trained_agent(
             "data_sha256": data_hash,
             "cnn_lstm_model": forecaster or "none",
             "validation_metrics": markdown_table([validation.metrics.as_dict()]),
-        },
-    )
-
-
-@dg.asset(group_name="training", compute_kind="mlflow")
-def registered_model(
-    trained_agent: TrainedAgent, dataset_splits: DatasetSplits, model_registry: MlflowRegistryResource
-) -> dg.Output[RegisteredVersion]:
-    """The trained agent as a new version in the MLflow model registry, aliased ``challenger``."""
-    version = model_registry.register(
-        trained_agent.model_uri,
-        trained_agent.run_id,
-        tags={
-            "algorithm": trained_agent.algorithm,
-            "seed": str(trained_agent.seed),
-            "data_sha256": trained_agent.data_sha256,
-            "cnn_lstm_model": trained_agent.forecaster or "none",
-            "code_version": code_version(),
-            "test_period": f"{dataset_splits.split.test_start.date()}..{dataset_splits.split.test_end.date()}",
-        },
-    )
-    model_registry.set_alias(version.version, CHALLENGER_ALIAS)
-    return dg.Output(
-        version,
-        metadata={
-            "model_name": version.name,
-            "version": version.version,
-            "alias": CHALLENGER_ALIAS,
-            "run_id": version.run_id,
+            "learning_curve": png_metadata(
+                learning_curve_png(
+                    {"PPO": model.learning_curve},
+                    f"Training reward, seed {config.seed}",
+                    "mean reward per step (last rollout)",
+                )
+            ),
         },
     )
 
@@ -328,6 +369,7 @@ class AgentZooSettings(dg.Config):
     """Which agents, seeds and windows the zoo trains, and each run's budget (defaults: :class:`ZooConfig`)."""
 
     algorithms: list[str] = list(default_of(ZooConfig, "algorithms"))
+    tilts: list[str] = list(default_of(ZooConfig, "tilts"))
     n_seeds: int = default_of(ZooConfig, "n_seeds")
     first_seed: int = default_of(ZooConfig, "first_seed")
     timesteps: int = default_of(ZooConfig, "timesteps")
@@ -336,12 +378,14 @@ class AgentZooSettings(dg.Config):
     use_ray: bool = default_of(ZooConfig, "use_ray")
 
     def to_domain(self) -> ZooConfig:
-        return ZooConfig(**{**self.model_dump(), "algorithms": tuple(self.algorithms)})
+        return ZooConfig(
+            **{**self.model_dump(), "algorithms": tuple(self.algorithms), "tilts": tuple(self.tilts)}
+        )
 
 
 @dataclass(frozen=True)
 class AgentZooReport:
-    """Every run of the zoo: one row per agent, seed and window, with the trained policies kept."""
+    """Every run of the zoo: one row per candidate, seed and window, with the trained policies kept."""
 
     table: pd.DataFrame
     outcomes: tuple[SeedOutcome, ...]
@@ -350,34 +394,35 @@ class AgentZooReport:
         return [o for o in self.outcomes if o.window == SPLIT_WINDOW]
 
     def best_by_validation(self) -> dict[str, SeedOutcome]:
-        """Per algorithm, the seed validation picks (the test period never chooses)."""
+        """Per candidate (a tilt candidate apart from its algorithm), the seed validation picks (the test period
+        never chooses)."""
 
         def score(outcome: SeedOutcome) -> float:
             return outcome.validation_sharpe if np.isfinite(outcome.validation_sharpe) else -np.inf
 
         best: dict[str, SeedOutcome] = {}
         for outcome in self.split_outcomes():
-            current = best.get(outcome.algorithm)
+            current = best.get(outcome.candidate)
             if current is None or score(outcome) > score(current):
-                best[outcome.algorithm] = outcome
+                best[outcome.candidate] = outcome
         return best
 
 
 def _walk_forward_periods(
-    frame: pd.DataFrame, n_windows: int, test_dates: int, validation_dates: int
-) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
-    """(train, validation, test) per walk-forward window; validation is the tail of each training window."""
+    features: pd.DataFrame | MarketArrays, n_windows: int, test_dates: int, validation_dates: int
+) -> dict[str, tuple[MarketArrays, MarketArrays, MarketArrays]]:
+    """(train, validation, test) per walk-forward window; validation is the tail of each training window.
+
+    Every part is a view of the same arrays, so all windows share the universe of ``features``."""
+    market = as_market(features)
+    dates = market.dates
     periods = {}
-    for number, window in enumerate(walk_forward_windows(frame["date"], n_windows, test_dates), start=1):
-        train_dates = frame["date"][frame["date"].between(window.train_start, window.train_end)].unique()
-        cut = pd.Timestamp(np.sort(train_dates)[-validation_dates])
-        periods[f"window_{number}"] = tuple(
-            part.reset_index(drop=True)
-            for part in (
-                frame[(frame["date"] >= window.train_start) & (frame["date"] < cut)],
-                frame[(frame["date"] >= cut) & (frame["date"] <= window.train_end)],
-                frame[frame["date"].between(window.test_start, window.test_end)],
-            )
+    for number, window in enumerate(walk_forward_windows(dates, n_windows, test_dates), start=1):
+        train_dates = dates[(dates >= window.train_start) & (dates <= window.train_end)]
+        periods[f"window_{number}"] = (
+            market.between(window.train_start, train_dates[-validation_dates - 1]),
+            market.between(train_dates[-validation_dates], window.train_end),
+            market.between(window.test_start, window.test_end),
         )
     return periods
 
@@ -390,33 +435,39 @@ def agent_zoo(
     trained_agent: TrainedAgent,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[AgentZooReport]:
-    """PPO, A2C, SAC, TD3, DDPG and QR-DQN under several seeds (and walk-forward windows), trained as Ray tasks."""
+    """PPO, A2C, SAC, TD3, DDPG, QR-DQN and PPO tilting an allocator under several seeds (and walk-forward
+    windows), trained as Ray tasks."""
     plan = config.to_domain()
-    frames = [
-        trained_agent.observation_frame(f)
-        for f in (learned_features.train, learned_features.validation, learned_features.test)
-    ]
-    periods = {SPLIT_WINDOW: tuple(frames)}
+    # Every period and window on the run's universe: a ticker listing or delisting keeps its column.
+    split_periods = tuple(trained_agent.observation_market(learned_features, p) for p in PERIODS)
+    periods = {SPLIT_WINDOW: split_periods}
+    full = (
+        trained_agent.observation_market(learned_features)
+        if plan.tilts or plan.walk_forward_windows
+        else None
+    )
     if config.walk_forward_windows:
-        full = trained_agent.observation_frame(learned_features.full)
-        validation_dates = frames[1]["date"].nunique()
+        validation_dates = split_periods[1].n_steps
         periods.update(
             _walk_forward_periods(
                 full, config.walk_forward_windows, config.window_test_dates, validation_dates
             )
         )
     configs = plan.configs()
-    seeds = plan.seeds()
-    tasks = grid_tasks(configs, seeds, periods, trained_agent.env_spec, keep_policies=True)
+    tasks = grid_tasks(configs, plan.seeds(), periods, trained_agent.env_spec, keep_policies=True)
+    if plan.tilts:
+        # Each tilt candidate's prior is fit on the full history, then cut into the same periods.
+        tasks += tilt_tasks(plan, full, periods, trained_agent.env_spec, keep_policies=True)
     context.log.info(
-        f"agent zoo: {len(configs)} agents x {config.n_seeds} seeds x {len(periods)} windows = {len(tasks)} "
-        f"runs {'on Ray' if config.use_ray else 'in turn'}"
+        f"agent zoo: {len(configs) + len(plan.tilts)} agents x {config.n_seeds} seeds x {len(periods)} windows "
+        f"= {len(tasks)} runs {'on Ray' if config.use_ray else 'in turn'}"
     )
     outcomes = run_seed_sweep(tasks, use_ray=config.use_ray)
     for outcome in outcomes:
         model_registry.log_trial(
-            f"agent_zoo_{outcome.algorithm}_seed_{outcome.seed}_{outcome.window}",
+            f"agent_zoo_{outcome.candidate}_seed_{outcome.seed}_{outcome.window}",
             params={
+                "candidate": outcome.candidate,
                 "algorithm": outcome.algorithm,
                 "seed": outcome.seed,
                 "window": outcome.window,
@@ -425,13 +476,14 @@ def agent_zoo(
             },
             metrics=outcome.trial_metrics(),
             kind="agent_zoo",
+            curves={"train_mean_reward_per_step": list(outcome.learning_curve)},
         )
     table = seed_table(outcomes)
     report = AgentZooReport(table, tuple(outcomes))
     split = table[table["window"] == SPLIT_WINDOW]
-    per_agent = split.groupby("algorithm")["test_sharpe"].describe()[["min", "25%", "50%", "max"]]
+    per_agent = split.groupby("candidate")["test_sharpe"].describe()[["min", "25%", "50%", "max"]]
     png = grouped_bars_png(
-        split.assign(run=split["algorithm"] + " s" + split["seed"].astype(str)).set_index("run")[
+        split.assign(run=split["candidate"] + " s" + split["seed"].astype(str)).set_index("run")[
             ["validation_sharpe", "test_sharpe"]
         ],
         "Sharpe ratio per agent and seed",
@@ -443,6 +495,17 @@ def agent_zoo(
             "runs": markdown_table(table.to_dict(orient="records")),
             "test_sharpe_by_agent": dg.MetadataValue.md(per_agent.to_markdown(floatfmt=".3f")),
             "sharpe_per_run": png_metadata(png),
+            "learning_curves": png_metadata(
+                learning_curve_png(
+                    {
+                        f"{o.candidate} s{o.seed}": list(o.learning_curve)
+                        for o in outcomes
+                        if o.window == SPLIT_WINDOW
+                    },
+                    "Training reward per agent and seed",
+                    "mean reward per step (last rollout)",
+                )
+            ),
         },
     )
 
@@ -523,19 +586,27 @@ def agent_ensemble(
 ) -> dg.Output[EnsembleReport]:
     """Validation-Sharpe-weighted blend of the zoo's agents (registered as one pyfunc) and FinRL's rolling selection."""
     env_spec = trained_agent.env_spec
-    members = {name: outcome.policy() for name, outcome in agent_zoo.best_by_validation().items()}
-    validation = trained_agent.observation_frame(learned_features.validation)
-    test = trained_agent.observation_frame(learned_features.test)
+    # The ensemble blends actions: only members that speak the recipe's action (not a tilt candidate's).
+    members = {
+        name: outcome.policy()
+        for name, outcome in agent_zoo.best_by_validation().items()
+        if outcome.env_spec is None or outcome.env_spec.action == env_spec.action
+    }
+    split = learned_features.split
+    validation = trained_agent.observation_market(learned_features, "validation")
+    test_market = trained_agent.observation_market(learned_features, "test")
     ensemble = weighted_ensemble_from_validation(members, validation, env_spec, config.temperature)
-    test_market = as_market(test)
     weighted = run_backtest(ensemble, test_market, env_spec)
 
     # FinRL's rolling selection: trade each test window with the member that was best on the dates before it.
-    history = pd.concat([validation, test], ignore_index=True)
+    # Validation and test as one window of the full arrays, on the same universe as both periods.
+    history = trained_agent.observation_market(learned_features).between(
+        split.validation_start, split.test_end
+    )
     windows = [
         w
-        for w in rebalance_windows(history["date"], config.rebalance_dates, config.validation_dates)
-        if w.trade_start >= test["date"].min()
+        for w in rebalance_windows(history.dates, config.rebalance_dates, config.validation_dates)
+        if w.trade_start >= split.test_start
     ]
     selections = rolling_selection(members, history, windows, env_spec)
     rolling_equity = trade_selections(selections, members, history, env_spec)

@@ -59,8 +59,8 @@ def tuned_hyperparameters(
 
     result = search_hyperparameters(
         config.algorithm,
-        trained_agent.observation_frame(learned_features.train),
-        trained_agent.observation_frame(learned_features.validation),
+        trained_agent.observation_market(learned_features, "train"),
+        trained_agent.observation_market(learned_features, "validation"),
         trained_agent.env_spec,
         n_trials=config.n_trials,
         timesteps=config.timesteps,

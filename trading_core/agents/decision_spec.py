@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trading_core.allocators.config import PRIOR_FEATURE, AllocatorConfig
 from trading_core.data.schema import BASE_COLUMNS
 from trading_core.envs.spec import EnvSpec
 from trading_core.runtime.stored_pickles import load_project_pickle
@@ -24,7 +25,8 @@ class DecisionSpec:
 
     :param tickers: the assets in observation order
     :param feature_columns: per-asset feature columns after the base columns, in observation order
-    :param env_spec: engine, simulation (costs, fills, risk limits), ``hmax`` and action mode
+    :param env_spec: engine, simulation (costs, fills, risk limits), ``hmax`` and action mode (with the prior
+        allocator of a tilting agent, see :attr:`prior`)
     :param forecaster_uri: ``models:/<name>/<version>`` of the CNN+LSTM whose outputs the agent observes, if any
     :param use_turbulence: the features include FinRL's turbulence index
     :param uses_vix: the features include the VIX close (a live source for it is then required)
@@ -39,6 +41,16 @@ class DecisionSpec:
     use_turbulence: bool = True
     uses_vix: bool = False
     reference_quantiles: dict[str, tuple[float, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prior is not None and PRIOR_FEATURE not in self.feature_columns:
+            raise ValueError(f"the agent tilts around a prior: its features must include {PRIOR_FEATURE!r}")
+
+    @property
+    def prior(self) -> AllocatorConfig | None:
+        """The allocator whose weights the agent observes and tilts (the live engine refits it on its price
+        history each bar); kept in the action spec, so the policy, its environment and this spec agree."""
+        return self.env_spec.action.prior
 
     @property
     def observation_columns(self) -> list[str]:

@@ -1,8 +1,10 @@
 """An MLflow ``pyfunc`` wrapper so a registered agent loads and predicts without this project's training code.
 
 The algorithm travels in the logged model's ``model_config`` (``{"algorithm": "sac"}``), so any agent of the
-zoo loads through the same wrapper; models logged without it are PPO. A ``decision_spec`` artifact, when logged,
-tells live trading how to build observations and orders (:mod:`trading_core.agents.decision_spec`).
+zoo loads through the same wrapper; models logged without it are PPO. The policy's JSON metadata (its observation
+normaliser, action semantics and learning curve) travels as the ``sb3_metadata`` artifact, so the loaded model takes
+raw observations. A ``decision_spec`` artifact, when logged, tells live trading how to build observations and orders
+(:mod:`trading_core.agents.decision_spec`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 SB3_ARTIFACT_KEY = "sb3_model"
+SB3_METADATA_KEY = "sb3_metadata"
 DECISION_SPEC_KEY = "decision_spec"
 
 
@@ -23,6 +26,17 @@ def _decision_spec(context):
 
     path = (context.artifacts or {}).get(DECISION_SPEC_KEY)
     return DecisionSpec.load(path) if path else None
+
+
+def policy_artifacts(policy, folder: str | Path) -> dict[str, str]:
+    """Save a policy into ``folder`` and name its files as the pyfunc's artifacts (weights, and metadata when
+    the policy writes any)."""
+    weights = policy.save(Path(folder) / "agent")
+    weights = Path(weights) if weights is not None else Path(folder) / "agent.zip"
+    artifacts = {SB3_ARTIFACT_KEY: str(weights)}
+    if weights.with_suffix(".json").exists():
+        artifacts[SB3_METADATA_KEY] = str(weights.with_suffix(".json"))
+    return artifacts
 
 
 def log_agent_model(
@@ -41,8 +55,7 @@ def log_agent_model(
     :return: MLflow's ``ModelInfo``
     """
     with tempfile.TemporaryDirectory() as folder:
-        weights = policy.save(Path(folder) / "agent")
-        artifacts = {SB3_ARTIFACT_KEY: str(weights if weights is not None else Path(folder) / "agent.zip")}
+        artifacts = policy_artifacts(policy, folder)
         if decision_spec is not None:
             artifacts[DECISION_SPEC_KEY] = str(decision_spec.save(Path(folder) / "decision_spec.pkl"))
         signature = None
@@ -61,13 +74,14 @@ def log_agent_model(
 
 
 class StableBaselinesPolicy(mlflow.pyfunc.PythonModel):
-    """Predicts deterministic continuous actions (one column per asset) from observation rows."""
+    """Predicts deterministic continuous actions (one column per action dimension) from raw observation rows."""
 
     def load_context(self, context) -> None:
         from trading_core.agents.zoo import load_policy
 
         algorithm = (context.model_config or {}).get("algorithm", "ppo")
-        self.model = load_policy(algorithm, context.artifacts[SB3_ARTIFACT_KEY])
+        artifacts = context.artifacts
+        self.model = load_policy(algorithm, artifacts[SB3_ARTIFACT_KEY], artifacts.get(SB3_METADATA_KEY))
         self.decision_spec = _decision_spec(context)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:

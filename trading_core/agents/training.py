@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 from stable_baselines3 import PPO
 
-from trading_core.agents.zoo import DEFAULT_CONFIGS, AgentConfig, train_agent
+from trading_core.agents.zoo import DEFAULT_CONFIGS, AgentConfig, TrainedPolicy, train_agent
 from trading_core.envs.spec import EnvSpec
+from trading_core.market.arrays import MarketArrays
 
 # Seed of the registered candidate's training run (its seed sweep and walk-forward windows count from it).
 CANDIDATE_SEED = 42
@@ -30,6 +31,7 @@ class PPOConfig:
     ent_coef: float = _ZOO_PPO.params["ent_coef"]
     gamma: float = _ZOO_PPO.gamma
     net_arch: tuple[int, ...] = _ZOO_PPO.net_arch
+    log_std_init: float = dict(_ZOO_PPO.params["policy_kwargs"])["log_std_init"]
 
     def as_dict(self) -> dict[str, object]:
         params = asdict(self)
@@ -48,17 +50,18 @@ class PPOConfig:
                 "n_steps": self.n_steps,
                 "batch_size": self.batch_size,
                 "ent_coef": self.ent_coef,
+                "policy_kwargs": (("log_std_init", self.log_std_init),),
             },
         )
 
 
 def train_ppo(
-    train_features: pd.DataFrame,
+    train_features: pd.DataFrame | MarketArrays,
     env_spec: EnvSpec,
     ppo_config: PPOConfig,
     seed: int,
     report: Callable[[str], None] | None = None,
-) -> PPO:
+) -> TrainedPolicy:
     """Train PPO over the training period through the agent zoo; same seed and data give the same policy.
 
     :param train_features: training split of the features frame
@@ -66,13 +69,14 @@ def train_ppo(
     :param ppo_config: hyperparameters and timestep budget
     :param seed: seeds Python, NumPy, torch and the agent
     :param report: receives progress lines
+    :return: the zoo policy (its ``model`` is the SB3 PPO; its ``predict`` normalises raw observations)
     """
     return train_agent(
         "ppo", train_features, env_spec, ppo_config.as_agent_config(), seed=seed, report=report
-    ).model
+    )
 
 
-def policy_actions(model: PPO, observations: np.ndarray) -> np.ndarray:
-    """Deterministic actions of a trained policy for a batch of observations."""
-    actions, _ = model.predict(np.asarray(observations, dtype=np.float32), deterministic=True)
+def policy_actions(policy: TrainedPolicy | PPO, observations: np.ndarray) -> np.ndarray:
+    """Deterministic actions of a trained policy for a batch of raw observations."""
+    actions, _ = policy.predict(np.asarray(observations, dtype=np.float32), deterministic=True)
     return np.asarray(actions)

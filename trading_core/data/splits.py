@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 
 from trading_core.data.schema import feature_columns_of
+
+Period = Literal["train", "validation", "test", "full"]
+PERIODS: tuple[Period, ...] = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,12 @@ def apply_split(features: pd.DataFrame, split: DateSplit) -> dict[str, pd.DataFr
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Feature frames of the three periods and the dates that bound them."""
+    """Feature frames of the three periods and the dates that bound them.
+
+    The periods share one universe, :attr:`tickers` (every ticker of the full frame): a ticker listing after
+    training or delisting before the test is a never-tradable column of the periods it has no rows in, so every
+    period's arrays (:func:`trading_core.market.arrays.period_market`) have the same assets and a policy trained on one trades the others.
+    """
 
     split: DateSplit
     train: pd.DataFrame
@@ -115,12 +124,23 @@ class DatasetSplits:
 
     @property
     def tickers(self) -> list[str]:
-        return sorted(self.train["tic"].unique())
+        """The run's universe: every ticker of the three periods, sorted (the arrays' column order)."""
+        # Derived from the frames rather than stored, so splits pickled before universes existed keep working.
+        periods = (self.train, self.validation, self.test)
+        return sorted(set().union(*(frame["tic"].unique() for frame in periods)))
 
     @property
     def full(self) -> pd.DataFrame:
         """The three periods back in one frame."""
         return pd.concat([self.train, self.validation, self.test], ignore_index=True)
+
+    def frame(self, period: Period) -> pd.DataFrame:
+        """One period's frame (``train``, ``validation``, ``test``) or the ``full`` frame."""
+        if period == "full":
+            return self.full
+        if period not in PERIODS:
+            raise ValueError(f"unknown period {period!r}; choose from {', '.join((*PERIODS, 'full'))}")
+        return getattr(self, period)
 
     def without_learned(self) -> DatasetSplits:
         """The same periods without the forecaster's columns (technical features only)."""

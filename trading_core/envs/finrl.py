@@ -9,6 +9,7 @@ import pandas as pd
 
 from trading_core.data.schema import feature_columns_of
 from trading_core.envs.fast import ActionSpec
+from trading_core.envs.rewards import RewardConfig
 from trading_core.features.finrl_adapter import StockTradingEnv
 from trading_core.market.arrays import MarketArrays, as_frame
 from trading_core.market.simulator import SimulationConfig
@@ -28,11 +29,22 @@ class TradingEnvConfig:
     initial_amount: float = SimulationConfig.initial_amount
     hmax: int = ActionSpec.hmax
     cost_pct: float = 0.001
-    reward_scaling: float = ActionSpec.reward_scaling
+    reward_scaling: float = RewardConfig.value_scaling
     turbulence_threshold: float | None = None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
+
+
+def ragged_panel_message(frame: pd.DataFrame) -> str:
+    """One line naming the tickers that lack some dates of a panel (FinRL's env needs every ticker every date)."""
+    dates = frame["date"].nunique()
+    counts = frame.groupby("tic")["date"].nunique()
+    short = ", ".join(f"{tic} ({dates - n} dates)" for tic, n in counts[counts < dates].items())
+    return (
+        f"FinRL's StockTradingEnv needs every ticker on every date; missing: {short or 'duplicate rows'} "
+        "(use the fast engine, or trading_core.features.batch.balanced_panel on the bars)"
+    )
 
 
 def make_stock_trading_env(
@@ -53,9 +65,7 @@ def make_stock_trading_env(
     stock_dim = len(tickers)
     indicators = feature_columns_of(frame)
     if len(frame) != stock_dim * frame.index.nunique():
-        raise ValueError(
-            "features must hold every ticker on every date (see trading_core.features.batch.balanced_panel)"
-        )
+        raise ValueError(ragged_panel_message(frame))
     state_space = 1 + 2 * stock_dim + len(indicators) * stock_dim
     return StockTradingEnv(
         df=frame,

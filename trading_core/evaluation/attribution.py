@@ -5,17 +5,27 @@ from __future__ import annotations
 import pandas as pd
 
 from trading_core.evaluation.backtester import BacktestRecord
+from trading_core.market.arrays import MarketArrays
 
 
-def attribute_pnl(record: BacktestRecord, closes: pd.DataFrame) -> pd.DataFrame:
+def close_frame(market: MarketArrays) -> pd.DataFrame:
+    """The arrays' closes as a frame (dates x tickers): carried over cells without a bar, never NaN."""
+    return pd.DataFrame(market.close, index=market.dates, columns=list(market.tickers))
+
+
+def attribute_pnl(record: BacktestRecord, closes: pd.DataFrame | MarketArrays) -> pd.DataFrame:
     """Per-asset gross PnL, costs by kind and net PnL; the net column sums to the change in equity.
 
     Net PnL of an asset is the value of its final position minus what was paid for it (fills at their
-    execution prices, including spread and impact, plus commission). Gross PnL adds its costs back.
+    execution prices, including spread and impact, plus commission; a delisting's settlement is a sale).
+    Gross PnL adds its costs back.
 
     :param record: an event-driven backtest
-    :param closes: closes with dates as index and tickers as columns, covering the backtest dates
+    :param closes: the backtest's arrays (their carried closes value every position), or closes with dates as
+        index and tickers as columns covering the backtest dates
     """
+    if isinstance(closes, MarketArrays):
+        closes = close_frame(closes)
     trades = record.trades
     final_value = record.positions.iloc[-1] * closes.loc[record.positions.index[-1], record.positions.columns]
     paid = (trades["shares"] * trades["price"]).groupby(trades["tic"]).sum()

@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from trading_core.envs.fast import ActionMode, ActionSpec, observation_at, targets_from_actions
+from trading_core.envs.fast import ActionSpec, observation_at, simulator_targets
 from trading_core.envs.finrl import TradingEnvConfig, rollout_policy
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
 from trading_core.market.arrays import MarketArrays, as_market
-from trading_core.market.limits import Intervention
+from trading_core.market.limits import HaltStatistics, Intervention
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig, StepOutcome
 
 TRADE_COLUMNS = ["date", "tic", "shares", "price", "notional", "commission", "spread_cost", "impact_cost"]
@@ -52,11 +52,20 @@ class BacktestRecord:
             for column in ("commission", "spread_cost", "impact_cost")
         }
 
+    @property
+    def halt_statistics(self) -> HaltStatistics:
+        """Days halted, halts (entries into HALTED) and re-arms (exits from HALTED), from ``risk_states``."""
+        return HaltStatistics.of_states(self.risk_states.to_numpy())
+
 
 class _Recorder:
     """What a batched backtest records, as dense arrays per date, portfolio and asset (fills on the date they
     executed on, date-major so each step writes one block); :meth:`records` builds the frames once at the end.
-    Memory: six floats per date, portfolio and asset."""
+    Memory: six floats per date, portfolio and asset.
+
+    A delisting's settlement is booked as a trade: a sale of the settled shares at the settlement date's close
+    (the last close, carried) without costs, so a ticker's trades sum to its positions and the attribution
+    reconciles. It is no trading decision, so it stays out of ``traded_notional`` (turnover)."""
 
     _FILL_FIELDS = ("shares", "price", "commission", "spread_cost", "impact_cost")
 
@@ -69,6 +78,8 @@ class _Recorder:
         self.positions = np.zeros((*shape, market.n_assets))
         self.fills = np.zeros((market.n_steps, len(self._FILL_FIELDS), n_books, market.n_assets))
         self.interventions: list[Intervention] = []
+        # Settlement date -> settled shares [B, N]: delistings are rare, so kept sparse.
+        self.settlements: dict[int, np.ndarray] = {}
         self._mark(0, simulator.equity(), simulator)
 
     def _mark(self, day: int, equity: np.ndarray, simulator: PortfolioSimulator) -> None:
@@ -83,6 +94,8 @@ class _Recorder:
             booked[index] = getattr(fills, name)
         if outcome.review is not None:
             self.interventions.extend(outcome.review.interventions(outcome.day))
+        if outcome.settled is not None:
+            self.settlements[simulator.day] = outcome.settled  # settled on the step's new date
         self._mark(simulator.day, outcome.equity_after, simulator)
 
     def records(self) -> list[BacktestRecord]:
@@ -98,6 +111,8 @@ class _Recorder:
         shares, price, commission, spread_cost, impact_cost = self.fills[:, :, book].transpose(1, 0, 2)
         # Per date, as the fills' own arrays sum them: every asset, traded or not.
         costs = (commission + spread_cost + impact_cost).sum(axis=1)
+        turnover = (np.abs(shares) * price).sum(axis=1)
+        shares, price = self._with_settlements(book, shares, price)
         notional = np.abs(shares) * price
         traded = shares != 0
         day, asset = np.nonzero(traded)  # date, then asset order
@@ -118,8 +133,22 @@ class _Recorder:
             interventions=self._interventions(interventions),
             risk_states=pd.Series(self.states[:, book], index=dates, name="risk_state"),
             costs=pd.Series(costs, index=dates, name="costs"),
-            traded_notional=pd.Series(notional.sum(axis=1), index=dates, name="traded_notional"),
+            traded_notional=pd.Series(turnover, index=dates, name="traded_notional"),
         )
+
+    def _with_settlements(
+        self, book: int, shares: np.ndarray, price: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Fill shares and prices ``[T, N]`` of one portfolio with its settlements booked as sales at the
+        settlement date's close. A settled asset has no bar that date, so no fill shares the cell."""
+        if not self.settlements:
+            return shares, price
+        shares, price = shares.copy(), price.copy()  # the fills' arrays are views of every portfolio's record
+        for day, settled in self.settlements.items():
+            sold = settled[book] != 0
+            shares[day, sold] = -settled[book, sold]
+            price[day, sold] = self.market.close[day, sold]
+        return shares, price
 
     def _interventions(self, interventions: list[Intervention]) -> pd.DataFrame:
         dates, tickers = self.market.dates, self.market.tickers
@@ -143,19 +172,18 @@ class EventDrivenBacktester:
     :param data: features frame or arrays of the backtest period (pass arrays to convert a panel only once)
     :param config: the same simulation settings the agent trained with (``execution.whole_shares=False`` for
         fractional shares)
-    :param hmax: most shares per asset per action (``shares`` mode)
-    :param action_mode: ``shares`` or ``weights``
+    :param action: what a policy's action means, as in the environment it trained in (``ActionSpec()`` when
+        ``None``)
     """
 
     def __init__(
         self,
         data: pd.DataFrame | MarketArrays,
         config: SimulationConfig,
-        hmax: int = ActionSpec.hmax,
-        action_mode: ActionMode = ActionSpec.mode,
+        action: ActionSpec | None = None,
     ) -> None:
         self.market = as_market(data)
-        self.config, self.hmax, self.action_mode = config, hmax, action_mode
+        self.config, self.action = config, action or ActionSpec()
 
     def run(self, policy) -> BacktestRecord:
         """Backtest a policy with SB3's ``predict(observation, deterministic=True)``."""
@@ -191,33 +219,36 @@ class EventDrivenBacktester:
         for row, policy in enumerate(policies):
             groups.setdefault(id(policy), []).append(row)
         by_policy = [(policies[rows[0]], np.array(rows)) for rows in groups.values()]
-        market, n_assets = self.market, self.market.n_assets
+        market, spec = self.market, self.action
+        size = spec.action_size(market.n_assets)
 
         def decide(day: int, simulator: PortfolioSimulator) -> np.ndarray:
             observation = observation_at(market, day, simulator.cash, simulator.holdings)
-            actions = np.empty((len(policies), n_assets))
+            actions = np.empty((len(policies), size))
             for policy, rows in by_policy:
                 # One portfolio: the 1-D observation, exactly as a single-portfolio rollout predicts.
                 seen = observation[rows[0]] if len(rows) == 1 else observation[rows]
                 action, _ = policy.predict(seen, deterministic=True)
-                actions[rows] = np.asarray(action, dtype=np.float64).reshape(len(rows), n_assets)
-            return targets_from_actions(
-                actions, simulator.holdings, simulator.equity(), simulator.prices, self.action_mode, self.hmax
-            )
+                actions[rows] = np.asarray(action, dtype=np.float64).reshape(len(rows), size)
+            return simulator_targets(actions, simulator, spec)
 
         return decide
 
 
 def buy_and_hold_targets(invest: float = 0.99) -> Decide:
-    """Buy equal dollar amounts of every asset at the first close, ``invest`` of the equity (the rest leaves
-    room for the purchase's costs, so the cash rule never cuts it), then hold. Whole shares unless the
-    simulation trades fractional ones."""
+    """Buy equal dollar amounts of every asset tradable at the first close, ``invest`` of the equity (the rest
+    leaves room for the purchase's costs, so the cash rule never cuts it), then hold. Whole shares unless the
+    simulation trades fractional ones.
+
+    Buy-and-hold buys once: an asset listing later is never bought, and a delisted one stays the cash the
+    simulator settles it into."""
 
     def decide(day: int, simulator: PortfolioSimulator) -> np.ndarray:
         if day > 0:
             return simulator.holdings.copy()
-        budget = simulator.equity()[:, None] / simulator.market.n_assets
-        shares = budget * invest / simulator.prices
+        tradable = simulator.market.tradable[0]
+        budget = simulator.equity()[:, None] / max(int(tradable.sum()), 1)
+        shares = np.where(tradable, budget * invest / simulator.prices, 0.0)
         return np.floor(shares) if simulator.config.execution.whole_shares else shares
 
     return decide
@@ -302,7 +333,7 @@ def run_backtests(
     backtest (and the benchmark once); each result equals that policy's own :func:`run_backtest`."""
     if env_spec.engine == "finrl":
         return [backtest_policy(policy, test_features, env_spec.finrl_config()) for policy in policies]
-    backtester = EventDrivenBacktester(test_features, env_spec.simulation, hmax=env_spec.hmax)
+    backtester = EventDrivenBacktester(test_features, env_spec.simulation, env_spec.engine_action)
     records = backtester.run_many(policies)
     benchmark = buy_and_hold_record(backtester.market, env_spec.simulation)
     return [_result(record, benchmark) for record in records]

@@ -39,3 +39,21 @@ def grouped_bars_png(table: pd.DataFrame, title: str, ylabel: str) -> bytes:
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def learning_curve_png(curves: dict[str, list[tuple[int, float]]], title: str, ylabel: str) -> bytes:
+    """Line chart of training curves: ``(timesteps, value)`` points per label."""
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    for label, points in curves.items():
+        if points:
+            steps, values = zip(*points, strict=True)
+            axis.plot(steps, values, label=label, linewidth=1.4, marker="o", markersize=3)
+    axis.set_title(title)
+    axis.set_xlabel("timesteps")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -202,3 +202,41 @@ def judge_candidate(
         float(deflated_sharpe),
         tuple(gate),
     )
+
+
+def yardstick_gate(
+    candidate: str,
+    p25_sharpe: float,
+    runs: int,
+    benchmark_sharpe: float,
+    allocator: str | None,
+    allocator_sharpe: float | None,
+) -> list[GateResult]:
+    """The registered candidate against the yardsticks on test Sharpe at its runs' 25th percentile: equal-weight
+    buy-and-hold and the classical allocator validation picked (when the leaderboard has one).
+
+    :param p25_sharpe: 25th percentile over the candidate's runs (seeds) of the test Sharpe
+    :param runs: how many runs that percentile is over
+    """
+    results = [
+        GateResult(
+            "p25_beats_buy_and_hold",
+            p25_sharpe > benchmark_sharpe,
+            p25_sharpe,
+            benchmark_sharpe,
+            f"{candidate}: 25th percentile test Sharpe over {runs} runs {p25_sharpe:.2f} vs equal-weight "
+            f"buy-and-hold {benchmark_sharpe:.2f}",
+        )
+    ]
+    if allocator is not None and allocator_sharpe is not None:
+        results.append(
+            GateResult(
+                "p25_beats_allocator",
+                p25_sharpe > allocator_sharpe,
+                p25_sharpe,
+                allocator_sharpe,
+                f"{candidate}: 25th percentile test Sharpe over {runs} runs {p25_sharpe:.2f} vs allocator "
+                f"{allocator} (validation's pick) {allocator_sharpe:.2f}",
+            )
+        )
+    return results

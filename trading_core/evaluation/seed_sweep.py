@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trading_core.agents.tilt import TILT_CANDIDATES
 from trading_core.agents.zoo import (
     ALGORITHMS,
     DEFAULT_CONFIGS,
@@ -24,10 +25,11 @@ from trading_core.agents.zoo import (
 )
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtest
+from trading_core.evaluation.leaderboard import CandidateRun, PeriodFigures
 from trading_core.evaluation.metrics import daily_returns
 from trading_core.evaluation.promotion import CandidateThresholds
 from trading_core.evaluation.walk_forward import WalkForwardConfig
-from trading_core.market.arrays import MarketArrays
+from trading_core.market.arrays import MarketArrays, as_market
 from trading_core.market.measures import PERIODS_PER_YEAR
 from trading_core.runtime.distributed import fan_out, single_torch_thread
 
@@ -41,6 +43,8 @@ class SeedSweepConfig:
     :param use_ray: train the seeds as parallel Ray tasks
     :param min_p25_sharpe: lowest acceptable 25th percentile over seeds of the out-of-sample Sharpe
     :param min_deflated_sharpe: lowest acceptable deflated Sharpe ratio of the candidate's own seed
+    :param must_beat_yardsticks: require the 25th percentile over seeds of the test Sharpe above equal-weight
+        buy-and-hold and above the classical allocator validation picked from the leaderboard
     """
 
     n_seeds: int = 3
@@ -48,6 +52,7 @@ class SeedSweepConfig:
     use_ray: bool = True
     min_p25_sharpe: float = CandidateThresholds.min_p25_sharpe
     min_deflated_sharpe: float = CandidateThresholds.min_deflated_sharpe
+    must_beat_yardsticks: bool = True
 
     def seeds(self, candidate_seed: int) -> list[int]:
         return [candidate_seed + offset for offset in range(self.n_seeds)]
@@ -58,6 +63,8 @@ class ZooConfig:
     """Which agents, seeds and windows the agent zoo trains, and each run's budget.
 
     :param algorithms: agents of :data:`~trading_core.agents.zoo.ALGORITHMS`, each with its default recipe
+    :param tilts: agents over an allocator of :data:`~trading_core.agents.tilt.TILT_CANDIDATES`, each with its
+        algorithm's default recipe, trained on the same seeds, windows and budget
     :param n_seeds: seeds per agent and window
     :param first_seed: the first of the consecutive seeds
     :param timesteps: training budget of every run
@@ -67,12 +74,18 @@ class ZooConfig:
     """
 
     algorithms: tuple[str, ...] = ALGORITHMS
+    tilts: tuple[str, ...] = tuple(TILT_CANDIDATES)
     n_seeds: int = 2
     first_seed: int = 100
     timesteps: int = 4_000
     walk_forward_windows: int = 0
     window_test_dates: int = WalkForwardConfig.test_dates
     use_ray: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.tilts if name not in TILT_CANDIDATES]
+        if unknown:
+            raise ValueError(f"unknown tilt candidates {unknown}; choose from {', '.join(TILT_CANDIDATES)}")
 
     def seeds(self) -> range:
         return range(self.first_seed, self.first_seed + self.n_seeds)
@@ -81,10 +94,17 @@ class ZooConfig:
         """Each agent's default recipe at this budget."""
         return {a: replace(DEFAULT_CONFIGS[a], total_timesteps=self.timesteps) for a in self.algorithms}
 
+    def tilt_configs(self) -> dict[str, AgentConfig]:
+        """Each tilt candidate's recipe at this budget, by candidate name."""
+        return {name: TILT_CANDIDATES[name].config(self.timesteps) for name in self.tilts}
+
 
 @dataclass(frozen=True)
 class SeedTask:
-    """One training run of the sweep."""
+    """One training run of the sweep.
+
+    :param candidate: its leaderboard name (default the algorithm; a tilt candidate's differs)
+    """
 
     algorithm: str
     seed: int
@@ -95,6 +115,11 @@ class SeedTask:
     test: pd.DataFrame | MarketArrays
     window: str = "split"
     keep_policy: bool = False
+    candidate: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.candidate:
+            object.__setattr__(self, "candidate", self.algorithm)
 
 
 def policy_to_bytes(policy: TrainedPolicy) -> bytes:
@@ -118,7 +143,13 @@ def policy_from_bytes(algorithm: str, archive: bytes) -> TrainedPolicy:
 
 @dataclass(frozen=True)
 class SeedOutcome:
-    """Validation and test results of one trained agent (one algorithm, seed and window)."""
+    """Validation and test results of one trained agent (one candidate, seed and window).
+
+    :param candidate: its leaderboard name (default the algorithm; a tilt candidate's differs)
+    :param env_spec: the environment it trained and was backtested in (``None`` when not recorded): a tilt
+        candidate's action differs from the zoo's other agents'
+    :param learning_curve: ``(timesteps, mean training reward per step)`` over its training
+    """
 
     algorithm: str
     seed: int
@@ -129,12 +160,27 @@ class SeedOutcome:
     test_returns: pd.Series
     window: str = "split"
     policy_archive: bytes | None = None
+    validation: PeriodFigures | None = None
+    test: PeriodFigures | None = None
+    candidate: str = ""
+    env_spec: EnvSpec | None = None
+    learning_curve: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.candidate:
+            object.__setattr__(self, "candidate", self.algorithm)
 
     def policy(self) -> TrainedPolicy:
         """The trained agent, when the task asked to keep it."""
         if self.policy_archive is None:
             raise ValueError(f"{self.algorithm} seed {self.seed}: the task did not keep its policy")
         return policy_from_bytes(self.algorithm, self.policy_archive)
+
+    def candidate_run(self, candidate: str | None = None) -> CandidateRun:
+        """This run as a leaderboard entry of an RL agent (named :attr:`candidate` by default)."""
+        if self.validation is None or self.test is None:
+            raise ValueError(f"{self.candidate} seed {self.seed}: the outcome has no period figures")
+        return CandidateRun(candidate or self.candidate, "agent", self.seed, self.validation, self.test)
 
     def trial_metrics(self) -> dict[str, float]:
         """What an experiment-tracking trial records of this run."""
@@ -161,6 +207,11 @@ def train_and_evaluate(task: SeedTask) -> SeedOutcome:
         test_returns=daily_returns(test.equity),
         window=task.window,
         policy_archive=policy_to_bytes(policy) if task.keep_policy else None,
+        validation=PeriodFigures.of_result(validation),
+        test=PeriodFigures.of_result(test),
+        candidate=task.candidate,
+        env_spec=task.env_spec,
+        learning_curve=tuple(policy.learning_curve),
     )
 
 
@@ -177,16 +228,60 @@ def grid_tasks(
 ) -> list[SeedTask]:
     """Every agent x seed x window combination as one task.
 
-    :param configs: training configuration by algorithm
+    :param configs: training configuration by candidate name (the algorithm's name for a plain zoo agent)
     :param seeds: training seeds
     :param periods: (train, validation, test) features by window name
     :param env_spec: environment of every task
     :param keep_policies: return the trained policies with the outcomes
     """
     return [
-        SeedTask(algorithm, seed, configs[algorithm], env_spec, *periods[window], window, keep_policies)
-        for algorithm, seed, window in product(configs, list(seeds), periods)
+        SeedTask(
+            configs[name].algorithm,
+            seed,
+            configs[name],
+            env_spec,
+            *periods[window],
+            window,
+            keep_policies,
+            candidate=name,
+        )
+        for name, seed, window in product(configs, list(seeds), periods)
     ]
+
+
+def _bounds(part: pd.DataFrame | MarketArrays) -> tuple[pd.Timestamp, pd.Timestamp]:
+    dates = part.dates if isinstance(part, MarketArrays) else pd.DatetimeIndex(part["date"])
+    return dates.min(), dates.max()
+
+
+def periods_for(
+    env_spec: EnvSpec, full: pd.DataFrame | MarketArrays, periods: Mapping[str, Periods]
+) -> dict[str, Periods]:
+    """``periods`` cut again from the panel ``env_spec`` trades (:meth:`EnvSpec.market_for` of the full
+    history ``full``), so a tilt candidate's prior at every date is fit on all the history before it."""
+    market = env_spec.market_for(full)
+    return {
+        window: tuple(market.between(*_bounds(part)) for part in parts) for window, parts in periods.items()
+    }
+
+
+def tilt_tasks(
+    plan: ZooConfig,
+    full: pd.DataFrame | MarketArrays,
+    periods: Mapping[str, Periods],
+    env_spec: EnvSpec,
+    keep_policies: bool = False,
+) -> list[SeedTask]:
+    """The tasks of the plan's tilt candidates: each in its own environment (``env_spec`` in ``tilt`` mode
+    around its prior) on ``periods`` re-cut from ``full`` with the prior column (see :func:`periods_for`)."""
+    full = as_market(full)  # converted once for every candidate
+    tasks: list[SeedTask] = []
+    for name, config in plan.tilt_configs().items():
+        spec = TILT_CANDIDATES[name].env_spec(env_spec)
+        tasks += grid_tasks(
+            {name: config}, plan.seeds(), periods_for(spec, full, periods), spec, keep_policies
+        )
+    return tasks
 
 
 def run_seed_sweep(tasks: list[SeedTask], use_ray: bool = True) -> list[SeedOutcome]:
@@ -199,6 +294,7 @@ def seed_table(outcomes: list[SeedOutcome]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
+                "candidate": o.candidate,
                 "algorithm": o.algorithm,
                 "window": o.window,
                 "seed": o.seed,
@@ -214,7 +310,7 @@ def seed_table(outcomes: list[SeedOutcome]) -> pd.DataFrame:
 
 def distribution(table: pd.DataFrame) -> pd.DataFrame:
     """Min, 25th percentile, median, mean, std and max of every metric across seeds."""
-    metrics = table.drop(columns=["algorithm", "window", "seed"], errors="ignore")
+    metrics = table.drop(columns=["candidate", "algorithm", "window", "seed"], errors="ignore")
     return pd.DataFrame(
         {
             "min": metrics.min(),

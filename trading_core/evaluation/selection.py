@@ -22,12 +22,12 @@ from trading_core.market.arrays import MarketArrays, as_market, date_window
 
 
 def validation_sharpes(
-    candidates: Mapping[str, Policy], validation_features: pd.DataFrame, env_spec: EnvSpec
+    candidates: Mapping[str, Policy], validation_features: pd.DataFrame | MarketArrays, env_spec: EnvSpec
 ) -> dict[str, float]:
     """Sharpe ratio of each candidate's backtest over the validation window.
 
     :param candidates: policies by name
-    :param validation_features: features frame of the validation window
+    :param validation_features: features frame or arrays of the validation window
     :param env_spec: engine and settings the candidates trained in
     """
     if not candidates:
@@ -45,12 +45,12 @@ def _best(sharpes: Mapping[str, float]) -> str:
 
 
 def select_by_validation_sharpe(
-    candidates: Mapping[str, Policy], validation_features: pd.DataFrame, env_spec: EnvSpec
+    candidates: Mapping[str, Policy], validation_features: pd.DataFrame | MarketArrays, env_spec: EnvSpec
 ) -> tuple[str, dict[str, float]]:
     """FinRL's selection: the candidate with the highest validation Sharpe (the first one on ties).
 
     :param candidates: policies by name
-    :param validation_features: features frame of the validation window
+    :param validation_features: features frame or arrays of the validation window
     :param env_spec: engine and settings the candidates trained in
     :return: the chosen name and every candidate's Sharpe ratio
     """
@@ -117,7 +117,7 @@ class WindowSelection:
 
 def rolling_selection(
     candidates: Mapping[str, Policy] | Sequence[Mapping[str, Policy]],
-    features: pd.DataFrame,
+    features: pd.DataFrame | MarketArrays,
     windows: Sequence[RebalanceWindow],
     env_spec: EnvSpec,
 ) -> list[WindowSelection]:
@@ -127,7 +127,7 @@ def rolling_selection(
     one mapping per window.
 
     :param candidates: policies by name, or a list of such mappings aligned with ``windows``
-    :param features: features frame covering every window
+    :param features: features frame or arrays covering every window
     :param windows: consecutive windows, e.g. from :func:`rebalance_windows`
     :param env_spec: engine and settings the candidates trained in
     :return: the choice for each trade window, in order
@@ -149,14 +149,14 @@ def rolling_selection(
 def trade_selections(
     selections: Sequence[WindowSelection],
     candidates: Mapping[str, Policy],
-    features: pd.DataFrame,
+    features: pd.DataFrame | MarketArrays,
     env_spec: EnvSpec,
 ) -> pd.Series:
     """Trade each window with its chosen candidate and chain the windows into one equity curve.
 
     :param selections: output of :func:`rolling_selection`
     :param candidates: the policies the selections name
-    :param features: features frame covering every trade window
+    :param features: features frame or arrays covering every trade window
     :param env_spec: engine and settings the candidates trained in
     """
     if not selections:
@@ -170,14 +170,14 @@ def trade_selections(
 
 def weighted_ensemble_from_validation(
     members: Mapping[str, Policy],
-    validation_features: pd.DataFrame,
+    validation_features: pd.DataFrame | MarketArrays,
     env_spec: EnvSpec,
     temperature: float = EnsembleConfig.temperature,
 ) -> WeightedEnsemblePolicy:
     """An ensemble weighted by :func:`softmax_weights` of the members' validation Sharpe ratios.
 
     :param members: policies by name
-    :param validation_features: features frame of the validation window
+    :param validation_features: features frame or arrays of the validation window
     :param env_spec: engine and settings the members trained in
     :param temperature: softmax temperature on the Sharpe ratios
     """

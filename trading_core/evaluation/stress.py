@@ -15,7 +15,7 @@ import pandas as pd
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtest
 from trading_core.features.batch import build_features
-from trading_core.market.arrays import MarketArrays, as_frame
+from trading_core.market.arrays import MarketArrays, as_frame, as_market
 from trading_core.market.costs import CostModel, LinearImpact, SquareRootImpact
 from trading_core.market.execution import ExecutionConfig
 from trading_core.market.simulator import SimulationConfig
@@ -98,7 +98,7 @@ def shock_gap(bars: pd.DataFrame, start: pd.Timestamp, gap: float = -0.10) -> pd
 def shock_volatility(bars: pd.DataFrame, start: pd.Timestamp, factor: float = 3.0) -> pd.DataFrame:
     """Daily return deviations from their mean multiplied by ``factor`` from ``start`` on."""
     closes = bars.pivot(index="date", columns="tic", values="close").sort_index()
-    returns = closes.pct_change().fillna(0.0)
+    returns = closes.ffill().pct_change().fillna(0.0)  # a missing day carries its close (no padding warning)
     window = returns[returns.index >= start]
     scaled = window.mean() + factor * (window - window.mean())
     returns.loc[window.index] = scaled.clip(lower=-0.95)
@@ -108,7 +108,7 @@ def shock_volatility(bars: pd.DataFrame, start: pd.Timestamp, factor: float = 3.
 def shock_correlation(bars: pd.DataFrame, start: pd.Timestamp) -> pd.DataFrame:
     """Correlations go to 1 from ``start`` on: every asset moves with the cross-sectional mean, keeping its vol."""
     closes = bars.pivot(index="date", columns="tic", values="close").sort_index()
-    returns = closes.pct_change().fillna(0.0)
+    returns = closes.ffill().pct_change().fillna(0.0)  # a missing day carries its close (no padding warning)
     window = returns[returns.index >= start]
     market = window.mean(axis=1)
     scale = window.std() / max(float(market.std()), 1e-12)
@@ -135,8 +135,8 @@ def liquidity_drop(
     return replace(config, cost_model=CostModel(config.cost_model.commission, impact), execution=execution)
 
 
-def _scenario(name: str, kind: str, policy, features: pd.DataFrame, env_spec: EnvSpec) -> StressResult:
-    result = run_backtest(policy, features.reset_index(drop=True), env_spec)
+def _scenario(name: str, kind: str, policy, market: MarketArrays, env_spec: EnvSpec) -> StressResult:
+    result = run_backtest(policy, market, env_spec)
     interventions = 0 if result.record is None else len(result.record.interventions)
     return StressResult(
         name=name,
@@ -177,12 +177,18 @@ def run_stress_tests(
     :param rebuild: bars -> the agent's features, for shocked bars (default: technical features rebuilt and
         the recorded VIX kept)
     """
-    # Each scenario is a panel of its own (a window, or features rebuilt from shocked bars), made from the frame.
+    # Every scenario trades the universe and features of ``features`` (the agent's): a window is a view of its
+    # arrays, and features rebuilt from shocked bars are put on the same tickers and feature order.
+    market = as_market(features)
     features = as_frame(features)
+
+    def on_universe(frame: pd.DataFrame) -> MarketArrays:
+        return MarketArrays.from_features(frame, list(market.feature_names), tickers=market.tickers)
+
     results = []
     for name, (start, end) in CRISES.items():
-        window = features[(features["date"] >= start) & (features["date"] <= end)]
-        if window["date"].nunique() >= min_dates:
+        window = market.between(start, end)
+        if window.n_steps >= min_dates:
             results.append(_scenario(name, "historical", policy, window, env_spec))
 
     test_dates = pd.DatetimeIndex(sorted(features.loc[features["date"] >= test_start, "date"].unique()))
@@ -207,8 +213,11 @@ def run_stress_tests(
                 vix = features[["date", "vix"]].drop_duplicates("date")
                 shocked_features = shocked_features.merge(vix, on="date", how="inner")
         shocked_features = shocked_features[list(features.columns)]
-        results.append(_scenario(name, "synthetic", policy, test_window(shocked_features), env_spec))
+        results.append(
+            _scenario(name, "synthetic", policy, on_universe(test_window(shocked_features)), env_spec)
+        )
     if env_spec.engine == "fast":
         illiquid = replace(env_spec, simulation=liquidity_drop(env_spec.simulation))
-        results.append(_scenario("liquidity_drop", "synthetic", policy, test_window(features), illiquid))
+        test = market.between(test_start, test_end)
+        results.append(_scenario("liquidity_drop", "synthetic", policy, test, illiquid))
     return results

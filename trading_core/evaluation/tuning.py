@@ -16,6 +16,7 @@ from trading_core.agents.zoo import DEFAULT_CONFIGS, ON_POLICY, AgentConfig, tra
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.seed_sweep import ZooConfig
+from trading_core.market.arrays import MarketArrays
 from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 
@@ -62,8 +63,8 @@ class TrialTask:
     number: int
     config: AgentConfig
     env_spec: EnvSpec
-    train: pd.DataFrame
-    validation: pd.DataFrame
+    train: pd.DataFrame | MarketArrays
+    validation: pd.DataFrame | MarketArrays
     seed: int
 
 
@@ -86,8 +87,8 @@ class SearchResult:
 
 def search_hyperparameters(
     algorithm: str,
-    train: pd.DataFrame,
-    validation: pd.DataFrame,
+    train: pd.DataFrame | MarketArrays,
+    validation: pd.DataFrame | MarketArrays,
     env_spec: EnvSpec,
     n_trials: int,
     timesteps: int,
@@ -99,7 +100,7 @@ def search_hyperparameters(
     """Tree-structured Parzen search over :func:`suggest_config`, ``batch_size`` proposals at a time.
 
     :param algorithm: agent of the zoo to tune
-    :param train: features of the training period
+    :param train: features (frame or arrays) of the training period
     :param validation: features of the validation period (the only score)
     :param env_spec: environment the agents train in
     :param n_trials: proposals to evaluate

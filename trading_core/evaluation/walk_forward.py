@@ -13,7 +13,7 @@ from trading_core.agents.training import PPOConfig, train_ppo
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import BacktestResult, run_backtest
 from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
-from trading_core.market.arrays import MarketArrays, date_window
+from trading_core.market.arrays import MarketArrays, as_market
 from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 
@@ -178,10 +178,13 @@ def run_walk_forward(
 
     :param use_ray: train the windows as parallel Ray tasks (same results as in turn)
     """
+    # Converted once: every window is a view on the same universe (a ticker listing or delisting between
+    # windows keeps its column, never tradable where it has no rows), so each agent trades what it trained on.
+    market = as_market(features)
     tasks = []
     for number, window in enumerate(windows, start=1):
-        train = date_window(features, window.train_start, window.train_end)
-        test = date_window(features, window.test_start, window.test_end)
+        train = market.between(window.train_start, window.train_end)
+        test = market.between(window.test_start, window.test_end)
         tasks.append(WindowTask(train, test, env_spec, ppo_config, seed + number))
     if report:
         report(f"walk-forward: {len(tasks)} windows {'on Ray' if use_ray else 'in turn'}")

@@ -1,27 +1,92 @@
-"""Causal features: FinRL's technical indicators (stockstats), turbulence and optional VIX.
+"""Causal features: FinRL's technical indicators (stockstats), turbulence and optional VIX, on ragged universes.
 
 FinRL's ``FeatureEngineer.preprocess_data`` ends with ``ffill().bfill()``, which copies future values into the
-warm-up rows. This module reuses FinRL's indicator and turbulence code but never back-fills: warm-up dates are
-dropped instead, so the value at date t depends only on bars up to t.
+warm-up rows. This module reuses FinRL's indicator and turbulence code but never back-fills, so the row of
+(date t, ticker) depends only on bars up to t:
+
+* indicators are computed per ticker on its own bars (a ticker listing late, delisting early or missing a day
+  never costs another ticker a date);
+* a row whose own indicator warm-up is not complete is left out (that ticker is not tradable on that date);
+  dates are left out only where no ticker has a complete row (the global warm-up);
+* turbulence is FinRL's, on closes carried forward over a ticker's missing days (FinRL's ``pct_change`` pads
+  them the same way); a ticker enters it once it has a full year of returns.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
+from collections.abc import Sequence
 
 import pandas as pd
 
 from trading_core.data.schema import BASE_COLUMNS, feature_columns_of
 from trading_core.features.finrl_adapter import FINRL_INDICATORS, FeatureEngineer
 
+# stockstats' mean absolute deviation is NaN on a series shorter than its window, but zero on the first
+# window - 1 rows of a longer one: those rows would depend on bars that come later, so they are warm-up.
+_ZERO_FILLED = re.compile(r"^(?:cci(?:_(?P<cci>\d+))?|.+_(?P<mad>\d+)_mad)$")
+_STOCKSTATS_CCI_WINDOW = 14
+TURBULENCE_WINDOW = 252  # FinRL's one trading year of trailing returns
+
 
 def balanced_panel(bars: pd.DataFrame) -> pd.DataFrame:
-    """Keep only dates on which every ticker has a bar (FinRL's environments need a rectangular panel)."""
+    """Keep only dates on which every ticker has a bar.
+
+    :func:`build_features` no longer needs this (it handles ragged universes); the streaming features mirror
+    ``build_features(balanced_panel(bars))``, and FinRL's own environment needs a rectangular panel.
+    """
     tickers = bars["tic"].nunique()
     counts = bars.groupby("date")["tic"].nunique()
     full_dates = counts.index[counts == tickers]
     return bars[bars["date"].isin(full_dates)].sort_values(["date", "tic"], ignore_index=True)
+
+
+def indicator_warm_up(indicators: Sequence[str] = FINRL_INDICATORS) -> int:
+    """Leading bars of each ticker whose indicator values stockstats fills from later bars (CCI and MAD
+    windows), so they are never complete features.
+
+    :param indicators: stockstats indicator names
+    """
+    windows = [0]
+    for name in indicators:
+        match = _ZERO_FILLED.match(name)
+        if match:
+            window = match.group("cci") or match.group("mad") or _STOCKSTATS_CCI_WINDOW
+            windows.append(int(window) - 1)
+    return max(windows)
+
+
+def _indicators(bars: pd.DataFrame, indicators: Sequence[str]) -> pd.DataFrame:
+    """FinRL's per-ticker stockstats indicators; stockstats' printed errors become an exception."""
+    engineer = FeatureEngineer(tech_indicator_list=list(indicators))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        features = engineer.add_technical_indicator(bars)
+    if printed.getvalue().strip():
+        raise ValueError(f"stockstats could not compute indicators: {printed.getvalue().strip()}")
+    return features
+
+
+def _turbulence(bars: pd.DataFrame) -> pd.DataFrame:
+    """FinRL's turbulence per date, on closes carried forward over each ticker's missing days.
+
+    Carrying forward is causal and is what FinRL's ``pct_change`` (``fill_method='pad'``) would do; doing it
+    here keeps pandas' deprecated padding (and its warning) out. Dates before a listing stay empty.
+    """
+    closes = bars.pivot(index="date", columns="tic", values="close").sort_index().ffill()
+    if len(closes) < TURBULENCE_WINDOW:
+        # FinRL's zero warm-up list outgrows shorter panels and fails; 0 is what it gives those dates later.
+        return pd.DataFrame({"date": closes.index, "turbulence": 0.0})
+    carried = closes.reset_index().melt(id_vars="date", var_name="tic", value_name="close").dropna()
+    # FinRL reads the dates in frame order, so they must come sorted.
+    return FeatureEngineer().calculate_turbulence(carried.sort_values(["date", "tic"], ignore_index=True))
+
+
+def _warm_up_rows(frame: pd.DataFrame, warm_up: int) -> pd.Series:
+    """Rows among each ticker's first ``warm_up`` bars (``frame`` sorted by date)."""
+    return frame.groupby("tic", sort=False).cumcount() < warm_up
 
 
 def build_features(
@@ -32,30 +97,23 @@ def build_features(
 ) -> pd.DataFrame:
     """Add FinRL technical indicators, turbulence and VIX to validated bars, strictly causally.
 
-    :param bars: validated long-format bars with ``date`` as timestamps
+    :param bars: validated long-format bars with ``date`` as timestamps; tickers may list, delist or miss days
     :param indicators: stockstats indicator names (FinRL's ``config.INDICATORS`` by default)
     :param use_turbulence: add FinRL's turbulence index (Mahalanobis distance of today's returns from the
         trailing 252-day history)
     :param vix: VIX close indexed by date; joined as column ``vix`` with the latest value known on each date
-    :return: one row per (date, tic), sorted by date then ticker, warm-up dates removed
+    :return: one row per (date, tic) with complete features, sorted by date then ticker; a ticker's missing
+        rows are the dates it cannot trade (see :class:`~trading_core.market.arrays.MarketArrays`)
     """
-    panel = balanced_panel(bars.loc[:, list(BASE_COLUMNS)])
-    engineer = FeatureEngineer(tech_indicator_list=list(indicators))
-    # FinRL prints per-ticker exceptions instead of raising; capture them and fail loudly instead.
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        features = engineer.add_technical_indicator(panel)
-    if printed.getvalue().strip():
-        raise ValueError(f"stockstats could not compute indicators: {printed.getvalue().strip()}")
+    panel = bars.loc[:, list(BASE_COLUMNS)].sort_values(["date", "tic"], ignore_index=True)
+    features = _indicators(panel, indicators)
     if use_turbulence:
-        turbulence = engineer.calculate_turbulence(panel)
-        features = features.merge(turbulence, on="date", how="left")
+        features = features.merge(_turbulence(panel), on="date", how="left")
     if vix is not None:
         vix_frame = vix.rename("vix").rename_axis("date").reset_index().sort_values("date")
         features = pd.merge_asof(features.sort_values("date"), vix_frame, on="date", direction="backward")
-    feature_columns = feature_columns_of(features)
     features = features.sort_values(["date", "tic"], ignore_index=True)
-    incomplete_dates = features.loc[features[feature_columns].isna().any(axis=1), "date"].unique()
-    # Warm-up rows (indicator windows not yet filled) are dropped, never back-filled.
-    features = features[~features["date"].isin(incomplete_dates)].reset_index(drop=True)
-    return features
+    incomplete = features[feature_columns_of(features)].isna().any(axis=1)
+    incomplete |= _warm_up_rows(features, indicator_warm_up(indicators))
+    # Warm-up rows are dropped, never back-filled.
+    return features[~incomplete].reset_index(drop=True)

@@ -14,16 +14,15 @@ bit (tests allow 1e-9 relative):
   and for the first two positive values; updated per date with numpy on the trailing window.
 
 Warm-up: the row of date t is the row ``build_features(bars up to t)`` gives, and :meth:`~StreamingFeatures.
-update` returns ``None`` for a date that run drops (an indicator still NaN). On the whole data set stockstats
-zero-fills CCI's first window instead, so the batch frame also keeps dates 1..28 that the stream (which never
-sees later bars) does not emit. ``build_features`` with turbulence fails outright on panels shorter than 252
-dates (FinRL's list of zeros outgrows them); the stream emits turbulence 0 there, the value the batch gives those
-dates once the panel is longer.
+update` returns ``None`` for a date that run drops (an indicator still NaN, or inside CCI's first window, which
+stockstats zero-fills on longer data). On panels shorter than 252 dates both give turbulence 0.
 
-Missing tickers: :func:`trading_core.features.batch.balanced_panel` keeps only dates on which every ticker has a bar
-and never forward-fills. The stream mirrors that: a date missing any ticker's bar is skipped as if it never
-happened (no indicator window, average, turbulence history or date count moves) and ``update`` returns
-``None``. Bars of tickers outside the configured ones are ignored.
+Missing tickers: the stream mirrors ``build_features(balanced_panel(bars))``
+(:func:`trading_core.features.batch.balanced_panel` keeps only dates on which every ticker has a bar): a date
+missing any ticker's bar is skipped as if it never happened (no indicator window, average, turbulence history or
+date count moves) and ``update`` returns ``None``. ``build_features`` itself keeps such dates for the other
+tickers (ragged universes); the stream does not follow it there yet. Bars of tickers outside the configured ones
+are ignored.
 
 Parity holds for bars fed as the batch sees them: one call per date, dates strictly increasing, each date's
 bars complete in that one call. VIX (optional, as in ``build_features``) is the latest close recorded at or before

@@ -6,6 +6,9 @@ The observation is laid out by the training environment's own function
 risk manager sits where the simulator's market loop puts it (:class:`trading_core.market.simulator.RiskGate`):
 it sees each bar's close (:meth:`DecisionEngine.mark`) and reviews each decision (:meth:`DecisionEngine.decide`);
 the live loop runs the bar's events in the loop's order (:func:`trading_core.market.simulator.run_bar`).
+An agent that tilts a classical allocator's weights observes them as a feature: the engine refits the allocator
+on its trailing price history at each decision (:func:`trading_core.allocators.prior.latest_prior`), the fit
+the batch column holds for the same date.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ import numpy as np
 import pandas as pd
 
 from trading_core.agents.decision_spec import DecisionSpec
-from trading_core.envs.fast import observation_from, targets_from_actions
+from trading_core.allocators.config import PRIOR_FEATURE
+from trading_core.allocators.prior import history_needed, latest_prior
+from trading_core.data.schema import BASE_COLUMNS
+from trading_core.envs.fast import observation_from, prior_from, targets_from_actions
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.limits import TradingState
 from trading_core.market.risk import RiskManager, RiskReview
 from trading_core.market.simulator import RiskGate
@@ -62,6 +69,8 @@ class DecisionEngine:
         self.policy, self.spec, self.forecaster = policy, spec, forecaster
         simulation = spec.env_spec.simulation
         limits = simulation.risk if spec.env_spec.engine == "fast" else None
+        # Live, a max-drawdown halt latches until a person re-arms it; backtests and training re-arm by themselves.
+        limits = limits.for_live() if limits is not None else None
         self.gate = RiskGate(limits, 1, len(spec.tickers))
         self.var_lookback = simulation.var_lookback
         self._index_cache: dict[tuple[str, ...], tuple[int, np.ndarray]] = {}
@@ -77,25 +86,47 @@ class DecisionEngine:
 
     @property
     def history_dates(self) -> int:
-        """Dates of feature history a decision needs (the forecaster's window plus one)."""
-        return self.forecaster.config.window + 1 if self.forecaster is not None else 1
+        """Dates of feature history a decision needs (the forecaster's window plus one, the prior's fit window
+        plus one)."""
+        forecaster = self.forecaster.config.window + 1 if self.forecaster is not None else 1
+        prior = history_needed(self.spec.prior) if self.spec.prior is not None else 1
+        return max(forecaster, prior)
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether a decision reads more than the bar's own features (a forecaster or a prior)."""
+        return self.history_dates > 1
 
     def reset(self, equity: float) -> None:
         self.gate.reset(np.array([equity]))
 
     def feature_rows(self, recent: pd.DataFrame) -> pd.DataFrame | None:
-        """The last date's rows with every observed column, or ``None`` while the forecaster warms up."""
-        if self.forecaster is None:
-            last = recent[recent["date"] == recent["date"].max()]
-            return last.reset_index(drop=True)
-        learned = forecast_features(self.forecaster, recent)
-        if learned.empty:
-            return None
+        """The last date's rows with every observed column, or ``None`` while the forecaster or the prior warms
+        up (the prior needs :attr:`history_dates` dates, so that its fit is the batch column's)."""
         last_date = recent["date"].max()
-        joined = add_learned_features(
-            recent[recent["date"] == last_date], learned[learned["date"] == last_date]
+        if self.forecaster is None:
+            rows = recent[recent["date"] == last_date].reset_index(drop=True)
+        else:
+            learned = forecast_features(self.forecaster, recent)
+            if learned.empty:
+                return None
+            rows = add_learned_features(
+                recent[recent["date"] == last_date], learned[learned["date"] == last_date]
+            )
+            if len(rows) != len(self.spec.tickers):
+                return None
+        if self.spec.prior is None:
+            return rows
+        if recent["date"].nunique() < history_needed(self.spec.prior):
+            return None
+        return rows.assign(**{PRIOR_FEATURE: rows["tic"].map(self.prior_weights(recent))})
+
+    def prior_weights(self, recent: pd.DataFrame) -> pd.Series:
+        """The prior's weight per ticker at the last date of ``recent``, fit on its closes alone."""
+        market = MarketArrays.from_features(
+            recent[list(BASE_COLUMNS)], feature_names=[], tickers=self.spec.tickers
         )
-        return joined if len(joined) == len(self.spec.tickers) else None
+        return pd.Series(latest_prior(market, self.spec.prior), index=list(self.spec.tickers))
 
     def feature_matrix(self, recent: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]] | None:
         """The last date's observed columns as a ``[tickers, columns]`` matrix (forecaster outputs included)."""
@@ -138,13 +169,15 @@ class DecisionEngine:
         action, _ = self.policy.predict(self.observation(values, columns, book), deterministic=True)
         equity = book.cash + float(book.holdings @ prices)
         env = self.spec.env_spec
+        # The action semantics the agent trained with (the FinRL engine's are always FinRL's shares).
         targets = targets_from_actions(
             np.asarray(action, dtype=np.float64).reshape(1, -1),
             book.holdings[None, :],
             np.array([equity]),
             prices[None, :],
-            "shares",  # the fast environment trades FinRL share actions
-            env.hmax,
+            env.engine_action,
+            env.simulation.execution.whole_shares,
+            prior=prior_from(columns, values.T, env.engine_action),
         )
         window = np.array(book.returns[-self.var_lookback :]) if book.returns else np.zeros((0, len(prices)))
         approved, review = self.gate.review(

@@ -161,8 +161,11 @@ class LiveTradingLoop:
         self.roles = [RoleState(CHAMPION, version, engine)]
         if challenger is not None:
             self.roles.append(RoleState(CHALLENGER, challenger[1], challenger[0]))
+        # A prior's fit window (a year) outgrows the dates the features keep by default: keep what it reads.
+        has_prior = any(role.engine.spec.prior is not None for role in self.roles)
+        keep = {"keep_dates": max(role.engine.history_dates for role in self.roles)} if has_prior else {}
         self.features = StreamingFeatures(
-            self.tickers, use_turbulence=self.spec.use_turbulence, history=history
+            self.tickers, use_turbulence=self.spec.use_turbulence, history=history, **keep
         )
         # The mirror fills the champion's own orders through the shared cost model (slippage reconciliation);
         # the challenger's shadow book fills the challenger's orders.
@@ -495,7 +498,7 @@ class LiveTradingLoop:
     def _feature_matrix(self, role: RoleState, values: np.ndarray | None):
         if values is None:
             return None
-        if role.engine.forecaster is None:
+        if not role.engine.needs_history:
             return values, self.features.value_columns
         return role.engine.feature_matrix(self.features.latest_frame(role.engine.history_dates))
 

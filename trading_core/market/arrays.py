@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
 
 from trading_core.data.schema import feature_columns_of
+from trading_core.data.splits import DatasetSplits, Period
 
 
 @dataclass(frozen=True)
 class MarketArrays:
     """One trading period as arrays: ``[T, N]`` per price field, ``[T, F, N]`` features.
 
+    A ragged universe (tickers listing, delisting or missing days inside the period) keeps every date: a cell
+    without a bar is not ``tradable``. Its prices carry the ticker's last close forward (open = high = low =
+    close, volume 0), or its first close back before it lists (it is held by nobody there, so that close only
+    values zero shares), and its features are 0.
+
     :param dates: the T dates
     :param tickers: the N tickers, in column order
     :param feature_names: the F feature columns, in FinRL's observation order (feature-major)
+    :param tradable: ``[T, N]`` whether the asset has a bar (with complete features) on the date; ``None``
+        means every asset on every date
     """
 
     dates: pd.DatetimeIndex
@@ -31,6 +41,11 @@ class MarketArrays:
     turbulence: np.ndarray
     bid: np.ndarray | None = None
     ask: np.ndarray | None = None
+    tradable: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.tradable is None:
+            object.__setattr__(self, "tradable", np.ones(self.close.shape, dtype=bool))
 
     @property
     def n_steps(self) -> int:
@@ -40,16 +55,44 @@ class MarketArrays:
     def n_assets(self) -> int:
         return len(self.tickers)
 
+    @cached_property
+    def all_tradable(self) -> bool:
+        """Whether every asset trades on every date (the rectangular panel: no masking anywhere)."""
+        return bool(self.tradable.all())
+
+    @cached_property
+    def observed_close(self) -> np.ndarray:
+        """Closes as an agent observes them: 0 where the asset is not tradable."""
+        return self.close if self.all_tradable else np.where(self.tradable, self.close, 0.0)
+
+    @cached_property
+    def observed_features(self) -> np.ndarray:
+        """Features as an agent observes them: 0 where the asset is not tradable."""
+        return self.features if self.all_tradable else np.where(self.tradable[:, None, :], self.features, 0.0)
+
     @classmethod
-    def from_features(cls, features: pd.DataFrame, feature_names: list[str] | None = None) -> MarketArrays:
-        """Pivot a long features frame (one row per date and ticker, every ticker on every date)."""
-        frame = features.sort_values(["date", "tic"])
-        dates = pd.DatetimeIndex(frame["date"].unique())
-        tickers = tuple(sorted(frame["tic"].unique()))
-        if len(frame) != len(dates) * len(tickers):
-            raise ValueError(
-                "features must hold every ticker on every date (see trading_core.features.batch.balanced_panel)"
-            )
+    def from_features(
+        cls,
+        features: pd.DataFrame,
+        feature_names: list[str] | None = None,
+        tickers: Sequence[str] | None = None,
+    ) -> MarketArrays:
+        """Pivot a long features frame to the full date x ticker grid; a missing row is a non-tradable cell.
+
+        :param features: one row per (date, tic) the ticker trades on (ragged: rows may be missing)
+        :param feature_names: feature columns to keep, in order; default every feature but quotes
+        :param tickers: the universe, in column order (default: the frame's tickers, sorted); a ticker without
+            rows is never tradable and priced 1.0; rows of other tickers are ignored
+        """
+        universe = tuple(sorted(features["tic"].unique())) if tickers is None else tuple(tickers)
+        frame = features[features["tic"].isin(universe)]
+        if frame.duplicated(["date", "tic"]).any():
+            raise ValueError("features hold more than one row for some (date, tic)")
+        dates = pd.DatetimeIndex(np.sort(frame["date"].unique()))
+        rows = dates.get_indexer(frame["date"])
+        columns = pd.Index(universe).get_indexer(frame["tic"])
+        tradable = np.zeros((len(dates), len(universe)), dtype=bool)
+        tradable[rows, columns] = True
         quote_columns = {"bid", "ask"}
         names = tuple(
             feature_names
@@ -57,30 +100,38 @@ class MarketArrays:
             else [c for c in feature_columns_of(frame) if c not in quote_columns]
         )
 
-        def field(column: str) -> np.ndarray:
-            return np.ascontiguousarray(
-                frame[column].to_numpy(dtype=np.float64).reshape(len(dates), len(tickers))
-            )
+        def grid(column: str) -> np.ndarray:
+            values = np.full(tradable.shape, np.nan)
+            values[rows, columns] = frame[column].to_numpy(dtype=np.float64)
+            return values
+
+        close = _carried_close(grid("close"), tradable)
+
+        def price(column: str) -> np.ndarray:
+            return np.ascontiguousarray(np.where(tradable, grid(column), close))
+
+        def masked(column: str) -> np.ndarray:
+            return np.ascontiguousarray(np.where(tradable, grid(column), 0.0))
 
         stacked = (
-            np.stack([field(name) for name in names], axis=1)
+            np.stack([masked(name) for name in names], axis=1)
             if names
-            else np.zeros((len(dates), 0, len(tickers)))
+            else np.zeros((len(dates), 0, len(universe)))
         )
-        turbulence = field("turbulence")[:, 0] if "turbulence" in frame.columns else np.zeros(len(dates))
         return cls(
             dates=dates,
-            tickers=tickers,
+            tickers=universe,
             feature_names=names,
-            open=field("open"),
-            high=field("high"),
-            low=field("low"),
-            close=field("close"),
-            volume=field("volume"),
+            open=price("open"),
+            high=price("high"),
+            low=price("low"),
+            close=close,
+            volume=masked("volume"),
             features=np.ascontiguousarray(stacked),
-            turbulence=turbulence,
-            bid=field("bid") if "bid" in frame.columns else None,
-            ask=field("ask") if "ask" in frame.columns else None,
+            turbulence=_per_date(frame, "turbulence", dates),
+            bid=price("bid") if "bid" in frame.columns else None,
+            ask=price("ask") if "ask" in frame.columns else None,
+            tradable=tradable,
         )
 
     def between(self, start: pd.Timestamp | str, end: pd.Timestamp | str) -> MarketArrays:
@@ -107,10 +158,11 @@ class MarketArrays:
             turbulence=self.turbulence[rows],
             bid=cut(self.bid),
             ask=cut(self.ask),
+            tradable=self.tradable[rows],
         )
 
     def to_frame(self) -> pd.DataFrame:
-        """The long features frame again (one row per date and ticker), for code that reads frames (FinRL)."""
+        """The long features frame again (one row per tradable date and ticker), for code that reads frames."""
         dates = np.repeat(self.dates.to_numpy(), self.n_assets)
         frame = pd.DataFrame(
             {"date": dates, "tic": np.tile(np.array(self.tickers, dtype=object), self.n_steps)}
@@ -124,13 +176,36 @@ class MarketArrays:
         for column in ("bid", "ask"):
             if getattr(self, column) is not None:
                 frame[column] = getattr(self, column).reshape(-1)
-        return frame
+        if self.all_tradable:
+            return frame
+        return frame[self.tradable.reshape(-1)].reset_index(drop=True)
 
     def daily_returns(self) -> np.ndarray:
         """Close-to-close simple returns ``[T, N]``; row 0 is zero."""
         returns = np.zeros_like(self.close)
         returns[1:] = self.close[1:] / self.close[:-1] - 1.0
         return returns
+
+
+def _carried_close(close: np.ndarray, tradable: np.ndarray) -> np.ndarray:
+    """Closes ``[T, N]`` with every non-tradable cell priced: the last close carried forward, the first close
+    before a listing, 1.0 for an asset with no bar at all (never held, so these only value zero shares)."""
+    last_seen = np.where(tradable, np.arange(len(close))[:, None], -1)
+    np.maximum.accumulate(last_seen, axis=0, out=last_seen)
+    first = tradable.argmax(axis=0)
+    listed = tradable.any(axis=0)
+    source = np.where(last_seen >= 0, last_seen, first[None, :])
+    carried = np.take_along_axis(close, source, axis=0)
+    carried[:, ~listed] = 1.0
+    return np.ascontiguousarray(carried)
+
+
+def _per_date(frame: pd.DataFrame, column: str, dates: pd.DatetimeIndex) -> np.ndarray:
+    """A per-date column (the same on every row of a date) as ``[T]``; zeros when the frame lacks it."""
+    if column not in frame.columns:
+        return np.zeros(len(dates))
+    first = frame.groupby("date")[column].first()
+    return np.ascontiguousarray(first.reindex(dates).to_numpy(dtype=np.float64))
 
 
 def as_market(data: pd.DataFrame | MarketArrays) -> MarketArrays:
@@ -156,3 +231,20 @@ def date_window(
     if isinstance(data, MarketArrays):
         return data.between(start, end)
     return data[(data["date"] >= start) & (data["date"] <= end)].reset_index(drop=True)
+
+
+def period_market(
+    splits: DatasetSplits, period: Period = "full", columns: Sequence[str] | None = None
+) -> MarketArrays:
+    """One period of ``splits`` (or ``full``) as arrays on the run's universe, ``splits.tickers``: every period
+    then has the same assets, so a policy trained on one trades the others.
+
+    Each period is converted from its own rows only (no price of another period fills its cells).
+
+    :param columns: frame columns to keep before converting (e.g. the base columns and the features an agent
+        observes, in its order); default every column
+    """
+    frame = splits.frame(period)
+    if columns is not None:
+        frame = frame[list(columns)]
+    return MarketArrays.from_features(frame, tickers=splits.tickers)

@@ -3,7 +3,9 @@
 Every step an agent proposes target holdings in shares ``[B, N]``; :meth:`RiskManager.review` approves or reduces
 them before any order leaves, applying the rules of :data:`RULES` in order (one method per rule), and every reduced
 target carries its rule and a reason with numbers. :meth:`RiskManager.on_bar` runs after each bar close and moves
-every portfolio between the explicit trading states of :class:`~trading_core.market.limits.TradingState`. The
+every portfolio between the explicit trading states of :class:`~trading_core.market.limits.TradingState`, re-arms
+max-drawdown halts after their cool-off (or latches them, for live trading) and sets the gross-exposure cap that
+drawdown scaling, volatility targeting and the staged return after a re-arm impose before any halt. The
 limits live in :mod:`trading_core.market.limits`, the risk measures (VaR, covariance, drawdown) in
 :mod:`trading_core.market.measures`.
 
@@ -50,12 +52,14 @@ MIN_VAR_ROWS = 20  # fewer trailing returns than this give no usable VaR estimat
 
 # Rule names in the order review() applies them. "halted" and "halt_liquidation" are decided first and exclude
 # each other per portfolio (a HALTED portfolio is either frozen or flattened once); "final_scale" runs last.
+# "exposure_scaling" runs before "gross_exposure": its cap is never above the gross limit, so one of them binds.
 RULES: tuple[str, ...] = (
     "halted",
     "reducing",
     "no_equity",
     "no_short",
     "max_weight",
+    "exposure_scaling",
     "gross_exposure",
     "net_exposure",
     "var_limit",
@@ -70,7 +74,15 @@ _PER_ASSET_RULES = frozenset(
     {"halted", "reducing", "no_equity", "no_short", "max_weight", "halt_liquidation"}
 )
 # Limits the final scale restores together, in the order its intervention names the binding ones.
-_FINAL_CONSTRAINTS = ("max_weight", "gross_exposure", "net_exposure", "var_limit", "no_short", "cash")
+_FINAL_CONSTRAINTS = (
+    "max_weight",
+    "exposure_scaling",
+    "gross_exposure",
+    "net_exposure",
+    "var_limit",
+    "no_short",
+    "cash",
+)
 
 # Relative slack before a scaling rule fires: scaled figures meet their limits only up to rounding, and a rescale
 # for a 1e-16 excess would only add noise to the intervention log. Approved portfolios meet every limit to it.
@@ -125,6 +137,13 @@ def _portfolio_intervention(
     env: int, step: int, rule: str, info: dict[str, float], equity: float, limits: RiskLimits, var_rows: int
 ) -> Intervention:
     """The one intervention of a rule that scaled (or cash-limited) a portfolio's whole target."""
+    if rule == "exposure_scaling":
+        measured, scale = info["measured"], info["scale"]
+        reason = (
+            f"gross exposure {measured:.2%} of equity {equity:,.2f} > exposure cap {info['cap']:.2%} "
+            f"({_cap_terms(info, limits)}): target scaled by {scale:.6f}"
+        )
+        return Intervention(env, step, rule, None, measured, measured * scale, reason)
     if rule in ("gross_exposure", "net_exposure", "var_limit"):
         measured, scale = info["measured"], info["scale"]
         if rule == "var_limit":
@@ -153,6 +172,27 @@ def _portfolio_intervention(
     binding = ", ".join(name for name in _FINAL_CONSTRAINTS if info[name] < 1.0)
     reason = f"limits breached after the buy-only cash rule ({binding}): whole target scaled by {info['scale']:.6f}"
     return Intervention(env, step, rule, None, 1.0, info["scale"], reason)
+
+
+def _cap_terms(info: dict[str, float], limits: RiskLimits) -> str:
+    """The factors of an exposure cap with the figures behind them, e.g. ``100% x drawdown scale 0.5 (...)``."""
+    base = limits.max_gross_exposure
+    terms = [f"max_gross_exposure {base:.2%}" if base is not None else "base 100.00%"]
+    if info["drawdown_scale"] < 1.0:
+        terms.append(
+            f"drawdown scale {info['drawdown_scale']:.4f} at drawdown {info['drawdown']:.2%} "
+            f"(1 at {limits.drawdown_reduce or 0.0:.2%}, {limits.min_exposure_scale:g} at "
+            f"max_drawdown_halt {limits.max_drawdown_halt:.2%})"
+        )
+    if info["volatility_scale"] < 1.0:
+        terms.append(
+            f"volatility scale {info['volatility_scale']:.4f} = target_volatility "
+            f"{limits.target_volatility:.2%} / trailing volatility {info['volatility']:.2%}"
+        )
+    if info["stage"] > 0:
+        stage, stages = int(info["stage"]), limits.rearm_stages
+        terms.append(f"re-arm exposure stage {stage}/{stages} = {stage / stages:.4f}")
+    return " x ".join(terms)
 
 
 @dataclass
@@ -217,16 +257,30 @@ _CAUSE_DRAWDOWN_REDUCE = 8
 _CAUSE_VOLATILITY = 16
 _CAUSE_TURBULENCE = 32
 _CAUSE_RESET = 64
+_CAUSE_REARM = 128
+# Rows of the figures logged with each transition.
+_FIGURES = ("drawdown", "bar_loss", "volatility", "turbulence", "peak_equity", "stage")
 
 
 def _transition_reason(state: TradingState, cause: int, figures: np.ndarray, limits: RiskLimits) -> str:
     """The sentence of one logged state change: its causes with their figures."""
-    drawdown, loss, vol, turbulence = (float(x) for x in figures)
+    drawdown, loss, vol, turbulence, peak, stage = (float(x) for x in figures)
     parts = []
     if cause & _CAUSE_RESET:
         parts.append("reset")
+    if cause & _CAUSE_REARM:
+        stages = limits.rearm_stages
+        parts.append(
+            f"re-armed after {limits.rearm_after_bars} bars: new high-water mark {peak:,.2f}, "
+            f"exposure stage {int(stage) or stages}/{stages}"
+        )
     if cause & _CAUSE_DRAWDOWN_HALT:
-        parts.append(f"drawdown {drawdown:.2%} >= max_drawdown_halt {limits.max_drawdown_halt:.2%}")
+        until = (
+            f"re-arms after {limits.rearm_after_bars} bars"
+            if limits.halt_policy == "rearm"
+            else "latched until reset()"
+        )
+        parts.append(f"drawdown {drawdown:.2%} >= max_drawdown_halt {limits.max_drawdown_halt:.2%}, {until}")
     if cause & _CAUSE_DAILY_LOSS:
         parts.append(
             f"one-bar loss {loss:.2%} >= daily_loss_limit {limits.daily_loss_limit:.2%}, "
@@ -251,7 +305,13 @@ def _transition_reason(state: TradingState, cause: int, figures: np.ndarray, lim
     return "; ".join(parts)
 
 
-def _admissible(measured: np.ndarray, limit: float) -> np.ndarray:
+def _pad_rows(figures: np.ndarray, rows: int) -> np.ndarray:
+    """``figures`` with NaN rows appended up to ``rows`` rows."""
+    missing = rows - len(figures)
+    return figures if missing <= 0 else np.vstack([figures, np.full((missing, figures.shape[1]), np.nan)])
+
+
+def _admissible(measured: np.ndarray, limit: float | np.ndarray) -> np.ndarray:
     """Largest scale of each target keeping a positively homogeneous figure within ``limit`` (1 where it is)."""
     over = measured > limit * (1.0 + _FINAL_TOLERANCE)
     return np.where(over, limit / np.where(over, measured, 1.0), 1.0)
@@ -357,7 +417,14 @@ class RiskManager:
         self.volatility = np.full(n_envs, np.nan)
         self.turbulence = np.zeros(n_envs)
         self.cooldown = np.zeros(n_envs, dtype=np.int64)
-        self._hard_halt = np.zeros(n_envs, dtype=bool)  # max-drawdown halts last until reset()
+        # Factors of the gross-exposure cap the next review applies (see RiskLimits), and their product.
+        self.drawdown_scale = np.ones(n_envs)
+        self.volatility_scale = np.ones(n_envs)
+        self.exposure_scale = np.ones(n_envs)
+        self.stage = np.zeros(n_envs, dtype=np.int64)  # re-arm exposure stage; 0 once at full exposure
+        self._hard_halt = np.zeros(n_envs, dtype=bool)  # max-drawdown halts: until re-armed or reset()
+        self._halt_age = np.zeros(n_envs, dtype=np.int64)  # bars since the max-drawdown halt began
+        self._ramp_age = np.full(n_envs, -1, dtype=np.int64)  # bars since the last re-arm; -1: not ramping
         self._pending_liquidation = np.zeros(n_envs, dtype=bool)
         # Ring buffer of one-bar equity returns, one write position per portfolio so partial resets stay simple.
         self._returns = np.zeros((vol_window, n_envs))
@@ -366,6 +433,37 @@ class RiskManager:
         self._columns = np.arange(n_envs)
         self._bar = 0
         self._log: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle, also a manager saved before re-arming and exposure scaling existed (live session state)."""
+        self.__dict__.update(state)
+        n = self.n_envs
+        for name, value in (
+            ("drawdown_scale", np.ones(n)),
+            ("volatility_scale", np.ones(n)),
+            ("exposure_scale", np.ones(n)),
+            ("stage", np.zeros(n, dtype=np.int64)),
+            ("_halt_age", np.zeros(n, dtype=np.int64)),
+            ("_ramp_age", np.full(n, -1, dtype=np.int64)),
+        ):
+            self.__dict__.setdefault(name, value)
+        # Old log entries carry fewer figure rows; the missing ones read as unknown.
+        self._log = [
+            (bar, envs, states, causes, _pad_rows(figures, len(_FIGURES)))
+            for bar, envs, states, causes, figures in self._log
+        ]
+
+    @property
+    def exposure_cap(self) -> np.ndarray:
+        """Largest gross exposure ``[B]``, as a fraction of equity, the next review approves (``inf``: no cap)."""
+        base = self.limits.max_gross_exposure
+        return np.minimum(self._scaled_cap(), np.inf if base is None else base)
+
+    def _scaled_cap(self) -> np.ndarray:
+        """The exposure-scaling rule's own cap: ``inf`` where no factor is below 1 (the gross limit rules there)."""
+        base = self.limits.max_gross_exposure
+        scaled = (1.0 if base is None else base) * self.exposure_scale
+        return np.where(self.exposure_scale < 1.0, scaled, np.inf)
 
     # ---------------------------------------------------------------------------------------------- states
 
@@ -406,7 +504,13 @@ class RiskManager:
         self.volatility[index] = np.nan
         self.turbulence[index] = 0.0
         self.cooldown[index] = 0
+        self.drawdown_scale[index] = 1.0
+        self.volatility_scale[index] = 1.0
+        self.exposure_scale[index] = 1.0
+        self.stage[index] = 0
         self._hard_halt[index] = False
+        self._halt_age[index] = 0
+        self._ramp_age[index] = -1
         self._pending_liquidation[index] = False
         self._returns[:, index] = 0.0
         self._write[index] = 0
@@ -422,7 +526,7 @@ class RiskManager:
                     moved,
                     np.full(moved.shape, TradingState.ACTIVE),
                     np.full(moved.shape, _CAUSE_RESET),
-                    np.zeros((4, moved.size)),
+                    np.zeros((len(_FIGURES), moved.size)),
                 )
             )
 
@@ -433,9 +537,12 @@ class RiskManager:
     def on_bar(self, equity: np.ndarray, turbulence: float | np.ndarray | None = None) -> np.ndarray:
         """Update every portfolio after marking it to a bar close and move it between trading states.
 
-        Priority: a max-drawdown halt (until ``reset()``), then a daily-loss halt (``cooldown_bars`` bars), then
-        REDUCING while the drawdown is at or over ``drawdown_reduce`` or the trailing volatility or turbulence is
-        above its threshold, else ACTIVE. Entering HALTED arms the one-time liquidation of ``liquidate_on_halt``.
+        Priority: a max-drawdown halt (until re-armed, or ``reset()`` under ``halt_policy="latch"``), then a
+        daily-loss halt (``cooldown_bars`` bars), then REDUCING while the trailing volatility or turbulence is
+        above its threshold, or the drawdown at or over ``drawdown_reduce`` without drawdown scaling, else ACTIVE.
+        Entering HALTED arms the one-time liquidation of ``liquidate_on_halt``. Last, the gross-exposure cap of
+        the next review is set (:attr:`exposure_cap`). A re-arm is logged even when a daily-loss cooldown keeps
+        the portfolio HALTED.
 
         :param equity: equity of each portfolio ``[B]`` at the close
         :param turbulence: market turbulence index (scalar or ``[B]``); ``None`` means no reading
@@ -443,20 +550,26 @@ class RiskManager:
         """
         self._bar += 1
         bar_return, has_previous = self._mark_equity(self._vector(equity).copy())
-        if self.limits.volatility_halt is not None:
+        limits = self.limits
+        if limits.volatility_halt is not None or limits.target_volatility is not None:
             self._record_return(bar_return, has_previous)
         # No reading means no turbulence signal this bar (NaN compares False), not a stale one.
         self.turbulence = self._vector(np.nan if turbulence is None else turbulence).copy()
 
+        rearmed = self._rearm() if limits.halt_policy == "rearm" else None
         halted, loss_hit = self._halt_breakers()
+        self._scale_exposure()
         reasons = self._reducing_reasons()
         reducing = (
             np.logical_or.reduce(list(reasons.values())) if reasons else np.zeros(self.n_envs, dtype=bool)
         )
         new_state = np.where(halted, _HALTED, np.where(reducing, _REDUCING, _ACTIVE))
         changed = new_state != self.state
-        if changed.any():
-            self._log_transition(changed, new_state, halted, loss_hit, reasons)
+        if limits.liquidate_on_halt:
+            self._pending_liquidation |= changed & halted
+        logged = changed if rearmed is None else changed | rearmed
+        if logged.any():
+            self._log_transition(logged, new_state, loss_hit, reasons, rearmed)
         self._pending_liquidation &= halted
         self.state = new_state
         return changed
@@ -473,11 +586,39 @@ class RiskManager:
         self.previous_equity = equity
         return bar_return, has_previous
 
+    def _rearm(self) -> np.ndarray:
+        """Advance the re-arm stages, and re-arm the max-drawdown halts whose cool-off ended: a new high-water
+        mark at the current equity, exposure stage 1; returns the portfolios re-armed this bar."""
+        limits = self.limits
+        ramping = self._ramp_age >= 0
+        if not (ramping.any() or self._hard_halt.any()):
+            return ramping  # all False: nothing halted or ramping, the common bar
+        self._ramp_age += ramping
+        self._halt_age += self._hard_halt
+        due = self._hard_halt & (self._halt_age >= limits.rearm_after_bars)
+        if due.any():
+            self._hard_halt &= ~due
+            self.peak_equity = np.where(due, self.previous_equity, self.peak_equity)
+            self.drawdown = drawdown_from_peak(self.previous_equity, self.peak_equity)
+            self._ramp_age[due] = 0
+        stage = np.where(self._ramp_age >= 0, 1 + self._ramp_age // limits.stage_bars, 0)
+        full = stage >= limits.rearm_stages  # the last stage is full exposure: the ramp is over
+        self._ramp_age[full] = -1
+        self.stage = np.where(full, 0, stage)
+        return due
+
     def _halt_breakers(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """Max-drawdown halts (until reset) and daily-loss halts with their cooldown: HALTED now, and the loss hits."""
+        """Max-drawdown halts (until re-armed or reset) and daily-loss halts with their cooldown: HALTED now, and
+        the loss hits."""
         limits = self.limits
         if limits.max_drawdown_halt is not None:
-            self._hard_halt |= self.drawdown >= limits.max_drawdown_halt
+            new = ~self._hard_halt & (self.drawdown >= limits.max_drawdown_halt)
+            if new.any():
+                self._hard_halt |= new
+                self._halt_age[new] = 0
+                # A new halt ends the ramp of an earlier re-arm; the next re-arm starts it again.
+                self._ramp_age[new] = -1
+                self.stage[new] = 0
         self.cooldown = np.maximum(self.cooldown - 1, 0)
         loss_hit = None
         if limits.daily_loss_limit is not None:
@@ -489,11 +630,31 @@ class RiskManager:
             halted |= loss_hit  # a zero-bar cooldown still halts the bar of the loss
         return halted, loss_hit
 
+    def _scales_drawdown(self) -> bool:
+        return self.limits.drawdown_scaling and self.limits.max_drawdown_halt is not None
+
+    def _scale_exposure(self) -> None:
+        """The factors of the next review's gross-exposure cap: drawdown, volatility target and re-arm stage."""
+        limits = self.limits
+        if self._scales_drawdown():
+            start, end = limits.drawdown_reduce or 0.0, limits.max_drawdown_halt
+            over = self.drawdown - start
+            # A halt at or below drawdown_reduce leaves no ramp: the floor applies from drawdown_reduce on.
+            depth = np.clip(over / (end - start), 0.0, 1.0) if end > start else (over >= 0.0) * 1.0
+            self.drawdown_scale = 1.0 - (1.0 - limits.min_exposure_scale) * depth
+        if limits.target_volatility is not None:
+            vol = self.volatility
+            high = vol > limits.target_volatility  # NaN (too few returns) compares False: no scaling yet
+            self.volatility_scale = np.where(high, limits.target_volatility / np.where(high, vol, 1.0), 1.0)
+        stage_scale = np.where(self.stage > 0, self.stage / limits.rearm_stages, 1.0)
+        self.exposure_scale = self.drawdown_scale * self.volatility_scale * stage_scale
+
     def _reducing_reasons(self) -> dict[int, np.ndarray]:
         """Which portfolios each REDUCING breaker (drawdown, volatility, turbulence) trips, by cause bit."""
         limits = self.limits
         reasons = {}
-        if limits.drawdown_reduce is not None:
+        # Drawdown scaling replaces the drawdown's REDUCING state (it shrinks the book without freezing it).
+        if limits.drawdown_reduce is not None and not self._scales_drawdown():
             reasons[_CAUSE_DRAWDOWN_REDUCE] = self.drawdown >= limits.drawdown_reduce
         if limits.volatility_halt is not None:
             reasons[_CAUSE_VOLATILITY] = self.volatility > limits.volatility_halt
@@ -503,23 +664,23 @@ class RiskManager:
 
     def _log_transition(
         self,
-        changed: np.ndarray,
+        logged: np.ndarray,
         new_state: np.ndarray,
-        halted: np.ndarray,
         loss_hit: np.ndarray | None,
         reasons: dict[int, np.ndarray],
+        rearmed: np.ndarray | None,
     ) -> None:
-        """Arm the liquidation of newly HALTED portfolios and log the state changes with their causes."""
-        if self.limits.liquidate_on_halt:
-            self._pending_liquidation |= changed & halted
-        moved = np.flatnonzero(changed)
+        """Log the state changes and re-arms of the ``logged`` portfolios with their causes."""
+        moved = np.flatnonzero(logged)
         # Causes as bits, so the log keeps small arrays and transitions() writes the sentences.
         cause = self._hard_halt[moved] * _CAUSE_DRAWDOWN_HALT | (self.cooldown[moved] > 0) * _CAUSE_COOLDOWN
         if loss_hit is not None:
             cause |= loss_hit[moved] * _CAUSE_DAILY_LOSS
+        if rearmed is not None:
+            cause |= rearmed[moved] * _CAUSE_REARM
         for bit, active in reasons.items():
             cause |= active[moved] * bit
-        figures = np.stack([self.drawdown, self.bar_loss, self.volatility, self.turbulence])[:, moved]
+        figures = np.stack([getattr(self, name) for name in _FIGURES])[:, moved].astype(np.float64)
         self._log.append((self._bar, moved, new_state[moved], cause, figures))
 
     def _record_return(self, bar_return: np.ndarray, valid: np.ndarray) -> None:
@@ -582,9 +743,10 @@ class RiskManager:
             return self._finish(r, a, frozen)
         a = self._no_short_rule(r, a)
         a = self._max_weight_rule(r, a)
-        # Gross, net and VaR limits all scale the whole target; they are measured on the unscaled target and
-        # their factors multiplied once (each figure is positively homogeneous in the target).
-        scale = self._gross_exposure_rule(r, a, None)
+        # Exposure scaling, gross, net and VaR limits all scale the whole target; they are measured on the
+        # unscaled target and their factors multiplied once (each figure is positively homogeneous in the target).
+        scale = self._exposure_scaling_rule(r, a)
+        scale = self._gross_exposure_rule(r, a, scale)
         scale = self._net_exposure_rule(r, a, scale)
         scale, var_after = self._var_rule(r, a, scale, returns_window)
         if scale is not None:
@@ -670,6 +832,24 @@ class RiskManager:
         r.record("max_weight", a, moved, over.any(axis=1))
         return moved
 
+    def _exposure_scaling_rule(self, r: _Review, a: np.ndarray) -> np.ndarray | None:
+        """``exposure_scaling``: the whole target scales until its gross exposure meets :attr:`exposure_cap`,
+        where drawdown, volatility target or re-arm stage shrink it below the gross limit."""
+        if not (self.exposure_scale < 1.0).any():
+            return None
+        cap = self._scaled_cap()
+        gross = np.abs(r.position_values(a)).sum(axis=1) / r.safe_equity
+        # Copies: a reset() before the reasons are written must not change them.
+        figures = {
+            "cap": cap,
+            "drawdown": self.drawdown.copy(),
+            "drawdown_scale": self.drawdown_scale.copy(),
+            "volatility": self.volatility.copy(),
+            "volatility_scale": self.volatility_scale.copy(),
+            "stage": self.stage.astype(np.float64),
+        }
+        return self._shrink_to_limit(r, "exposure_scaling", gross, cap, None, **figures)[0]
+
     def _gross_exposure_rule(self, r: _Review, a: np.ndarray, scale: np.ndarray | None) -> np.ndarray | None:
         """``gross_exposure``: the whole target scales until ``sum |values| / equity`` meets the limit."""
         limit = self.limits.max_gross_exposure
@@ -710,17 +890,24 @@ class RiskManager:
         return scale, var if factor is None else var * factor
 
     def _shrink_to_limit(
-        self, r: _Review, rule: str, measured: np.ndarray, limit: float, scale: np.ndarray | None
+        self,
+        r: _Review,
+        rule: str,
+        measured: np.ndarray,
+        limit: float | np.ndarray,
+        scale: np.ndarray | None,
+        **figures: np.ndarray,
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Factors bringing a positively homogeneous figure of the (already scaled) target down to ``limit``:
-        records the rule where it binds; returns the combined scale and this rule's factor (``None`` if unbound)."""
+        """Factors bringing a positively homogeneous figure of the (already scaled) target down to ``limit``
+        (one per portfolio or for all): records the rule, with ``figures`` for its reason, where it binds; returns
+        the combined scale and this rule's factor (``None`` if unbound)."""
         over = measured > limit * (1.0 + _FINAL_TOLERANCE)
         if r.ok_column is not None:
             over &= r.ok
         if not over.any():
             return scale, None
         factor = np.where(over, limit / np.where(over, measured, 1.0), 1.0)
-        r.record(rule, None, None, over, measured=measured, scale=factor)
+        r.record(rule, None, None, over, measured=measured, scale=factor, **figures)
         return (factor if scale is None else scale * factor), factor
 
     def _var(self, weights: np.ndarray, returns_window: np.ndarray, cov: np.ndarray | None) -> np.ndarray:
@@ -886,6 +1073,10 @@ class RiskManager:
         scales: dict[str, np.ndarray] = {name: np.ones(rows.size) for name in _FINAL_CONSTRAINTS}
         if limits.max_weight is not None:
             scales["max_weight"] = _admissible(np.abs(values).max(axis=1) / eq, limits.max_weight)
+        if (self.exposure_scale[rows] < 1.0).any():
+            scales["exposure_scaling"] = _admissible(
+                np.abs(values).sum(axis=1) / eq, self._scaled_cap()[rows]
+            )
         if limits.max_gross_exposure is not None:
             scales["gross_exposure"] = _admissible(np.abs(values).sum(axis=1) / eq, limits.max_gross_exposure)
         if limits.max_net_exposure is not None:

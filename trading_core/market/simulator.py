@@ -4,7 +4,14 @@ The market loop's event order is written once, in :func:`run_bar`: at a bar's op
 previous close fill; at its close every book is marked and the risk manager sees the bar; then the policy decides
 and the risk manager reviews its targets (:class:`RiskGate`). :class:`PortfolioSimulator` runs that loop for B
 portfolios in lockstep over one panel (the training environments and the backtester drive its
-:meth:`~PortfolioSimulator.step`); the live engine runs it with a broker's fills."""
+:meth:`~PortfolioSimulator.step`); the live engine runs it with a broker's fills.
+
+Ragged universes (:attr:`MarketArrays.tradable`): an asset without a bar cannot trade. Its target is held at its
+current holdings before the risk manager reviews the decision, and an order whose fill bar has no bar for the
+asset is cancelled (the market has nothing to fill it on). A delisted asset (no bar for the rest of the panel
+after its last one) is settled into cash at its last close on the first date after that bar, without costs, as
+FinRL-style cash conversion: on that date the market says it is gone, so the settlement is causal, and it leaves
+the portfolio's value unchanged (the asset was already valued at that close)."""
 
 from __future__ import annotations
 
@@ -171,6 +178,8 @@ class StepOutcome:
 
     :param day: the date the decision was taken at
     :param fill_day: the date its orders filled on (``day + 1`` for next-open fills, ``day`` for same-close)
+    :param settled: shares ``[B, N]`` of delisted assets converted into cash at the step's new date (at their
+        last close), ``None`` when nothing delisted
     """
 
     equity_before: np.ndarray
@@ -180,6 +189,7 @@ class StepOutcome:
     done: bool
     day: int = 0
     fill_day: int = 0
+    settled: np.ndarray | None = None
 
 
 class PortfolioSimulator:
@@ -214,6 +224,10 @@ class PortfolioSimulator:
         self.sigma = trailing_volatility(market.close, config.stats_window)
         self.returns = market.daily_returns()
         self.gate = RiskGate(config.risk, n_envs, market.n_assets)
+        # Checked once: a rectangular panel skips every masking step below.
+        self._ragged = not market.all_tradable
+        self._delisting = delisting_days(market.tradable) if self._ragged else {}
+        self.last_settled: np.ndarray | None = None
         self.day = 0
         self.cash = np.full(n_envs, config.initial_amount)
         self.holdings = np.zeros((n_envs, market.n_assets))
@@ -249,6 +263,7 @@ class PortfolioSimulator:
         self.day = 0
         self.cash[:] = self.config.initial_amount
         self.holdings[:] = 0.0
+        self.last_settled = None
         self.gate.reset(self.equity())
 
     def returns_window(self) -> np.ndarray:
@@ -282,15 +297,31 @@ class PortfolioSimulator:
         ones become orders for the bar they fill on (today's close or the next open)."""
         if self.day >= self.market.n_steps - 1:
             raise RuntimeError("the simulation is at its last date; reset() first")
-        approved, review = self.review(target)
         same_close = self.config.execution.fill_timing == "same_close"
+        fill_day = self.day if same_close else self.day + 1
+        if self._ragged:
+            target = self.hold_untradable(target)
+        approved, review = self.review(target)
+        shares = approved - self.holdings
+        if self._ragged:
+            shares = self.cancel_unfillable(shares, fill_day)
         orders = Orders(
-            shares=approved - self.holdings,
+            shares=shares,
             decision_prices=self._by_book["close"][self.day],
             bar=self.fill_bar(),
-            fill_day=self.day if same_close else self.day + 1,
+            fill_day=fill_day,
         )
         return orders, review
+
+    def hold_untradable(self, target: np.ndarray) -> np.ndarray:
+        """Targets ``[B, N]`` with every asset that has no bar today held at its current holdings."""
+        return np.where(self.market.tradable[self.day], target, self.holdings)
+
+    def cancel_unfillable(self, shares: np.ndarray, fill_day: int) -> np.ndarray:
+        """Orders ``[B, N]`` without those of assets lacking a bar today or on ``fill_day``: the risk manager's
+        own orders (a halt's liquidation) cannot trade them either."""
+        tradable = self.market.tradable
+        return np.where(tradable[self.day] & tradable[fill_day], shares, 0.0)
 
     def fill(self, orders: np.ndarray, decision_prices: np.ndarray, bar: FillBar) -> Fills:
         """Execute signed share orders against a bar and book them into cash and holdings."""
@@ -308,9 +339,24 @@ class PortfolioSimulator:
         return fills
 
     def close_next(self) -> tuple[np.ndarray, float]:
-        """Move to the next date's close and mark every portfolio to it: its equity and turbulence."""
+        """Move to the next date's close and mark every portfolio to it: its equity and turbulence.
+
+        Assets delisted by that date are first settled into cash (:meth:`settle_delisted`)."""
         self.day += 1
+        self.last_settled = self.settle_delisted() if self._delisting else None
         return self.equity(), float(self.market.turbulence[self.day])
+
+    def settle_delisted(self) -> np.ndarray | None:
+        """Convert the holdings of assets whose last bar was yesterday into cash at today's close (their last
+        close, carried), without costs; the settled shares ``[B, N]``, or ``None`` when none delisted today."""
+        assets = self._delisting.get(self.day)
+        if assets is None:
+            return None
+        settled = np.zeros_like(self.holdings)
+        settled[:, assets] = self.holdings[:, assets]
+        self.cash = self.cash + np.vecdot(settled, self.market.close[self.day])
+        self.holdings = self.holdings - settled
+        return settled
 
     def advance(self) -> np.ndarray:
         """Move to the next date's close, mark every portfolio to it and let the risk manager see the bar."""
@@ -331,4 +377,22 @@ class PortfolioSimulator:
         orders, review = self.submit(target)
         fills, equity_after = self.next_bar(orders)
         done = self.day >= self.market.n_steps - 1
-        return StepOutcome(equity_before, equity_after, fills, review, done, day, orders.fill_day)
+        return StepOutcome(
+            equity_before, equity_after, fills, review, done, day, orders.fill_day, self.last_settled
+        )
+
+
+def delisting_days(tradable: np.ndarray) -> dict[int, np.ndarray]:
+    """Assets to settle, by date: an asset whose last bar is before the panel's last date delists on the date
+    after it (assets never tradable in the panel are never held, so never settled).
+
+    :param tradable: ``[T, N]`` tradability
+    """
+    n_steps = len(tradable)
+    traded = tradable.any(axis=0)
+    last_bar = n_steps - 1 - tradable[::-1].argmax(axis=0)
+    delisted = traded & (last_bar < n_steps - 1)
+    days: dict[int, list[int]] = {}
+    for asset in np.flatnonzero(delisted):
+        days.setdefault(int(last_bar[asset]) + 1, []).append(int(asset))
+    return {day: np.array(assets) for day, assets in days.items()}
