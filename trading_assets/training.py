@@ -211,9 +211,16 @@ def agent_market(
     """A period (or ``full``) as the agents of ``env_spec`` trade it: :meth:`TrainedAgent.observation_market`,
     with the prior column when ``env_spec`` tilts around a prior (fit on the full history, then cut, so each
     period's priors saw everything before them)."""
+    return _traded_market(splits, env_spec, period, [*BASE_COLUMNS, *agent.feature_columns])
+
+
+def _traded_market(
+    splits: DatasetSplits, env_spec: EnvSpec, period: Period, columns: list[str]
+) -> MarketArrays:
+    """A period of ``columns`` on the universe, with the prior column when ``env_spec`` tilts around a prior."""
     if env_spec.action.prior is None:
-        return agent.observation_market(splits, period)
-    market = env_spec.market_for(agent.observation_market(splits))
+        return period_market(splits, period, columns)
+    market = env_spec.market_for(period_market(splits, "full", columns))
     if period == "full":
         return market
     split = splits.split
@@ -239,14 +246,13 @@ def decision_spec_for(splits: DatasetSplits, env_spec: EnvSpec, forecaster: str)
 
 def observation_example(splits: DatasetSplits, env_spec: EnvSpec) -> pd.DataFrame:
     """The observation of a fresh portfolio at the test period's first close: the registered model's input example."""
-    columns = [*BASE_COLUMNS, *splits.feature_columns]
-    if env_spec.action.prior is None:
-        market = period_market(splits, "test", columns=columns)
-    else:  # the prior fit on the history before the test period
-        split = splits.split
-        market = env_spec.market_for(period_market(splits, "full", columns)).between(
-            split.test_start, split.test_end
-        )
+    return example_at(
+        _traded_market(splits, env_spec, "test", [*BASE_COLUMNS, *splits.feature_columns]), env_spec
+    )
+
+
+def example_at(market: MarketArrays, env_spec: EnvSpec) -> pd.DataFrame:
+    """The observation of a fresh portfolio at the first close of ``market``, as a model input example."""
     observation = observation_at(
         market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
     )
@@ -618,10 +624,7 @@ def agent_ensemble(
         ]
     )
 
-    observation = observation_at(
-        test_market, 0, np.array([env_spec.initial_amount]), np.zeros((1, test_market.n_assets))
-    )
-    example = pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
+    example = example_at(test_market, env_spec)
     spec = decision_spec_for(learned_features, env_spec, trained_agent.forecaster)
     version = _log_ensemble(ensemble, example, learned_features, spec, model_registry)
     context.log.info(f"{ENSEMBLE_MODEL_NAME} v{version.version} registered with weights {ensemble.weights}")

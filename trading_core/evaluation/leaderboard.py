@@ -9,16 +9,20 @@ representative run (the run validation picks) counts every trial the experiment 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from trading_core.evaluation.backtester import BacktestRecord, BacktestResult
-from trading_core.evaluation.metrics import compute_metrics, daily_returns, deflated_sharpe_ratio
-from trading_core.market.limits import TradingState
-from trading_core.market.measures import PERIODS_PER_YEAR
+from trading_core.evaluation.metrics import (
+    compute_metrics,
+    daily_returns,
+    deflated_sharpe_ratio,
+    per_period_sharpe_variance,
+)
+from trading_core.market.limits import HaltStatistics
 
 KINDS: tuple[str, ...] = ("agent", "ensemble", "allocator", "benchmark")
 # Kinds the registry can hold as a trading model: validation picks the registered candidate among them.
@@ -54,7 +58,7 @@ class PeriodFigures:
         risk_states: pd.Series | None = None,
     ) -> PeriodFigures:
         metrics = compute_metrics(equity, traded_notional, costs)
-        halted = 0 if risk_states is None else int((risk_states == int(TradingState.HALTED)).sum())
+        halted = 0 if risk_states is None else HaltStatistics.of_states(risk_states.to_numpy()).days_halted
         return cls(
             sharpe=metrics.sharpe,
             total_return=metrics.total_return,
@@ -119,12 +123,6 @@ LEADERBOARD_COLUMNS = (
     "deflated_sharpe",
     "representative_seed",
 )
-
-
-def _per_period_sharpe_variance(runs: Iterable[CandidateRun]) -> float:
-    """Variance of the per-period test Sharpe over every run: the V of the deflated Sharpe ratio."""
-    annual = np.array([run.test.sharpe for run in runs], dtype=np.float64)
-    return float(np.var(annual / np.sqrt(PERIODS_PER_YEAR), ddof=1)) if annual.size > 1 else 0.0
 
 
 def _finite(value: float) -> float:
@@ -199,7 +197,7 @@ class Leaderboard:
 
     def deflated_sharpe(self, candidate: str) -> float:
         """DSR of the candidate's representative run on test, against every trial."""
-        variance = _per_period_sharpe_variance(self.runs)
+        variance = per_period_sharpe_variance([run.test.sharpe for run in self.runs])
         return deflated_sharpe_ratio(self.representative(candidate).test.returns, self.n_trials, variance)
 
     def table(self) -> pd.DataFrame:

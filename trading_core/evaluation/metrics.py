@@ -7,6 +7,7 @@ work on per-period, non-annualised Sharpe ratios, as in Bailey & López de Prado
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -188,6 +189,13 @@ def expected_max_sharpe(n_trials: int, trials_sharpe_variance: float) -> float:
         np.sqrt(trials_sharpe_variance)
         * ((1.0 - g) * norm.ppf(1.0 - 1.0 / n_trials) + g * norm.ppf(1.0 - 1.0 / (n_trials * np.e)))
     )
+
+
+def per_period_sharpe_variance(annual_sharpes: Sequence[float]) -> float:
+    """Variance of per-period (daily) Sharpe ratios given annualised ones: the V of the deflated Sharpe ratio
+    (0 for fewer than two trials)."""
+    annual = np.asarray(annual_sharpes, dtype=np.float64)
+    return float(np.var(annual / np.sqrt(PERIODS_PER_YEAR), ddof=1)) if annual.size > 1 else 0.0
 
 
 def deflated_sharpe_ratio(returns: pd.Series, n_trials: int, trials_sharpe_variance: float) -> float:

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from itertools import product
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from trading_core.agents.tilt import TILT_CANDIDATES
@@ -27,10 +26,10 @@ from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtest
 from trading_core.evaluation.leaderboard import CandidateRun, PeriodFigures
 from trading_core.evaluation.metrics import daily_returns
+from trading_core.evaluation.metrics import per_period_sharpe_variance as sharpe_variance
 from trading_core.evaluation.promotion import CandidateThresholds
 from trading_core.evaluation.walk_forward import WalkForwardConfig
 from trading_core.market.arrays import MarketArrays, as_market
-from trading_core.market.measures import PERIODS_PER_YEAR
 from trading_core.runtime.distributed import fan_out, single_torch_thread
 
 
@@ -325,5 +324,4 @@ def distribution(table: pd.DataFrame) -> pd.DataFrame:
 
 def per_period_sharpe_variance(outcomes: list[SeedOutcome]) -> float:
     """Variance across seeds of the per-period (daily) test Sharpe, the V of the deflated Sharpe ratio."""
-    annual = np.array([o.test_sharpe for o in outcomes])
-    return float(np.var(annual / np.sqrt(PERIODS_PER_YEAR), ddof=1)) if len(annual) > 1 else 0.0
+    return sharpe_variance([o.test_sharpe for o in outcomes])
