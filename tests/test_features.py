@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from trading_core.data.schema import feature_columns_of, indicator_columns_of
-from trading_core.features.batch import balanced_panel, build_features
-from trading_core.features.finrl_adapter import FINRL_INDICATORS
+from trading_core.features.batch import _turbulence, balanced_panel, build_features
+from trading_core.features.finrl_adapter import FINRL_INDICATORS, FeatureEngineer
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +29,33 @@ def test_features_hold_finrl_indicators_turbulence_and_vix_without_gaps(full_fea
     per_date = full_features.groupby("date")["tic"].nunique()
     assert (per_date == slice_bars["tic"].nunique()).all()
     assert full_features["date"].min() > slice_bars["date"].min()  # warm-up dropped, not back-filled
+
+
+def test_turbulence_equals_finrls_own_on_a_ragged_real_panel(dow30_bars):
+    # DOW lists in March 2019 and a gap is cut into KO, inside the trailing year FinRL's column filter reads.
+    from trading_core.data.schema import select_window
+    from trading_core.data.validation import to_validated_bars
+
+    bars = to_validated_bars(
+        select_window(dow30_bars, ["AAPL", "DOW", "JPM", "KO"], "2018-06-01", "2020-06-30")
+    )
+    bars = bars.drop(index=bars[bars["tic"] == "KO"].index[300:305])
+    carried = (
+        bars.pivot(index="date", columns="tic", values="close")
+        .ffill()
+        .reset_index()
+        .melt(id_vars="date", var_name="tic", value_name="close")
+        .dropna()
+        .sort_values(["date", "tic"], ignore_index=True)
+    )
+    expected = FeatureEngineer().calculate_turbulence(carried)
+    ours = _turbulence(bars)
+
+    assert (ours["turbulence"] > 0).sum() > 200  # past the warm-up, through the listing and the gap
+    pd.testing.assert_series_equal(ours["date"], expected["date"])
+    np.testing.assert_allclose(
+        ours["turbulence"], expected["turbulence"].astype(float), rtol=1e-9, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("cut_index", [300, 700, 1000])

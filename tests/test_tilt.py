@@ -93,6 +93,25 @@ def test_prior_column_ignores_every_later_price(market):
     assert not np.allclose(after[cut + 30 :], before[cut + 30 :])  # the shock is seen once it happened
 
 
+def test_prior_fits_are_reused_only_for_the_same_prices_and_config(market, monkeypatch):
+    from trading_core.allocators import prior as prior_module
+
+    calls: list[AllocatorConfig] = []
+    fit = prior_module.allocation_schedule
+    monkeypatch.setattr(prior_module, "_cache", type(prior_module._cache)())
+    monkeypatch.setattr(prior_module, "allocation_schedule", lambda m, c: calls.append(c) or fit(m, c))
+    first = prior_weights(market, FAST_PRIOR)
+    first[:] = -1.0  # a caller writing into its copy leaves the cached fit alone
+    again = prior_weights(market, FAST_PRIOR)
+    assert len(calls) == 1 and (again >= 0).all()
+    np.testing.assert_array_equal(again, fit(market, replace(FAST_PRIOR, rebalance_every=1)).weights)
+    shocked = market.close.copy()
+    shocked[-1] *= 1.1
+    prior_weights(replace(market, close=shocked), FAST_PRIOR)
+    prior_weights(market, replace(FAST_PRIOR, lookback=FAST_PRIOR.lookback + 1))
+    assert len(calls) == 3
+
+
 def test_prior_column_on_a_frame_equals_the_arrays(features, market):
     frame = with_prior_column(features, FAST_PRIOR)
     assert list(frame.columns) == [*features.columns, PRIOR_FEATURE]

@@ -10,6 +10,8 @@ on everything before them, and never a bar after their own close.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import replace
 
 import numpy as np
@@ -26,9 +28,39 @@ def history_needed(config: AllocatorConfig) -> int:
     return config.window + 1
 
 
+# A refit at every close is an optimisation per date: one pipeline run converts the same history for training,
+# the zoo, the leaderboard, backtests and the input example, so fits are kept per (prices, config) in the process.
+_CACHE_SIZE = 8
+_cache: OrderedDict[tuple[str, AllocatorConfig], np.ndarray] = OrderedDict()
+
+
+def _prices_key(market: MarketArrays) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (
+        market.dates.asi8,
+        np.ascontiguousarray(market.close),
+        np.ascontiguousarray(market.tradable),
+    ):
+        digest.update(part.tobytes())
+    digest.update(repr(market.tickers).encode())
+    return digest.hexdigest()
+
+
 def prior_weights(market: MarketArrays, config: AllocatorConfig) -> np.ndarray:
-    """The prior ``[T, N]``: row ``t`` is :func:`weights_at` ``(market, t, config)``, a fit on closes ``<= t``."""
-    return allocation_schedule(market, replace(config, rebalance_every=1)).weights
+    """The prior ``[T, N]``: row ``t`` is :func:`weights_at` ``(market, t, config)``, a fit on closes ``<= t``.
+
+    A fit reads only dates, closes and tradability, so a repeat on the same prices is served from a small
+    per-process cache (as a copy)."""
+    key = (_prices_key(market), config)
+    if key in _cache:
+        _cache.move_to_end(key)
+        return _cache[key].copy()
+    weights = allocation_schedule(market, replace(config, rebalance_every=1)).weights
+    weights.setflags(write=False)
+    _cache[key] = weights
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+    return weights.copy()
 
 
 def latest_prior(market: MarketArrays, config: AllocatorConfig) -> np.ndarray:
