@@ -203,6 +203,19 @@ def test_cap_weights_spreads_the_excess_and_keeps_the_order():
     np.testing.assert_allclose(cap_weights(np.array([1.0, 0, 0, 0, 0]), 0.25), [0.25] + [0.1875] * 4)
 
 
+@pytest.mark.parametrize("n_assets", [3, 4])
+def test_assets_that_only_just_fill_the_cap_get_it_without_an_optimiser(market, monkeypatch, n_assets):
+    def unreachable(config):
+        raise AssertionError("no optimiser is needed when every weight is the cap")
+
+    returns = np.diff(np.log(market.close[:, :n_assets]), axis=0)[-126:]
+    for method in ("minimum_variance", "risk_parity", "hierarchical_risk_parity", "mean_variance"):
+        monkeypatch.setitem(methods.OPTIMISERS, method, unreachable)
+        weights, fallback = fit_weights(returns, config_of(method, max_weight=0.25))
+        assert fallback is None
+        np.testing.assert_allclose(cap_weights(weights, 0.25), 0.25)
+
+
 def test_a_failing_optimiser_falls_back_to_equal_weight_with_its_reason(market, monkeypatch, caplog):
     class Diverging:
         def fit(self, returns):

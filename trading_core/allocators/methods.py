@@ -106,7 +106,9 @@ def fit_weights(returns: np.ndarray, config: AllocatorConfig) -> tuple[np.ndarra
     """Weights summing to 1 over the columns of a complete returns window ``[L, n]``, and why the fit fell back
     to equal weights (``None`` when it did not). The cap is not applied here (see :func:`cap_weights`)."""
     n = returns.shape[1]
-    if config.method == "equal_weight":
+    # Under a cap that n assets can only just fill (or cannot), every weight is the cap: nothing to optimise, and
+    # an optimiser asked for it is infeasible or degenerate.
+    if config.method == "equal_weight" or n * config.cap <= 1.0 + 1e-12:
         return np.full(n, 1.0 / n), None
     if config.method == "momentum":
         return momentum_weights(returns, config), None
