@@ -1,7 +1,9 @@
 # One multi-stage, non-root (uid 10001) image for every process of the project. It has no ENTRYPOINT, so
 # Kubernetes `command`/`args`, `docker run IMAGE ...` and Dagster's run launcher can start any of these:
 #
-#   (default) Dagster UI + daemon:  dagster dev -h 0.0.0.0 -p 3000 -w workspace.yaml   (state in /home/app/state)
+#   (default) Dagster UI + daemon:  dagster dev -h $RL_TRADING_UI_HOST -p 3000 -w workspace.yaml   (state in /home/app/state)
+#                                   The UI has no login and can launch runs, so it listens on 127.0.0.1 inside the
+#                                   container unless RL_TRADING_UI_HOST says otherwise (docs/deployment.md, "The Dagster UI").
 #   one pipeline run:               python -m pipelines.run_pipeline --timesteps 50000 --seed 7
 #   Dagster code server:            dagster code-server start -m pipelines.definitions -h 0.0.0.0 -p 4000
 #                                   (the Helm chart's user deployment; its run pods run `dagster api ...` here)
@@ -9,7 +11,8 @@
 #   registry rollback:              python -m pipelines.rollback
 #
 # Build: docker build --build-arg VCS_REF=$(git rev-parse HEAD) -t rl-trading .
-# Run:   docker run -p 3000:3000 -v rl_state:/home/app/state rl-trading
+# Run:   docker run -e RL_TRADING_UI_HOST=0.0.0.0 -p 127.0.0.1:3000:3000 -v rl_state:/home/app/state rl-trading
+#        (the UI on this machine's loopback only; never publish it on a public interface without a login proxy)
 # The healthcheck polls RL_TRADING_HEALTHCHECK_URL (the UI by default); see docs/deployment.md for the others.
 
 FROM python:3.11-slim-bookworm AS build
@@ -61,10 +64,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     DAGSTER_HOME=/home/app/state/dagster \
     GX_ANALYTICS_ENABLED=false \
     MPLCONFIGDIR=/tmp/matplotlib \
-    RL_TRADING_HEALTHCHECK_URL=http://127.0.0.1:3000/server_info
+    RL_TRADING_HEALTHCHECK_URL=http://127.0.0.1:3000/server_info \
+    RL_TRADING_UI_HOST=127.0.0.1
 VOLUME ["/home/app/state"]
 # 3000 Dagster UI, 4000 Dagster code server (gRPC), 9108 paper-trading monitor (/metrics, /healthz, /readyz)
 EXPOSE 3000 4000 9108
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['RL_TRADING_HEALTHCHECK_URL'], timeout=4)"]
-CMD ["sh", "-c", "python -c 'from resources.state_home import StateHome; StateHome.from_env().prepare()' && exec dagster dev -h 0.0.0.0 -p 3000 -w workspace.yaml"]
+CMD ["sh", "-c", "python -c 'from resources.state_home import StateHome; StateHome.from_env().prepare()' && exec dagster dev -h \"$RL_TRADING_UI_HOST\" -p 3000 -w workspace.yaml"]

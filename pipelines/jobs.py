@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from resources.state_home import RETRAINING_TAGS
+
 RETRAINING_TIMEZONE = "America/New_York"
 
 
@@ -23,10 +25,13 @@ PIPELINE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups(
     "monitoring", "tuning", "paper_trading"
 )
 
+# Both retraining jobs carry the retraining tag: the instance's run queue (resources/state_home.py) starts one
+# such run at a time, since their stored values and the registry's aliases are shared between runs.
 full_pipeline_job = dg.define_asset_job(
     name="full_pipeline",
     selection=PIPELINE_SELECTION,
     description="Raw bars to validated data, features, training, registration, backtest and promotion.",
+    tags=RETRAINING_TAGS,
 )
 
 weekly_retraining_job = dg.define_asset_job(
@@ -35,6 +40,7 @@ weekly_retraining_job = dg.define_asset_job(
     config=weekly_data_cutoff,
     description="One partition per week: retrain on the data up to the week's end, register, backtest and gate "
     "promotion. Backfill old weeks to see how the recipe would have fared.",
+    tags=RETRAINING_TAGS,
 )
 
 # Named apart from the asset it materializes: a job and an op may not share a name in one code location.

@@ -2,10 +2,15 @@
 
 Defaults: the local simulated broker, a replay of the default data source over the champion's test period, the
 state in the state home's sqlite database, monitoring (metrics, health, dashboard) on the host and port below.
-``--fake-alpaca`` runs the same session through the real alpaca-py clients against a local fake Alpaca server;
-``--broker alpaca`` trades Alpaca paper with ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY`` from the environment;
-``--bars FILE`` replays recorded bars (e.g. the 1-minute file); ``--stream`` takes live bars from Alpaca.
-``--kill REASON`` engages a running session's kill switch.
+``--fake-alpaca`` runs the same session through the real alpaca-py clients against a local fake Alpaca server
+with its own keys (exported Alpaca keys are never used for it) and an account kept beside the trading state, so a
+resumed session finds its positions again; ``--broker alpaca`` trades Alpaca paper with ``ALPACA_API_KEY`` /
+``ALPACA_SECRET_KEY`` from the environment; ``--bars FILE`` replays recorded bars (e.g. the 1-minute file), checked
+by the project's data validation first; ``--stream`` takes live bars from Alpaca. ``--session-id ID`` resumes a
+session, ``--new-session-id ID`` names a new one. ``--kill REASON`` engages a session's kill switch.
+
+A session ends ``finished`` when its bars run out and ``stopped`` otherwise (``--max-bars``, an interrupt, or a
+broker unreachable for longer than its outage grace, which exits with status 3 and one line saying why).
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shlex
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +36,9 @@ from resources.state_home import StateHome
 logger = logging.getLogger("paper_trading")
 DEFAULT_MONITOR_PORT = 9108
 METRICS_NAMESPACE = "rl_trading"
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+EXIT_STOPPED = 3
+EXIT_INTERRUPTED = 130
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,7 +67,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--start", default=None, help="first bar date to trade (earlier bars warm up features)"
     )
     parser.add_argument("--end", default=None, help="last bar date to trade")
-    parser.add_argument("--session-id", default=None, help="resume this session (default: a new one)")
+    sessions = parser.add_mutually_exclusive_group()
+    sessions.add_argument("--session-id", default=None, help="resume this stored session")
+    sessions.add_argument(
+        "--new-session-id", default=None, help="start a new session with this id (default: a generated one)"
+    )
+    parser.add_argument(
+        "--create-if-missing",
+        action="store_true",
+        help="with --session-id: start that session when the store has none (a pinned deployment's first run)",
+    )
     parser.add_argument("--model-name", default=MODEL_NAME, help="registered model (default %(default)s)")
     parser.add_argument(
         "--alias",
@@ -87,9 +107,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--alert-webhook", default=os.environ.get("RL_TRADING_ALERT_WEBHOOK_URL"))
     parser.add_argument("--max-bars", type=int, default=None)
+    parser.add_argument(
+        "--outage-grace-s",
+        type=float,
+        default=None,
+        help="how long the broker may stay unreachable before the session stops (default: LiveConfig's)",
+    )
     parser.add_argument("--no-calendar", action="store_true", help="trade bars outside exchange hours too")
     parser.add_argument("--kill", default=None, metavar="REASON", help="engage --session-id's kill switch")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.fake_alpaca and (args.stream or args.publish_to_fake or args.alpaca_url):
+        parser.error(
+            "--fake-alpaca starts its own fake market: drop --stream, --publish-to-fake and --alpaca-url"
+        )
+    if args.outage_grace_s is not None and not args.outage_grace_s >= 0:
+        parser.error(f"--outage-grace-s must be a non-negative number of seconds, got {args.outage_grace_s}")
+    if args.create_if_missing and not args.session_id:
+        parser.error("--create-if-missing needs --session-id")
+    created = args.new_session_id or (args.session_id if args.create_if_missing else None)
+    if created and not SESSION_ID_PATTERN.fullmatch(created):
+        parser.error(f"session id {created!r}: use letters, digits, '.', '_' and '-' (128 at most)")
+    return args
 
 
 def resolve_versions(registry, args) -> tuple[str, str, str | None]:
@@ -131,7 +170,7 @@ def recorded_bars(
     from trading_core.live.sources import DAILY_CLOSE, EXCHANGE_TIMEZONE, read_bars
 
     if args.bars:
-        frame = read_bars(args.bars, tickers)
+        frame = bars_file(args.bars, tickers, read_bars)
         days = frame["timestamp"].dt.tz_convert(EXCHANGE_TIMEZONE).dt.normalize().unique()
         # Without --start, the first day of a file warms the features up.
         start = pd.Timestamp(args.start, tz=EXCHANGE_TIMEZONE) if args.start else days[min(1, len(days) - 1)]
@@ -154,6 +193,20 @@ def recorded_bars(
     return frame.sort_values(["timestamp", "tic"], ignore_index=True), start
 
 
+def bars_file(path: str, tickers: list[str], read: Callable[..., pd.DataFrame]) -> pd.DataFrame:
+    """The bars of ``--bars``; a file that cannot be read or breaks the validation rules exits with one line."""
+    from trading_core.data.files import BarsFileError
+    from trading_core.data.validation import DataValidationError
+
+    try:
+        return read(path, tickers)
+    except DataValidationError as error:
+        failures = "; ".join(f"{failure.name}: {failure.description}" for failure in error.failures)
+        raise SystemExit(f"--bars {error.source}: {failures}") from None
+    except (BarsFileError, ValueError) as error:
+        raise SystemExit(f"--bars {' '.join(str(error).split())}") from None
+
+
 def publishing(events: Iterator, publish) -> Iterator:
     """Advance a fake market with each bar before the loop sees it (replays through the fake Alpaca)."""
     for event in events:
@@ -161,9 +214,8 @@ def publishing(events: Iterator, publish) -> Iterator:
         yield event
 
 
-def summarize(
-    loop, store, session_id: str, state_url: str, monitor_url: str | None, make_target: str = "paper"
-) -> str:
+def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | None, resume: str) -> str:
+    """The session's report: bars, orders, equity, alerts, how it ended and the command that resumes it."""
     from trading_core.live.state import CHALLENGER, CHAMPION
 
     summary = loop.summary
@@ -197,12 +249,57 @@ def summarize(
     )
     if summary.killed:
         lines.append("Kill switch: engaged — orders canceled, positions closed")
+    session = store.get_session(session_id)
+    if session is not None:
+        lines.append(
+            f"Session: {session.status}" + (f" ({session.stop_reason})" if session.stop_reason else "")
+        )
     lines.append(f"State: {state_url}")
     if monitor_url:
         lines.append(f"Dashboard: {monitor_url}/dashboard (served while the session runs)")
-    lines.append(f"Resume this session: make {make_target} ARGS='--session-id {session_id}'")
+    lines.append(f"Resume this session: {resume}")
     lines.append("=" * 78)
     return "\n".join(lines)
+
+
+def resume_command(args: argparse.Namespace, session_id: str) -> str:
+    """The command that resumes the session: this one's arguments, with ``--session-id`` as the only session flag."""
+    target = "paper-fake" if args.fake_alpaca else "paper"
+    kept: list[str] = []
+    words = iter(args.argv)
+    for word in words:
+        name = word.split("=", 1)[0]
+        if name in ("--session-id", "--new-session-id"):
+            if "=" not in word:
+                next(words, None)
+            continue
+        if not (target == "paper-fake" and word == "--fake-alpaca"):  # the make target adds it
+            kept.append(word)
+    return f"make {target} ARGS={shlex.quote(shlex.join([*kept, '--session-id', session_id]))}"
+
+
+def unknown_session(store, session_id: str) -> str:
+    """One line saying the session is not in the store, and which are."""
+    known = list(store.sessions()["session_id"])
+    listed = ", ".join(known[-10:]) if known else "none"
+    earlier = f" (and {len(known) - 10} earlier)" if len(known) > 10 else ""
+    return f"no paper-trading session '{session_id}' in {store.url}; known: {listed}{earlier}"
+
+
+def session_to_run(store, args: argparse.Namespace) -> str:
+    """The session id to run: a stored one to resume, a new chosen one, or a generated one."""
+    if args.session_id:
+        if store.get_session(args.session_id) is None and not args.create_if_missing:
+            raise SystemExit(unknown_session(store, args.session_id))
+        return args.session_id
+    if args.new_session_id:
+        if store.get_session(args.new_session_id) is not None:
+            raise SystemExit(
+                f"paper-trading session '{args.new_session_id}' exists in {store.url}; "
+                f"resume it with --session-id {args.new_session_id}"
+            )
+        return args.new_session_id
+    return new_session_id()
 
 
 @dataclass(frozen=True)
@@ -244,8 +341,13 @@ def engage_kill_switch(store, args: argparse.Namespace) -> int:
 
     if not args.session_id:
         raise SystemExit("--kill needs --session-id")
-    kill_session(store, args.session_id, args.kill)
-    print(f"kill switch engaged for session {args.session_id}: {args.kill}")
+    if store.get_session(args.session_id) is None:
+        raise SystemExit(unknown_session(store, args.session_id))
+    if kill_session(store, args.session_id, args.kill):
+        print(f"kill switch engaged for session {args.session_id}: {args.kill}")
+    else:
+        reason = store.get_session(args.session_id).kill_reason
+        print(f"kill switch of session {args.session_id} was engaged already: {reason}")
     return 0
 
 
@@ -267,18 +369,51 @@ def new_session_id() -> str:
     return f"paper-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def fake_market(args: argparse.Namespace, stack: ExitStack, models: Models) -> Callable | None:
-    """What advances a fake Alpaca with each bar: a local fake started here (``--fake-alpaca``, which then
-    becomes the broker) or the fake at ``--alpaca-url`` (``--publish-to-fake``); ``None`` without a fake."""
+@dataclass(frozen=True)
+class FakeMarket:
+    """A fake Alpaca the session trades on: its URL, the keys it takes and how to advance it by one bar.
+
+    :param keys: the fake's own keys (a fake started here); ``None`` for the environment's (``--publish-to-fake``)
+    """
+
+    url: str
+    keys: tuple[str, str] | None
+    publish: Callable[[Any], None]
+
+
+def fake_account_path(store, session_id: str) -> Path:
+    """Where ``--fake-alpaca`` keeps a session's fake account: beside a sqlite trading state, else in the home."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(store.url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        folder = Path(url.database).parent
+    else:
+        folder = StateHome.from_env().root / "live"
+    return folder / "fake_alpaca" / f"{session_id}.jsonl"
+
+
+def fake_market(
+    args: argparse.Namespace, stack: ExitStack, models: Models, store, session_id: str
+) -> FakeMarket | None:
+    """The fake Alpaca the session trades on: one started here (``--fake-alpaca``) with its own keys and an
+    account journaled beside the trading state, or the fake at ``--alpaca-url`` (``--publish-to-fake``); ``None``
+    without a fake."""
     if args.fake_alpaca:
         from testkit.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
 
+        account = fake_account_path(store, session_id)
+        if store.get_session(session_id) is None:
+            account.unlink(missing_ok=True)  # a stale account of a session that is gone from the store
+        elif not account.exists():
+            raise SystemExit(
+                f"session {session_id} has no fake Alpaca account at {account}: it did not trade on "
+                "--fake-alpaca, or the account was deleted; resume it with the broker it traded on"
+            )
         server = stack.enter_context(
-            FakeAlpacaServer(initial_cash=models.champion.spec.env_spec.initial_amount)
+            FakeAlpacaServer(initial_cash=models.champion.spec.env_spec.initial_amount, state_path=account)
         )
-        os.environ.setdefault("ALPACA_API_KEY", DEFAULT_API_KEY)
-        os.environ.setdefault("ALPACA_SECRET_KEY", DEFAULT_SECRET)
-        args.broker, args.alpaca_url = "alpaca", server.url
+        args.broker = "alpaca"
 
         def publish(event, server=server) -> None:
             for symbol, bar in event.bars.items():
@@ -286,7 +421,7 @@ def fake_market(args: argparse.Namespace, stack: ExitStack, models: Models) -> C
                     symbol, event.timestamp, bar.open, bar.high, bar.low, bar.close, bar.volume
                 )
 
-        return publish
+        return FakeMarket(server.url, (DEFAULT_API_KEY, DEFAULT_SECRET), publish)
     if args.publish_to_fake:
         from testkit.fake_alpaca import publish_bars
 
@@ -309,14 +444,17 @@ def fake_market(args: argparse.Namespace, stack: ExitStack, models: Models) -> C
                 os.environ["ALPACA_SECRET_KEY"],
             )
 
-        return publish
+        return FakeMarket(args.alpaca_url, None, publish)
     return None
 
 
-def make_broker(args: argparse.Namespace, models: Models):
+def make_broker(args: argparse.Namespace, models: Models, market: FakeMarket | None):
+    """The broker: the fake's with its own keys, Alpaca paper with the environment's keys, or the local one."""
     if args.broker == "alpaca":
         from trading_core.broker.alpaca import AlpacaPaperBroker
 
+        if market is not None and market.keys is not None:
+            return AlpacaPaperBroker(*market.keys, url_override=market.url)
         return AlpacaPaperBroker.from_env(url_override=args.alpaca_url)
     from trading_core.broker.simulated import SimulatedBroker
 
@@ -375,16 +513,17 @@ def alerting(args: argparse.Namespace, session_id: str, current_loop: Callable[[
 def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, session_id: str) -> Session:
     """The fake market, broker, bars, alerts, loop and monitoring server of a session, closed by ``stack``."""
     from trading_assets.config_defaults import default_of
+    from trading_core.broker.base import RetryPolicy
     from trading_core.live.loop import LiveConfig, LiveTradingLoop
     from trading_core.monitoring.alerts import default_rules
     from trading_core.monitoring.live_metrics import LiveMetrics
     from trading_core.monitoring.server import MonitoringServer
 
-    publish = fake_market(args, stack, models)
-    broker = make_broker(args, models)
-    history, events = bar_events(args, stack, models)
-    if publish is not None:
-        events = publishing(events, publish)
+    history, events = bar_events(args, stack, models)  # a bad --bars file stops here, before anything starts
+    market = fake_market(args, stack, models, store, session_id)
+    broker = make_broker(args, models, market)
+    if market is not None:
+        events = publishing(events, market.publish)
     metrics = LiveMetrics(namespace=METRICS_NAMESPACE)
     loop: LiveTradingLoop
     alerts = alerting(args, session_id, lambda: loop)
@@ -395,6 +534,7 @@ def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, se
             # A live stream that stops is unready after as long as the stale-data alert waits.
             max_bar_age_s=default_of(default_rules, "max_bar_age_s") if args.stream else None,
             **({"calendar": None} if args.no_calendar else {}),
+            **({"outage_grace_s": args.outage_grace_s} if args.outage_grace_s is not None else {}),
         ),
         store,
         broker,
@@ -402,6 +542,8 @@ def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, se
         (models.challenger, models.challenger_version) if models.challenger is not None else None,
         metrics=metrics,
         alerts=alerts,
+        # Brokers retry their own calls (AlpacaPaperBroker's policy); a second layer would multiply the waits.
+        retry=RetryPolicy(max_attempts=1),
         history=history,
     )
     monitor_url = None
@@ -424,21 +566,37 @@ def run(args: argparse.Namespace, session: Session, models: Models) -> None:
 
 
 def report(args: argparse.Namespace, session: Session, store) -> str:
-    target = "paper-fake" if args.fake_alpaca else "paper"
-    return summarize(session.loop, store, session.session_id, store.url, session.monitor_url, target)
+    resume = resume_command(args, session.session_id)
+    return summarize(session.loop, store, session.session_id, store.url, session.monitor_url, resume)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``make paper``: 0 when the session ran, 3 when it stopped early (one line on stderr says why)."""
+    from trading_core.live.loop import SessionStopped
+    from trading_core.runtime.stored_json import StoredStateError
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = StateHome.from_env().prepare()
     store = open_store(args.state_db or home.trading_state_url)
     if args.kill:
         return engage_kill_switch(store, args)
+    session_id = session_to_run(store, args)
     models = load_models(args)
     with ExitStack() as stack:
-        session = set_up(args, stack, store, models, args.session_id or new_session_id())
-        run(args, session, models)
+        session = set_up(args, stack, store, models, session_id)
+        try:
+            run(args, session, models)
+        except StoredStateError as error:
+            raise SystemExit(str(error)) from None
+        except SessionStopped as stopped:
+            print(report(args, session, store))
+            print(f"{stopped}; resume: {resume_command(args, session_id)}", file=sys.stderr)
+            return EXIT_STOPPED
+        except KeyboardInterrupt:
+            print(report(args, session, store))
+            print(f"interrupted; resume: {resume_command(args, session_id)}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(report(args, session, store))
     return 0
 

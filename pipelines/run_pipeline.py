@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import date
-from typing import Any
+from datetime import date, datetime
+from typing import Any, NoReturn
 
 from resources.state_home import STATE_HOME_ENV, StateHome
 
@@ -342,13 +344,48 @@ def failed_steps(result) -> list:
     return [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not _is_gate_failure(e)]
 
 
+def _validation_error_text(text: str) -> str:
+    """A pydantic ValidationError's errors as one line: pydantic writes each as a line naming the field (none for a
+    model-level error), then its ``Value error, message [type=...]`` line."""
+    parts, field = [], None
+    for line in (line.strip() for line in text.splitlines()[1:]):
+        if "[type=" in line:
+            message = line.split(" [type=")[0].removeprefix("Value error, ")
+            parts.append(f"{field}: {message}" if field else message)
+            field = None
+        elif line and not line.startswith("For further information"):
+            field = line
+    return "; ".join(parts)
+
+
+def failure_cause(error) -> str:
+    """The innermost exception of a Dagster error info as one line, ``Type: message`` (never Dagster's
+    ``Error occurred while executing op`` wrapper around it)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = error.message.strip().splitlines()
+    # The message starts with the qualified class name ("pkg.module.ValueError: ..."); keep what follows it.
+    heading = re.compile(rf"^(?:[\w.]+\.)?{re.escape(error.cls_name)}(?::\s?(.*))?$")
+    for index, line in enumerate(lines):
+        match = heading.match(line)
+        if match:
+            lines = [match.group(1) or "", *lines[index + 1 :]]
+            break
+    text = "\n".join(lines).strip()
+    if error.cls_name == "ValidationError" and "\n" in text:
+        text = _validation_error_text(text)
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{error.cls_name}: {first}" if first else error.cls_name
+
+
 def _failure_lines(failures) -> list[str]:
     if not failures:
         return []
     lines = ["", f"FAILED steps: {', '.join(e.step_key for e in failures)} (see the Dagster UI for details)"]
     for e in failures:
         info = e.event_specific_data.error
-        lines.append(f"  {e.step_key}: {info.message.strip().splitlines()[-1] if info else ''}")
+        cause = failure_cause(info) if info is not None else "no error recorded"
+        lines.append(f"  step '{e.step_key}' failed: {cause}")
     return lines
 
 
@@ -397,54 +434,203 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
     return "\n".join(lines), ok
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _whole_number(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number") from None
+
+
+def _day(value: str) -> date:
+    return datetime.strptime(value, "%Y-%m-%d").date()
+
+
+def _iso_date(value: str) -> str:
+    try:
+        _day(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a date YYYY-MM-DD") from None
+    return value
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Budget and seed overrides; each default shown is the one the asset's Dagster config falls back to."""
+    """Budget, seed, split and allow-list overrides; each default shown is the one the asset's Dagster config
+    falls back to. A value that does not parse ends the program (one line, exit 2); ranges and the order of dates
+    are checked by :func:`argument_problems`."""
     from trading_assets.evaluation import WalkForwardSettings
     from trading_assets.features import SplitSettings
     from trading_assets.training import AgentZooSettings, TrainingSettings
 
     training, walk_forward, zoo = TrainingSettings(), WalkForwardSettings(), AgentZooSettings()
     split = SplitSettings()
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = _OneLineParser(prog="make run", description=__doc__)
     parser.add_argument(
         "--timesteps",
-        type=int,
+        type=_whole_number,
         default=None,
         help=f"PPO training budget (default {training.total_timesteps})",
     )
-    parser.add_argument("--seed", type=int, default=None, help=f"training seed (default {training.seed})")
+    parser.add_argument(
+        "--seed", type=_whole_number, default=None, help=f"training seed (default {training.seed})"
+    )
     parser.add_argument(
         "--walk-forward-timesteps",
-        type=int,
+        type=_whole_number,
         default=None,
         help=f"PPO budget per walk-forward window (default {walk_forward.timesteps_per_window})",
     )
     parser.add_argument(
         "--zoo-timesteps",
-        type=int,
+        type=_whole_number,
         default=None,
         help=f"budget of each agent-zoo run (default {zoo.timesteps})",
     )
     parser.add_argument(
         "--train-end",
+        type=_iso_date,
         default=None,
         help=f"last training date, YYYY-MM-DD (default: the first {split.train_fraction * 100:.0f}%% of the dates)",
     )
     parser.add_argument(
         "--validation-end",
+        type=_iso_date,
         default=None,
         help="last validation date, YYYY-MM-DD; the test period runs from the next date to the end (default: "
         f"the next {split.validation_fraction * 100:.0f}%% of the dates)",
     )
-    args = parser.parse_args(argv)
-    for flag in ("train_end", "validation_end"):
-        value = getattr(args, flag)
-        if value is not None:
-            try:
-                date.fromisoformat(value)
-            except ValueError:
-                parser.error(f"--{flag.replace('_', '-')}: {value!r} is not a date of the form YYYY-MM-DD")
-    return args
+    parser.add_argument(
+        "--split-allow-list",
+        default=None,
+        metavar="CSV",
+        help="CSV file (columns tic, date) of real corporate events or crashes the unadjusted-split rule lets pass",
+    )
+    return parser.parse_args(argv)
+
+
+# A seed seeds NumPy, whose seeds are unsigned 32-bit integers.
+_SEED_LIMIT = 2**32
+_BUDGET_FLAGS = (
+    ("--timesteps", "timesteps"),
+    ("--walk-forward-timesteps", "walk_forward_timesteps"),
+    ("--zoo-timesteps", "zoo_timesteps"),
+)
+
+
+def _domain_problems(args: argparse.Namespace, skip: set[str]) -> list[str]:
+    """Build the Dagster configs and domain objects each flag feeds, the way its asset does, so any rule of theirs
+    refuses the run now rather than when the step starts; flags in ``skip`` are already refused."""
+    from dataclasses import replace
+
+    from pydantic import ValidationError
+
+    from trading_assets.evaluation import WalkForwardSettings
+    from trading_assets.training import AgentZooSettings, TrainingSettings
+    from trading_assets.validation import ValidationSettings
+
+    def walk_forward_recipe(timesteps: int) -> object:
+        window = WalkForwardSettings(timesteps_per_window=timesteps).to_domain()
+        ppo = replace(TrainingSettings().ppo_config(), total_timesteps=window.timesteps_per_window)
+        return ppo.as_agent_config()
+
+    # Each as its asset builds it, down to the agents' configs, which check the budgets.
+    checks = (
+        (
+            "--timesteps",
+            args.timesteps,
+            lambda v: TrainingSettings(total_timesteps=v).ppo_config().as_agent_config(),
+        ),
+        ("--walk-forward-timesteps", args.walk_forward_timesteps, walk_forward_recipe),
+        (
+            "--zoo-timesteps",
+            args.zoo_timesteps,
+            lambda v: AgentZooSettings(timesteps=v).to_domain().configs(),
+        ),
+        (
+            "--split-allow-list",
+            args.split_allow_list,
+            lambda v: ValidationSettings(allowed_jumps_path=v).to_domain().allowed_jump_keys(),
+        ),
+    )
+    problems = []
+    for flag, value, build in checks:
+        if value is None or flag in skip:
+            continue
+        try:
+            build(value)
+        except ValidationError as error:
+            problems.append(
+                f"{flag} {value}: {'; '.join(e['msg'].removeprefix('Value error, ') for e in error.errors())}"
+            )
+        except ValueError as error:  # AllowListError is one
+            problems.append(f"{flag} {value}: {str(error).splitlines()[0]}")
+    return problems
+
+
+def _split_date_problems(
+    args: argparse.Namespace, start: str | None, end: str | None, window: tuple | None
+) -> list[str]:
+    """``start < --train-end < --validation-end < end``: the bounds given, else the data's first and last bar."""
+    from pipelines.resources_by_env import MARKET_DATA_ENV
+
+    first = (_day(start), f"{MARKET_DATA_ENV['start_date']} {start}") if start else None
+    last = (_day(end), f"{MARKET_DATA_ENV['end_date']} {end}") if end else None
+    if window is not None:
+        first = first or (window[0].date(), f"the first bar {window[0].date()}")
+        last = last or (window[1].date(), f"the last bar {window[1].date()}")
+    train_end = _day(args.train_end) if args.train_end else None
+    validation_end = _day(args.validation_end) if args.validation_end else None
+    problems = []
+    if train_end and first and train_end <= first[0]:
+        problems.append(f"--train-end {args.train_end}: expected a date after {first[1]}")
+    if train_end and last and train_end >= last[0]:
+        problems.append(f"--train-end {args.train_end}: expected a date before {last[1]}")
+    if validation_end and train_end and validation_end <= train_end:
+        problems.append(
+            f"--validation-end {args.validation_end}: expected a date after --train-end {args.train_end}"
+        )
+    elif validation_end and first and validation_end <= first[0]:
+        problems.append(f"--validation-end {args.validation_end}: expected a date after {first[1]}")
+    if validation_end and last and validation_end >= last[0]:
+        problems.append(
+            f"--validation-end {args.validation_end}: expected a date before {last[1]} (the test period follows it)"
+        )
+    return problems
+
+
+def argument_problems(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Every problem of the flags and the environment, one line each, found without touching any store.
+
+    Budgets must be > 0, the seed in [0, 2**32), the split dates ordered between the data's bounds, the allow-list
+    a readable CSV; then the Dagster configs and domain objects the flags feed are built, and the environment
+    checked (:func:`pipelines.resources_by_env.environment_problems`).
+    """
+    from pipelines.resources_by_env import deployment, environment_problems, market_data_settings
+    from resources.market_data import source_window
+
+    environ = os.environ if environ is None else environ
+    problems = [
+        f"{flag} {getattr(args, name)}: expected a whole number > 0"
+        for flag, name in _BUDGET_FLAGS
+        if getattr(args, name) is not None and getattr(args, name) <= 0
+    ]
+    if args.seed is not None and not 0 <= args.seed < _SEED_LIMIT:
+        problems.append(f"--seed {args.seed}: expected a whole number in [0, {_SEED_LIMIT})")
+    problems += _domain_problems(args, skip={problem.split()[0] for problem in problems})
+    environment = environment_problems(environ)
+    problems += environment
+    # The bounds of the split dates are the window's, unless the environment describing it is broken.
+    start = end = window = None
+    if not environment:
+        settings = market_data_settings(deployment(environ), environ)
+        start, end, window = settings.get("start_date"), settings.get("end_date"), source_window(settings)
+    return problems + _split_date_problems(args, start, end, window)
 
 
 def run_config_for(args: argparse.Namespace) -> dict:
@@ -460,14 +646,22 @@ def run_config_for(args: argparse.Namespace) -> dict:
     split = {k: v for k, v in (("train_end", args.train_end), ("validation_end", args.validation_end)) if v}
     if split:
         run_config["ops"]["dataset_splits"] = {"config": split}
+    if getattr(args, "split_allow_list", None):
+        run_config["ops"]["validated_daily_bars"] = {"config": {"allowed_jumps_path": args.split_allow_list}}
     return run_config
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     args = parse_args(argv)
-    home = StateHome.from_env().prepare()
+    # Every bad flag or variable is refused here, before the state home, Dagster or MLflow is touched.
+    problems = argument_problems(args)
+    if problems:
+        print("\n".join(f"make run: {problem}" for problem in problems), file=sys.stderr)
+        return 2
+    home = StateHome.from_env()
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    home.prepare()  # after DAGSTER_HOME: the instance's schema is created under the home's lock too
 
     from dagster import DagsterInstance
 
@@ -475,9 +669,14 @@ def main(argv: list[str] | None = None) -> int:
 
     instance = DagsterInstance.get()
     job = defs.resolve_job_def("full_pipeline")
-    result = job.execute_in_process(instance=instance, run_config=run_config_for(args), raise_on_error=False)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or home.mlflow_tracking_uri
-    summary, ok = summarize(result, home, tracking_uri)
+    # One retraining run at a time on this home; the summary reads the stored values, so it is written
+    # before another run may replace them.
+    with home.retraining_run(instance) as run_tags:
+        result = job.execute_in_process(
+            instance=instance, run_config=run_config_for(args), raise_on_error=False, tags=run_tags
+        )
+        summary, ok = summarize(result, home, tracking_uri)
     print(summary)
     return 0 if ok else 1
 

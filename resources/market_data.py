@@ -1,24 +1,253 @@
-"""Market-data resource with three sources: shipped sample data, a local file, and Alpaca's historical API."""
+"""Market-data resource with three sources: shipped sample data, a local file, and Alpaca's historical API.
+
+Its settings are checked when it is built (dates, required settings, file formats, URL); :func:`market_data_problems`
+also checks what the source holds (the file is there and readable, the tickers exist, the window has bars), so a
+run can be refused before any work.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trading_core.data.files import read_bars_file
 from trading_core.data.sample import SAMPLE_SOURCE, SAMPLE_TICKERS, load_sample_daily_bars
-from trading_core.data.schema import select_window
+from trading_core.data.schema import REQUIRED_COLUMNS, select_window
 
 ALPACA_KEY_ENV = ("ALPACA_API_KEY", "APCA_API_KEY_ID")
 ALPACA_SECRET_ENV = ("ALPACA_SECRET_KEY", "APCA_API_SECRET_KEY")
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+# What read_bars_file reads: Parquet, or CSV (compressed as pandas infers from the name, e.g. .csv.gz).
+BARS_FILE_FORMATS = ".csv, .csv.gz or .parquet"
+VIX_COLUMNS = ("date", "close")
+MAX_TICKERS_SHOWN = 40
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """A market-data setting that cannot work: the field, the value given (``None``: not set), what is expected."""
+
+    field: str
+    value: object
+    expected: str
+
+    def line(self, name: str | None = None) -> str:
+        """One line naming the setting (``name``, e.g. the environment variable it came from, else the field)."""
+        label = name or self.field
+        if self.value is None:
+            return f"{label} is not set: expected {self.expected}"
+        value = ",".join(self.value) if isinstance(self.value, list | tuple) else self.value
+        return f"{label}={str(value)!r}: expected {self.expected}"
+
+
+def _iso_date(value: str | None) -> date | None:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date() if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _bars_file_format(path: str) -> Literal["csv", "parquet"] | None:
+    suffixes = "".join(Path(path).suffixes).lower()
+    if suffixes.endswith(".parquet"):
+        return "parquet"
+    return "csv" if ".csv" in suffixes else None
+
+
+def _static_problems(settings: Mapping[str, Any]) -> list[SettingProblem]:
+    """Problems visible in the settings alone, without reading any file or calling any API."""
+    problems = []
+    source = settings.get("source", "sample")
+    start, end = settings.get("start_date"), settings.get("end_date")
+    for name, value in (("start_date", start), ("end_date", end)):
+        if value and _iso_date(value) is None:
+            problems.append(SettingProblem(name, value, "a date YYYY-MM-DD"))
+    if _iso_date(start) and _iso_date(end) and _iso_date(start) >= _iso_date(end):
+        problems.append(SettingProblem("end_date", end, f"a date after the start date {start}"))
+    tickers = settings.get("tickers") or []
+    bad = [t for t in tickers if not t or t != t.strip() or " " in t]
+    if bad:
+        problems.append(
+            SettingProblem("tickers", tickers, "comma-separated tickers without spaces, e.g. AAPL,MSFT")
+        )
+    path = settings.get("path")
+    if source == "csv" and not path:
+        problems.append(SettingProblem("path", None, f"the path of a {BARS_FILE_FORMATS} bars file"))
+    if source == "csv" and path and _bars_file_format(path) is None:
+        problems.append(SettingProblem("path", path, f"a {BARS_FILE_FORMATS} bars file"))
+    vix_path = settings.get("vix_path")
+    if vix_path and ".csv" not in "".join(Path(vix_path).suffixes).lower():
+        problems.append(
+            SettingProblem("vix_path", vix_path, "a .csv or .csv.gz file of daily VIX (date, close)")
+        )
+    if source == "alpaca":
+        if not tickers:
+            problems.append(
+                SettingProblem("tickers", None, "the tickers Alpaca is asked for, e.g. AAPL,MSFT")
+            )
+        if not start:
+            problems.append(
+                SettingProblem("start_date", None, "the first date Alpaca is asked for, YYYY-MM-DD")
+            )
+        url = settings.get("alpaca_url_override")
+        parsed = urlparse(url) if url else None
+        if parsed is not None and (parsed.scheme not in ("http", "https") or not parsed.netloc):
+            problems.append(SettingProblem("alpaca_url_override", url, "an http(s)://host[:port] URL"))
+    return problems
+
+
+def _file_problems(field: str, path: str, columns: tuple[str, ...], what: str) -> list[SettingProblem]:
+    """Whether ``path`` is a readable file whose header holds ``columns``."""
+    file = Path(path)
+    if not file.exists():
+        return [SettingProblem(field, path, f"an existing {what} (no such file)")]
+    if not file.is_file():
+        return [SettingProblem(field, path, f"a {what}, not a directory")]
+    if not os.access(file, os.R_OK):
+        return [SettingProblem(field, path, f"a readable {what} (permission denied)")]
+    try:
+        if _bars_file_format(path) == "parquet":
+            import pyarrow.parquet as pq
+
+            header = list(pq.read_schema(file).names)
+        else:
+            header = list(pd.read_csv(file, nrows=0).columns)
+    except Exception as error:  # noqa: BLE001 - any reader error means the same: the file cannot be used
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return [SettingProblem(field, path, f"a readable {what} ({reason})")]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        return [
+            SettingProblem(
+                field,
+                path,
+                f"a {what} with columns {', '.join(columns)}; missing column(s) {', '.join(missing)}",
+            )
+        ]
+    return []
+
+
+def sample_tickers() -> tuple[str, ...]:
+    """Every ticker the ``bokeh-sampledata`` stocks module ships."""
+    from bokeh_sampledata import stocks
+
+    return tuple(sorted(n for n, v in vars(stocks).items() if isinstance(v, dict) and "close" in v))
+
+
+@lru_cache(maxsize=4)
+def _read_catalog(source: str, path: str | None, modified_ns: int) -> tuple[str, pd.DataFrame]:
+    del modified_ns  # part of the cache key only: a rewritten file is read again
+    if source == "sample":
+        frame, name = load_sample_daily_bars(sample_tickers())[["tic", "date"]], "bokeh-sampledata stocks"
+    elif _bars_file_format(path) == "parquet":
+        frame, name = pd.read_parquet(path, columns=["tic", "date"]), str(path)
+    else:
+        frame, name = pd.read_csv(path, usecols=["tic", "date"], dtype={"tic": str, "date": str}), str(path)
+    frame = frame.assign(date=pd.to_datetime(frame["date"], errors="coerce", format="mixed")).dropna()
+    return name, frame.groupby("tic")["date"].agg(first="min", last="max").reset_index()
+
+
+def _catalog(settings: Mapping[str, Any]) -> tuple[str, pd.DataFrame]:
+    """The source's name and each of its tickers' first and last bar date (``tic``, ``first``, ``last``)."""
+    source, path = settings.get("source", "sample"), settings.get("path")
+    modified = Path(path).stat().st_mtime_ns if source == "csv" else 0
+    return _read_catalog(source, path if source == "csv" else None, modified)
+
+
+def _selected(settings: Mapping[str, Any], catalog: pd.DataFrame) -> pd.DataFrame:
+    tickers = settings.get("tickers") or []
+    return catalog[catalog["tic"].isin(tickers)] if tickers else catalog
+
+
+def _source_problems(settings: Mapping[str, Any]) -> list[SettingProblem]:
+    """What the sample package or the file holds against the settings: tickers known, bars in the window."""
+    name, catalog = _catalog(settings)
+    tickers = list(settings.get("tickers") or [])
+    known = set(catalog["tic"])
+    unknown = [t for t in tickers if t not in known]
+    problems = []
+    if unknown:
+        shown = sorted(known)[:MAX_TICKERS_SHOWN]
+        more = f" and {len(known) - len(shown)} more" if len(known) > len(shown) else ""
+        problems.append(
+            SettingProblem(
+                "tickers",
+                tickers,
+                f"tickers of {name}; unknown: {', '.join(unknown)}; available: {', '.join(shown)}{more}",
+            )
+        )
+    held = _selected(settings, catalog)
+    if held.empty:
+        return problems or [
+            SettingProblem("path", settings.get("path"), f"bars with parseable dates in {name}")
+        ]
+    first, last = held["first"].min(), held["last"].max()
+    start, end = _iso_date(settings.get("start_date")), _iso_date(settings.get("end_date"))
+    if start and pd.Timestamp(start) > last:
+        problems.append(
+            SettingProblem(
+                "start_date", settings["start_date"], f"a date on or before the last bar, {last.date()}"
+            )
+        )
+    if end and pd.Timestamp(end) < first:
+        problems.append(
+            SettingProblem(
+                "end_date", settings["end_date"], f"a date on or after the first bar, {first.date()}"
+            )
+        )
+    return problems
+
+
+def source_window(settings: Mapping[str, Any]) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """First and last date of the bars the settings select from the sample package or file, clipped to
+    ``start_date``/``end_date``; ``None`` for Alpaca or settings :func:`market_data_problems` refuses."""
+    if settings.get("source", "sample") not in ("sample", "csv") or market_data_problems(settings):
+        return None
+    held = _selected(settings, _catalog(settings)[1])
+    start, end = _iso_date(settings.get("start_date")), _iso_date(settings.get("end_date"))
+    first = max(held["first"].min(), pd.Timestamp(start)) if start else held["first"].min()
+    last = min(held["last"].max(), pd.Timestamp(end)) if end else held["last"].max()
+    return first, last
+
+
+def market_data_problems(settings: Mapping[str, Any], check_sources: bool = True) -> list[SettingProblem]:
+    """Every problem of market-data settings (the fields of :class:`MarketDataResource`), one per setting.
+
+    :param settings: field values; missing ones take the resource's defaults
+    :param check_sources: also read what the file or sample package holds (header, tickers, dates) and whether the
+        VIX file is readable; Alpaca's tickers are not listed here (they surface as missing bars when loading)
+    """
+    problems = _static_problems(settings)
+    if not check_sources:
+        return problems
+    source = settings.get("source", "sample")
+    path, vix_path = settings.get("path"), settings.get("vix_path")
+    for field, file, columns, what in (
+        ("path", path if source == "csv" else None, REQUIRED_COLUMNS, f"{BARS_FILE_FORMATS} bars file"),
+        ("vix_path", vix_path, VIX_COLUMNS, "CSV file of daily VIX"),
+    ):
+        if not file:
+            continue
+        found = _file_problems(field, file, columns, what)
+        if found and not Path(file).is_file():
+            # A missing file or a directory says more than its name's suffix does.
+            problems = [p for p in problems if p.field != field]
+        problems += found if not any(p.field == field for p in problems) else []
+    blocked = {p.field for p in problems} & {"path", "tickers"}
+    if source in ("sample", "csv") and not blocked:
+        problems += [p for p in _source_problems(settings) if p.field not in {q.field for q in problems}]
+    return problems
 
 
 @dataclass(frozen=True)
@@ -56,10 +285,22 @@ class MarketDataResource(dg.ConfigurableResource):
     vix_path: str | None = Field(
         default=None, description="optional CSV of daily VIX (date, close) joined as a feature"
     )
-    max_retries: int = Field(default=4, description="retries of a failed Alpaca request")
+    max_retries: int = Field(default=4, ge=0, description="retries of a failed Alpaca request")
     retry_wait_seconds: float = Field(
-        default=1.0, description="first wait between retries; doubles each time"
+        default=1.0, ge=0, description="first wait between retries; doubles each time"
     )
+
+    @model_validator(mode="after")
+    def _settings_can_work(self) -> MarketDataResource:
+        problems = _static_problems(self.settings())
+        if problems:
+            raise ValueError("; ".join(p.line() for p in problems))
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """The fields :func:`market_data_problems` checks."""
+        names = ("source", "path", "tickers", "start_date", "end_date", "vix_path", "alpaca_url_override")
+        return {name: getattr(self, name) for name in names}
 
     def load_daily_bars(self) -> RawBars:
         """Fetch bars from the configured source, filtered to the configured tickers and dates."""
@@ -108,8 +349,8 @@ class MarketDataResource(dg.ConfigurableResource):
         request = StockBarsRequest(
             symbol_or_symbols=list(self.tickers),
             timeframe=TimeFrame.Day,
-            start=datetime.fromisoformat(self.start_date),
-            end=datetime.fromisoformat(self.end_date) if self.end_date else None,
+            start=datetime.strptime(self.start_date, "%Y-%m-%d"),
+            end=datetime.strptime(self.end_date, "%Y-%m-%d") if self.end_date else None,
             adjustment=Adjustment.ALL,
             feed=DataFeed(self.alpaca_feed),
         )
@@ -126,8 +367,12 @@ class MarketDataResource(dg.ConfigurableResource):
                 time.sleep(wait)
                 wait *= 2
         frame = bar_set.df.reset_index()
-        if frame.empty:
-            raise ValueError(f"Alpaca returned no bars for {self.tickers} from {self.start_date}")
+        missing = sorted(set(self.tickers) - set(frame.get("symbol", ())))
+        if missing:
+            raise ValueError(
+                f"Alpaca returned no bars for {', '.join(missing)} from {self.start_date}: unknown ticker(s), or "
+                "none traded in the window"
+            )
         frame = pd.DataFrame(
             {
                 "date": pd.to_datetime(frame["timestamp"])

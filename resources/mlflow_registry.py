@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +13,14 @@ from dagster_mlflow.resources import CONFIG_SCHEMA as DAGSTER_MLFLOW_CONFIG_SCHE
 from dagster_mlflow.resources import MlFlow
 from pydantic import Field
 
+from trading_core.evaluation.promotion import GateRecord, promotion_refusal
+
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 PREVIOUS_ALIAS = "previous"
 TRIAL_TAG = "rl_trading.trial"
+# The model-version tag naming the pipeline (Dagster) run that registered the version: promotion checks it.
+REGISTERED_BY_TAG = "pipeline_run_id"
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: str) -> str:
@@ -47,6 +52,10 @@ def mlflow_run(context):
     tracking = MlFlow(context)
     yield tracking
     tracking.cleanup_on_error()
+
+
+class PromotionRefused(ValueError):
+    """The registry's records do not bind a version to the run that tries to promote it."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,36 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         for key, value in tags.items():
             client.set_model_version_tag(model_name or self.model_name, version, key, value)
 
+    def version_tags(self, version: str, model_name: str | None = None) -> dict[str, str]:
+        """The tags of a registered version (not of its run): registration provenance and gate records."""
+        return dict(self._client().get_model_version(model_name or self.model_name, version).tags)
+
+    def record_gate(self, record: GateRecord, model_name: str | None = None) -> None:
+        """Store a gate step's verdict on the version it judged, so that promotion can read it back."""
+        self.set_version_tags(record.version, {record.tag_key: record.tag_value()}, model_name)
+
+    def promote(
+        self, version: str, run_id: str, required: Sequence[str], model_name: str | None = None
+    ) -> str | None:
+        """Give ``champion`` to ``version`` when the registry's own records bind it to ``run_id``: the run
+        registered it and left a passing record of every ``required`` gate step. The former champion becomes
+        ``previous``.
+
+        :return: the former champion's version (``None``: there was none)
+        :raises PromotionRefused: naming every record that is missing, foreign or failed
+        """
+        tags = self.version_tags(version, model_name)
+        refusal = promotion_refusal(
+            version, run_id, tags.get(REGISTERED_BY_TAG), GateRecord.from_tags(tags), required
+        )
+        if refusal is not None:
+            raise PromotionRefused(f"{model_name or self.model_name} v{version}: {refusal}")
+        former = self.version_for_alias(CHAMPION_ALIAS, model_name)
+        if former and former != version:
+            self.set_alias(former, PREVIOUS_ALIAS, model_name)
+        self.set_alias(version, CHAMPION_ALIAS, model_name)
+        return former
+
     def load_policy(self, version: str, model_name: str | None = None):
         """Load a registered agent (or ensemble) through its pyfunc flavour and return the policy inside."""
         import mlflow
@@ -182,11 +221,26 @@ class MlflowRegistryResource(dg.ConfigurableResource):
 
     def load_decision_bundle(self, version: str, model_name: str | None = None):
         """(policy, decision spec) of a registered agent or ensemble; the spec is ``None`` for models logged
-        without one."""
+        without one.
+
+        :raises PickledStateError: the version's spec was pickled by older code (refused, never unpickled)
+        :raises StoredStateError: its spec artifact is corrupt or foreign
+        """
         import mlflow
 
+        from trading_core.runtime.stored_json import PickledStateError, StoredStateError
+
         self._client()
-        wrapper = mlflow.pyfunc.load_model(f"models:/{model_name or self.model_name}/{version}")
+        name = model_name or self.model_name
+        try:
+            wrapper = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        except PickledStateError:
+            raise PickledStateError(
+                f"decision spec of {name} v{version} is in the old pickle format (pickles are never loaded: "
+                "they can run code); retrain or re-register the model"
+            ) from None
+        except StoredStateError as error:
+            raise StoredStateError(f"decision spec of {name} v{version} refused: {error}") from None
         python_model = wrapper.unwrap_python_model()
         return python_model.model, getattr(python_model, "decision_spec", None)
 

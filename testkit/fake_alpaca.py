@@ -12,8 +12,11 @@ bars are streamed in time order once a client subscribes (60 plays a minute of m
 
 Orders fill like the project's simulator, on the next bar: a market order fills at the open of the next bar
 published for its symbol, a limit order when a later bar trades through its limit. Faults are injected per
-route (:meth:`FakeAlpacaDataServer.inject`), including the nasty case of a request the server processed but
-never answered. Naive timestamps are New York exchange time, as in the project's bar files.
+route (:meth:`FakeAlpacaDataServer.inject`): error statuses, timeouts and dropped connections, for N requests
+or N seconds, with a seeded probability, chained after another fault, and the nasty case of a request the
+server processed but never answered. With ``state_path`` the account (cash, positions, orders, fills, the
+market it has seen) is journaled before every reply, so a server started again on the same file carries on
+where a killed one stopped. Naive timestamps are New York exchange time, as in the project's bar files.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import threading
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
 
@@ -58,6 +64,7 @@ STREAM_CHANNELS = (
 )
 OPEN_STATUSES = frozenset({"new", "accepted", "partially_filled", "pending_new"})
 AUTH_TIMEOUT_S = 10.0
+JOURNAL_FORMAT = 1
 # Alpaca's error codes for the answers the fake gives.
 _INVALID = 40010001
 _FORBIDDEN = 40310000
@@ -133,19 +140,112 @@ def _encoded(reply: _Reply) -> _Reply:
     return _Reply(reply.status, json.dumps(reply.body).encode())
 
 
-@dataclass
-class _Fault:
-    outcome: int | Literal["timeout"]
-    method: str | None
-    path_prefix: str | None
-    times: int
-    after_processing: bool
-    hang_s: float
+FaultOutcome = int | Literal["timeout", "disconnect"]
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (
-            self.path_prefix is None or path.startswith(self.path_prefix)
+
+@dataclass(eq=False)
+class FaultRule:
+    """One way requests fail, made by :meth:`FakeAlpacaDataServer.inject`; ``hits`` counts the requests it failed.
+
+    A rule applies to a request when its method and path match, it has ``times`` left (``None``: no count
+    limit), it is within ``for_s`` of its first hit (``None``: no time limit), the rule it comes ``after`` has
+    hit, and the server's seeded draw falls under ``probability``.
+    """
+
+    outcome: FaultOutcome
+    method: str | None = None
+    path_prefix: str | None = None
+    times: int | None = 1
+    for_s: float | None = None
+    probability: float = 1.0
+    after_processing: bool = False
+    hang_s: float = 60.0
+    after: FaultRule | None = None
+    hits: int = 0
+    first_hit: float | None = None
+
+    def applies(self, method: str, path: str, now: float) -> bool:
+        """Whether the rule may fail this request now (before the probability draw)."""
+        return (
+            (self.method is None or self.method == method)
+            and (self.path_prefix is None or path.startswith(self.path_prefix))
+            and (self.times is None or self.times > 0)
+            and (self.for_s is None or self.first_hit is None or now - self.first_hit < self.for_s)
+            and (self.after is None or self.after.hits > 0)
         )
+
+    def hit(self, now: float) -> None:
+        self.hits += 1
+        self.first_hit = now if self.first_hit is None else self.first_hit
+        if self.times is not None:
+            self.times -= 1
+
+
+class AccountJournal:
+    """A fake account's state in a JSON-lines file: the first line whole, each later one what a request changed
+    (changed orders, new fills, and the small rest whole), so saving costs the change, not the whole account.
+
+    Lines are flushed to the operating system before the reply goes out: a killed process loses nothing; a
+    line torn by the kill is the last one and is ignored on loading (its reply was never sent).
+
+    :param path: the journal file; its folder is created when missing
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved account, ``None`` when the file does not exist or is empty.
+
+        :raises ValueError: a line other than the last is not JSON, or the format is unknown
+        """
+        if not self.path.exists():
+            return None
+        lines = self.path.read_text().splitlines()
+        state: dict[str, Any] | None = None
+        for number, line in enumerate(lines, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    break  # torn by a kill mid-write
+                raise ValueError(f"{self.path}: line {number} is not JSON") from None
+            if record.get("format") != JOURNAL_FORMAT:
+                raise ValueError(
+                    f"{self.path}: line {number} has format {record.get('format')!r}, not {JOURNAL_FORMAT}"
+                )
+            if state is None:
+                state = record
+                continue
+            orders = {order["id"]: order for order in state["orders"]}
+            orders.update({order["id"]: order for order in record["orders"]})
+            state = {**record, "orders": list(orders.values()), "fills": state["fills"] + record["fills"]}
+        return state
+
+    def rewrite(self, state: dict[str, Any]) -> None:
+        """Replace the file by one line holding ``state`` (atomically: a kill leaves the old file or the new)."""
+        self.close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = self.path.with_name(self.path.name + ".tmp")
+        with scratch.open("w") as file:
+            file.write(json.dumps(state) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(scratch, self.path)
+        self._file = self.path.open("a")
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one change."""
+        if self._file is None:
+            self._file = self.path.open("a")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,6 +264,7 @@ class FakeAlpacaDataServer:
     :param api_key: the accepted key id
     :param secret: the accepted secret key
     :param port: TCP port, 0 for any free one
+    :param seed: seed of the draws of faults injected with a ``probability``
     """
 
     def __init__(
@@ -174,6 +275,7 @@ class FakeAlpacaDataServer:
         secret: str = DEFAULT_SECRET,
         *,
         port: int = 0,
+        seed: int = 0,
     ) -> None:
         self.bars = normalise_bars(bars)
         self.page_size = page_size
@@ -184,7 +286,10 @@ class FakeAlpacaDataServer:
         self.requests: list[dict[str, list[str]]] = []
         #: requests per route, e.g. ``route_counts["POST /v2/orders"]``
         self.route_counts: Counter[str] = Counter()
-        self._faults: list[_Fault] = []
+        #: injected failures per route and outcome, e.g. ``fault_counts["POST /v2/orders 503 after processing"]``
+        self.fault_counts: Counter[str] = Counter()
+        self._faults: list[FaultRule] = []
+        self._rng = random.Random(seed)
         self._lock = threading.RLock()
         self._closing = threading.Event()
         self._http = ThreadingHTTPServer(("127.0.0.1", port), _handler_class(self))
@@ -225,34 +330,59 @@ class FakeAlpacaDataServer:
 
     def inject(
         self,
-        status_or_timeout: int | Literal["timeout"],
+        outcome: FaultOutcome,
         *,
         method: str | None = None,
         path_prefix: str | None = None,
-        times: int = 1,
+        times: int | None = None,
+        for_s: float | None = None,
+        probability: float = 1.0,
         after_processing: bool = False,
         hang_s: float = 60.0,
-    ) -> None:
-        """Make the next ``times`` matching requests fail.
+        after: FaultRule | None = None,
+    ) -> FaultRule:
+        """Make matching requests fail; rules are tried in the order they were injected.
 
-        :param status_or_timeout: an HTTP status to answer, or ``"timeout"`` to answer nothing for ``hang_s``
-            (longer than the client's timeout) and then drop the connection
+        An outage of every route for three seconds is ``inject(503, for_s=3)``, until :meth:`clear_faults`
+        ``inject(503, for_s=math.inf)``; a reply lost after the order was created is ``inject("timeout", method="POST", path_prefix="/v2/orders", after_processing=True)``;
+        one in ten order lookups throttled is ``inject(429, path_prefix="/v2/orders:", times=None,
+        probability=0.1)``. The fake's own ``/_fake/bars`` route never fails.
+
+        :param outcome: an HTTP status to answer (4xx, 5xx), ``"timeout"`` to answer nothing for ``hang_s``
+            (longer than the client's timeout) and then drop the connection, or ``"disconnect"`` to drop the
+            connection at once (the client sees it reset)
         :param method: only requests with this method (``"POST"``...); ``None`` for any
         :param path_prefix: only paths starting with this (``"/v2/orders"``); ``None`` for any
-        :param times: how many requests fail
+        :param times: how many requests fail; ``None`` is one without ``for_s`` and no count limit with it
+        :param for_s: fail matching requests for this long from the rule's first hit (``math.inf``: for ever)
+        :param probability: the chance that a matching request fails, drawn from the server's seeded generator
         :param after_processing: process the request first (create the order...) and fail only the reply
         :param hang_s: how long a timeout holds the request (released early when the server closes)
+        :param after: only once this rule has hit (a lost reply followed by an outage)
+        :return: the rule (its ``hits`` count the requests it failed)
         """
-        if status_or_timeout != "timeout" and not 400 <= int(status_or_timeout) <= 599:
-            raise ValueError(f"inject an error status (4xx, 5xx) or 'timeout', got {status_or_timeout!r}")
-        fault = _Fault(status_or_timeout, method, path_prefix, times, after_processing, hang_s)
+        if outcome not in ("timeout", "disconnect") and not 400 <= int(outcome) <= 599:
+            raise ValueError(f"inject an error status (4xx, 5xx), 'timeout' or 'disconnect', got {outcome!r}")
+        if not 0.0 < probability <= 1.0:
+            raise ValueError(f"probability must be within (0, 1], got {probability}")
+        count = times if times is not None or for_s is not None else 1
+        rule = FaultRule(
+            outcome, method, path_prefix, count, for_s, probability, after_processing, hang_s, after
+        )
         with self._lock:
-            self._faults.append(fault)
+            self._faults.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault: the server answers normally from now on."""
+        with self._lock:
+            self._faults.clear()
+            self.injected_errors.clear()
 
     # -------------------------------------------------------------------------------------- request handling
 
-    def _respond(self, method: str, raw_path: str, headers: Any, body: bytes) -> _Reply | _Fault:
-        """Answer one request: a reply with its JSON body encoded, or the timeout fault to hang on."""
+    def _respond(self, method: str, raw_path: str, headers: Any, body: bytes) -> _Reply | FaultRule:
+        """Answer one request: a reply with its JSON body encoded, or the fault whose connection to hang or drop."""
         parsed = urlparse(raw_path)
         path, query = parsed.path, parse_qs(parsed.query)
         with self._lock:
@@ -267,7 +397,7 @@ class FakeAlpacaDataServer:
             if self.injected_errors:
                 status = self.injected_errors.popleft()
                 return _encoded(_Reply(status, _error(status, f"injected {status}")))
-            fault = self._take_fault(method, path)
+            fault = self._take_fault(method, path) if path != FAKE_BARS_ROUTE else None
         if fault is not None and not fault.after_processing:
             return self._fault_reply(fault)
         try:
@@ -280,20 +410,31 @@ class FakeAlpacaDataServer:
         with self._lock:
             # Encoded under the lock: the body may be live state that other requests change.
             reply = _encoded(self._route(method, path, {k: v[-1] for k, v in query.items()}, payload, query))
+            self._persist()  # before the reply: a client that saw an answer never sees it undone
         return self._fault_reply(fault) if fault is not None else reply
 
-    def _take_fault(self, method: str, path: str) -> _Fault | None:
-        for fault in self._faults:
-            if fault.times > 0 and fault.matches(method, path):
-                fault.times -= 1
-                return fault
+    def _take_fault(self, method: str, path: str) -> FaultRule | None:
+        """The first rule that fails this request (called with the lock held)."""
+        now = time.monotonic()
+        for rule in self._faults:
+            if not rule.applies(method, path, now):
+                continue
+            if rule.probability < 1.0 and self._rng.random() >= rule.probability:
+                continue
+            rule.hit(now)
+            processed = " after processing" if rule.after_processing else ""
+            self.fault_counts[f"{_route_name(method, path)} {rule.outcome}{processed}"] += 1
+            return rule
         return None
 
     @staticmethod
-    def _fault_reply(fault: _Fault) -> _Reply | _Fault:
-        if fault.outcome == "timeout":
+    def _fault_reply(fault: FaultRule) -> _Reply | FaultRule:
+        if fault.outcome in ("timeout", "disconnect"):
             return fault
         return _encoded(_Reply(int(fault.outcome), _error(int(fault.outcome), f"injected {fault.outcome}")))
+
+    def _persist(self) -> None:
+        """Save what the last request changed (called with the lock held); the market data has no state."""
 
     def _route(
         self, method: str, path: str, params: dict[str, str], payload: Any, query: dict[str, list[str]]
@@ -344,9 +485,10 @@ def _handler_class(server: FakeAlpacaDataServer) -> type[BaseHTTPRequestHandler]
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             outcome = server._respond(method, self.path, self.headers, body)
-            if isinstance(outcome, _Fault):
-                # Answer nothing: the client's timeout fires first; then drop the connection.
-                server._closing.wait(outcome.hang_s)
+            if isinstance(outcome, FaultRule):
+                if outcome.outcome == "timeout":
+                    # Answer nothing: the client's timeout fires first; then drop the connection.
+                    server._closing.wait(outcome.hang_s)
                 self.close_connection = True
                 return
             payload = outcome.body
@@ -421,9 +563,12 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
     :param api_key: the accepted key id
     :param secret: the accepted secret key
     :param page_size: bars per page of the historical API
-    :param initial_cash: the account's starting cash
+    :param initial_cash: the account's starting cash (a journal's own account, when one is loaded, wins)
     :param port: REST port, 0 for any free one
     :param stream_port: stream port, 0 for any free one
+    :param state_path: journal of the account (JSON lines): loaded when it exists, appended to before every
+        reply that changed the account, so the account outlives the process
+    :param seed: seed of the draws of faults injected with a ``probability``
     """
 
     def __init__(
@@ -436,8 +581,10 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
         initial_cash: float = 100_000.0,
         port: int = 0,
         stream_port: int = 0,
+        state_path: str | Path | None = None,
+        seed: int = 0,
     ) -> None:
-        super().__init__(bars, page_size, api_key, secret, port=port)
+        super().__init__(bars, page_size, api_key, secret, port=port, seed=seed)
         self.initial_cash = float(initial_cash)
         self._cash = float(initial_cash)
         self._orders: dict[str, dict[str, Any]] = {}  # by order id, in submission order
@@ -455,6 +602,57 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             target=self._loop.run_forever, name="fake-alpaca-stream", daemon=True
         )
         self._stream_server: Server | None = None
+        self._changed_orders: set[str] = set()
+        self._changed = False
+        self._saved_fills = 0
+        self._journal = AccountJournal(Path(state_path)) if state_path is not None else None
+        if self._journal is not None:
+            saved = self._journal.load()
+            if saved is not None:
+                self._load_account(saved)
+            self._journal.rewrite(self._account_state())  # one line again, however long the last run was
+            self._saved_fills = len(self._fills)
+
+    # ------------------------------------------------------------------------------------------ persistence
+
+    def _account_state(self, orders: Iterable[str] | None = None, fills_from: int = 0) -> dict[str, Any]:
+        """The account as JSON: the given orders (all by default), the fills from ``fills_from`` on, and the
+        small rest whole."""
+        ids = self._orders if orders is None else orders
+        return {
+            "format": JOURNAL_FORMAT,
+            "initial_cash": self.initial_cash,
+            "cash": self._cash,
+            "orders": [self._orders[order_id] for order_id in ids],
+            "fills": [{**f, "timestamp": _iso(f["timestamp"])} for f in self._fills[fills_from:]],
+            "positions": self._positions,
+            "last_price": self._last_price,
+            "published": {symbol: _iso(when) for symbol, when in self._published.items()},
+            "clock": _iso(self._clock_time) if self._clock_time is not None else None,
+        }
+
+    def _load_account(self, saved: dict[str, Any]) -> None:
+        self.initial_cash = float(saved["initial_cash"])
+        self._cash = float(saved["cash"])
+        self._orders = {order["id"]: order for order in saved["orders"]}
+        self._order_ids = {order["client_order_id"]: order["id"] for order in saved["orders"]}
+        self._fills = [{**f, "timestamp": pd.Timestamp(f["timestamp"])} for f in saved["fills"]]
+        self._positions = {s: {k: float(v) for k, v in p.items()} for s, p in saved["positions"].items()}
+        self._last_price = {s: float(v) for s, v in saved["last_price"].items()}
+        self._published = {s: pd.Timestamp(v) for s, v in saved["published"].items()}
+        self._clock_time = pd.Timestamp(saved["clock"]) if saved["clock"] is not None else None
+
+    def _touch(self, order_id: str | None = None) -> None:
+        """Note a change for the next journal line (called with the lock held)."""
+        self._changed = True
+        if order_id is not None:
+            self._changed_orders.add(order_id)
+
+    def _persist(self) -> None:
+        if self._journal is None or not self._changed:
+            return
+        self._journal.append(self._account_state(sorted(self._changed_orders), self._saved_fills))
+        self._changed, self._changed_orders, self._saved_fills = False, set(), len(self._fills)
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -485,6 +683,9 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             self._stream_thread.join(timeout=10)
         if not self._loop.is_running():
             self._loop.close()
+        if self._journal is not None:
+            with self._lock:
+                self._journal.close()
 
     def _on_loop(self, coroutine: Any, timeout_s: float = 10.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=timeout_s)
@@ -539,6 +740,8 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             self._clock_time = when if self._clock_time is None else max(self._clock_time, when)
             fills = self._fill_orders(symbol, when, float(open), float(high), float(low))
             self._last_price[symbol] = float(close)
+            self._touch()
+            self._persist()
         message = {
             "T": "b",
             "S": symbol,
@@ -880,6 +1083,7 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
         }
         self._orders[order_id] = order
         self._order_ids[client_order_id] = order_id
+        self._touch(order_id)
         return order
 
     def _list_orders(self, params: dict[str, str]) -> _Reply:
@@ -910,6 +1114,7 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
         canceled = []
         for order in self._open_orders():
             order.update(status="canceled", canceled_at=now, updated_at=now)
+            self._touch(order["id"])
             canceled.append({"id": order["id"], "status": 200})
         return canceled
 
@@ -992,6 +1197,7 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             position["qty"] += qty if buy else -qty
             self._cash += -qty * price if buy else qty * price
             stamp = _iso(when)
+            self._touch(order["id"])
             order.update(
                 status="filled",
                 filled_qty=order["qty"],
@@ -1035,6 +1241,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stream-port", type=int, default=8766, help="bar stream port")
     parser.add_argument("--initial-cash", type=float, default=100_000.0, help="the account's starting cash")
     parser.add_argument(
+        "--state", default=None, help="journal file of the account: kept across restarts of the fake"
+    )
+    parser.add_argument(
         "--replay-speed",
         type=float,
         default=None,
@@ -1049,6 +1258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         initial_cash=args.initial_cash,
         port=args.port,
         stream_port=args.stream_port,
+        state_path=args.state,
     )
     with server:
         print(f"fake Alpaca REST (trading and market data): {server.url}", flush=True)

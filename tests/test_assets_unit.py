@@ -14,7 +14,13 @@ import pandas as pd
 import pytest
 
 from resources.market_data import MarketDataResource, RawBars
-from resources.mlflow_registry import CHAMPION_ALIAS, PREVIOUS_ALIAS, RegisteredVersion
+from resources.mlflow_registry import (
+    CHAMPION_ALIAS,
+    PREVIOUS_ALIAS,
+    REGISTERED_BY_TAG,
+    MlflowRegistryResource,
+    RegisteredVersion,
+)
 from resources.trading_state import TradingStateResource
 from trading_assets.evaluation import (
     BacktestReport,
@@ -93,10 +99,19 @@ def gate(name: str, passed: bool) -> GateResult:
 class FakeRegistry:
     """The registry calls the evaluation assets make, kept in memory."""
 
+    model_name = "rl_trading_agent"
+
     def __init__(self, aliases: dict[str, str] | None = None, trials: int = 1) -> None:
         self.aliases = dict(aliases or {})
         self.trials = trials
         self.tags: dict[tuple[str, str | None], dict[str, str]] = {}
+
+    # The real gate-record and promotion logic, over the tags and aliases kept here.
+    record_gate = MlflowRegistryResource.record_gate
+    promote = MlflowRegistryResource.promote
+
+    def version_tags(self, version: str, model_name: str | None = None) -> dict[str, str]:
+        return dict(self.tags.get((version, model_name), {}))
 
     def version_for_alias(self, alias: str, model_name: str | None = None) -> str | None:
         return self.aliases.get(alias)
@@ -345,14 +360,22 @@ def test_paper_trading_review_assets_on_an_empty_state_db(tmp_path):
 # -------------------------------------------------------------------------------------- promotion and verdicts
 
 
-def evaluation_reports(version: str, passed: bool, stress_version: str | None = None) -> dict:
+# The run id of a directly invoked asset's context (``dg.build_asset_context()``).
+DIRECT_RUN = "EPHEMERAL"
+
+
+def evaluation_reports(
+    version: str, passed: bool, stress_version: str | None = None, run_id: str = DIRECT_RUN
+) -> dict:
     """Hand-made inputs of ``champion_model``: backtest, stress and seed-sweep reports of ``version`` whose
-    ``min_sharpe`` gate ``passed`` (every other gate passes), and the registered version itself."""
+    ``min_sharpe`` gate ``passed`` (every other gate passes), and the registered version itself, all of run
+    ``run_id``."""
     equity = synthetic_equity(0.001)
     metrics = compute_metrics(equity)
     backtest = BacktestReport(
         model_name="rl_trading_agent",
         version=version,
+        dagster_run_id=run_id,
         equity=equity,
         benchmark_equity=equity,
         metrics=metrics,
@@ -362,9 +385,14 @@ def evaluation_reports(version: str, passed: bool, stress_version: str | None = 
         gate=(gate("min_sharpe", passed), gate("max_drawdown", True)),
     )
     stress = StressReport(
-        version=stress_version or version, results=(), gate=(gate("stress_drawdown_limit", True),)
+        version=stress_version or version,
+        dagster_run_id=run_id,
+        results=(),
+        gate=(gate("stress_drawdown_limit", True),),
     )
     sweep = SeedSweepReport(
+        version=version,
+        dagster_run_id=run_id,
         table=pd.DataFrame(),
         distribution=pd.DataFrame(),
         n_trials=1,
@@ -377,37 +405,81 @@ def evaluation_reports(version: str, passed: bool, stress_version: str | None = 
         algorithm="ppo",
         seed=42,
         agent_config=PPOConfig().as_agent_config(),
+        dagster_run_id=run_id,
+        leaderboard_run_id=run_id,
     )
     return {"backtest": backtest, "stress_tests": stress, "seed_sweep": sweep, "registered_model": registered}
 
 
+def record_evidence(registry: FakeRegistry, reports: dict) -> dict:
+    """What registration and the gate steps leave in the registry for the reports' version; the reports."""
+    registered = reports["registered_model"]
+    registry.set_version_tags(registered.version, {REGISTERED_BY_TAG: registered.dagster_run_id})
+    for step in ("backtest", "stress_tests", "seed_sweep"):
+        registry.record_gate(reports[step].gate_record())
+    return reports
+
+
 def test_champion_model_moves_the_alias_only_when_every_gate_passed():
     registry = FakeRegistry({CHAMPION_ALIAS: "1"})
-    out = champion_model(
-        dg.build_asset_context(), model_registry=registry, **evaluation_reports("2", passed=True)
-    )
-    assert out.value == {"model_name": "rl_trading_agent", "version": "2", "previous": "1"}
+    reports = record_evidence(registry, evaluation_reports("2", passed=True))
+    out = champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    assert out.value == {
+        "model_name": "rl_trading_agent",
+        "version": "2",
+        "previous": "1",
+        "dagster_run_id": DIRECT_RUN,
+    }
     assert registry.aliases == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}
 
-    with pytest.raises(dg.Failure, match="version 3 failed the promotion gate: min_sharpe missed"):
-        champion_model(
-            dg.build_asset_context(), model_registry=registry, **evaluation_reports("3", passed=False)
-        )
-    with pytest.raises(dg.Failure, match="stress tests are of version 2"):
-        champion_model(
-            dg.build_asset_context(),
-            model_registry=registry,
-            **evaluation_reports("3", passed=True, stress_version="2"),
-        )
+    reports = record_evidence(registry, evaluation_reports("3", passed=False))
+    with pytest.raises(dg.Failure, match="rl_trading_agent v3 not promoted: backtest failed min_sharpe$"):
+        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    reports = record_evidence(registry, evaluation_reports("3", passed=True, stress_version="2"))
+    with pytest.raises(
+        dg.Failure, match="v3 not promoted: the stress_tests gate record is of version 2, not 3$"
+    ):
+        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
     assert registry.aliases == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}  # refused promotions move nothing
 
 
 def test_champion_model_first_promotion_has_no_previous():
     registry = FakeRegistry()
-    out = champion_model(
-        dg.build_asset_context(), model_registry=registry, **evaluation_reports("1", passed=True)
-    )
+    reports = record_evidence(registry, evaluation_reports("1", passed=True))
+    out = champion_model(dg.build_asset_context(), model_registry=registry, **reports)
     assert out.value["previous"] is None and registry.aliases == {CHAMPION_ALIAS: "1"}
+
+
+def test_champion_model_refuses_evidence_of_another_run():
+    registry = FakeRegistry({CHAMPION_ALIAS: "1"})
+    # Outputs of another run (read from the shared store while that run overwrote them): nothing moves.
+    foreign = record_evidence(registry, evaluation_reports("2", passed=True, run_id="other-run"))
+    with pytest.raises(
+        dg.Failure,
+        match="v2 not promoted: version 2 was registered by run other-run, not this run EPHEMERAL; the backtest "
+        "gate record of version 2 is from run other-run, not this run EPHEMERAL; the stress_tests gate record",
+    ):
+        champion_model(dg.build_asset_context(), model_registry=registry, **foreign)
+
+    # This run's outputs agree, but the registry's backtest record of the version comes from another run.
+    registry = FakeRegistry({CHAMPION_ALIAS: "1"})
+    reports = record_evidence(registry, evaluation_reports("2", passed=True))
+    registry.record_gate(evaluation_reports("2", passed=True, run_id="other-run")["backtest"].gate_record())
+    with pytest.raises(
+        dg.Failure,
+        match="the registry's records refuse it: rl_trading_agent v2: the backtest gate record of version 2 "
+        "is from run other-run, not this run EPHEMERAL$",
+    ):
+        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+
+    # Outputs without any record in the registry (their gate steps never reached it): refused.
+    registry = FakeRegistry({CHAMPION_ALIAS: "1"})
+    reports = evaluation_reports("2", passed=True)
+    with pytest.raises(
+        dg.Failure, match="no backtest gate record for version 2; no stress_tests gate record"
+    ):
+        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    assert registry.aliases == {CHAMPION_ALIAS: "1"}
 
 
 def _outcome(algorithm: str, seed: int, test_sharpe: float, drawdown: float, drift: float) -> SeedOutcome:

@@ -133,8 +133,9 @@ def test_limit_orders_fill_only_when_a_bar_trades_through(server, broker):
 
 
 def test_rejected_orders_are_final(server, broker):
-    with pytest.raises(OrderRejected, match="insufficient qty"):
+    with pytest.raises(OrderRejected, match="insufficient qty") as short:
         broker.submit_order(OrderRequest("short", "AAPL", "sell", 5))  # a cash account cannot short
+    assert short.value.reason == "HTTP 403: insufficient qty available for order (requested: 5, available: 0)"
     publish(server, 1, open_=170.0)
     with pytest.raises(OrderRejected, match="buying power"):
         broker.submit_order(OrderRequest("huge", "AAPL", "buy", 10_000))

@@ -92,3 +92,25 @@ def test_to_domain_at_the_defaults_is_the_domain_default(settings, domain):
 def test_settings_fields_default_to_the_domain_fields(settings, domain):
     values = settings().model_dump()
     assert values == {name: getattr(domain(), name) for name in values}
+
+
+@pytest.mark.parametrize(
+    ("settings", "values", "named"),
+    [
+        (TrainingSettings, {"total_timesteps": -5}, "total_timesteps must be a positive integer, got -5"),
+        (TrainingSettings, {"seed": -1}, "seed must be at least 0, got -1"),
+        (TrainingSettings, {"learning_rate": 0.0}, "learning_rate must be positive"),
+        (AgentZooSettings, {"timesteps": 0}, "timesteps must be positive, got 0"),
+        (AgentZooSettings, {"n_seeds": 0}, "n_seeds must be at least 1"),
+        (
+            WalkForwardSettings,
+            {"timesteps_per_window": -1},
+            "timesteps_per_window must be a positive integer",
+        ),
+        (SeedSweepSettings, {"n_seeds": 0}, "n_seeds must be at least 1, got 0"),
+    ],
+)
+def test_a_bad_budget_or_seed_is_refused_when_the_config_is_built(settings, values, named):
+    # The launchpad and the CLI build the Config before any step starts: the domain's own check refuses it there.
+    with pytest.raises(ValueError, match=named):
+        settings(**values)

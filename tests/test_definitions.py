@@ -56,7 +56,7 @@ def test_run_pipeline_prints_a_readable_summary(monkeypatch, capsys):
     for expected in (
         "Data source : bokeh-sampledata daily OHLCV",
         "Tickers     : AAPL, GOOG, IBM, MSFT",
-        "Data checks : 10 passed, 1 failed",
+        "Data checks : 11 passed, 1 failed",
         "Coverage    : AAPL 2000-",
         "GOOG 2004-08-19..2013-03-01 (late listing)",
         "Leaderboard : every candidate after costs, ranked on validation",

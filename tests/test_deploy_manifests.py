@@ -718,3 +718,126 @@ def test_alert_rules_read_metrics_the_live_metrics_module_exports() -> None:
         exported.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
     missing = rule_metric_names() - exported
     assert not missing, f"alert rules read metrics LiveMetrics does not export: {sorted(missing)}"
+
+
+# ---------------------------------------------------------------- who may reach what: UI binding, network policies
+
+UI_PORT = 3000
+WEBSERVER_POD_LABELS = {"app.kubernetes.io/instance": "dagster", "component": "dagster-webserver"}
+PRIVATE_RANGES = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+DNS_PORTS = {("UDP", 53), ("TCP", 53)}
+
+
+def dockerfile_env() -> dict[str, str]:
+    """The image's ENV settings (``KEY=value`` pairs, the form the Dockerfile uses)."""
+    env: dict[str, str] = {}
+    for keyword, arguments in dockerfile_instructions(DOCKERFILE.read_text()):
+        if keyword == "ENV":
+            env.update(pair.split("=", 1) for pair in shlex.split(arguments))
+    return env
+
+
+def rule_ports(rule: dict[str, Any]) -> set[tuple[str, int]]:
+    """(protocol, port) pairs a NetworkPolicy rule opens; a rule without ports would open every port."""
+    assert rule.get("ports"), f"a NetworkPolicy rule opens every port: {rule}"
+    return {(port.get("protocol", "TCP"), port["port"]) for port in rule["ports"]}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_dockerfile_default_command_serves_the_ui_on_loopback_only() -> None:
+    (cmd,) = [
+        arguments
+        for keyword, arguments in dockerfile_instructions(DOCKERFILE.read_text())
+        if keyword == "CMD"
+    ]
+    argv = dockerfile_command(cmd)
+    assert argv[:2] == ["sh", "-c"]
+    dev = shlex.split(argv[2].split("&&")[-1])
+    assert dev[:3] == ["exec", "dagster", "dev"]
+    host = flag_value(dev, "-h")
+    assert host == "$RL_TRADING_UI_HOST" and int(flag_value(dev, "-p")) == UI_PORT
+    assert dockerfile_env()["RL_TRADING_UI_HOST"] == "127.0.0.1"
+    # The healthcheck polls the UI from inside the container, which loopback serves.
+    assert dockerfile_env()["RL_TRADING_HEALTHCHECK_URL"].startswith(f"http://127.0.0.1:{UI_PORT}/")
+    docs = (PROJECT_ROOT / "docs" / "deployment.md").read_text()
+    assert "RL_TRADING_UI_HOST=0.0.0.0 -p 127.0.0.1:3000:3000" in docs and "### The Dagster UI" in docs
+
+
+def test_agent_network_policy_admits_only_monitoring_and_opens_only_its_dependencies() -> None:
+    policy = find_object("NetworkPolicy", "rl-trading-agent")["spec"]
+    pod_labels = agent_deployment()["spec"]["template"]["metadata"]["labels"]
+    assert selects(policy["podSelector"], pod_labels)
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+
+    (ingress,) = policy["ingress"]
+    assert rule_ports(ingress) == {("TCP", MONITOR_PORT)}
+    (peer,) = ingress["from"]
+    assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+    opened: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for rule in policy["egress"]:
+        assert rule.get("to"), f"an egress rule reaches every destination: {rule}"
+        for port in rule_ports(rule):
+            opened.setdefault(port, []).extend(rule["to"])
+    assert opened.keys() == DNS_PORTS | {("TCP", 443), ("TCP", 5432), ("TCP", 5000)}
+    for port in DNS_PORTS:
+        (dns,) = opened[port]
+        assert dns["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        assert dns["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kube-system"}
+    (https,) = opened[("TCP", 443)]
+    assert https["ipBlock"]["cidr"] == "0.0.0.0/0" and set(https["ipBlock"]["except"]) >= PRIVATE_RANGES
+    # The databases and MLflow are reached as in-namespace pods, never as "anything on that port".
+    for port in (("TCP", 5432), ("TCP", 5000)):
+        assert all(
+            set(peer) == {"podSelector"} and peer["podSelector"]["matchLabels"] for peer in opened[port]
+        )
+
+
+def test_dagster_webserver_is_reachable_only_through_the_login_proxy() -> None:
+    values = helm_values()
+    webserver = values["dagsterWebserver"]["service"]
+    assert webserver.keys() <= {"type", "port", "annotations"}
+    assert webserver["type"] == "ClusterIP" and values["ingress"]["enabled"] is False
+
+    policy = find_object("NetworkPolicy", "dagster-webserver")["spec"]
+    assert policy["podSelector"]["matchLabels"] == WEBSERVER_POD_LABELS
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    (ingress,) = policy["ingress"]
+    assert rule_ports(ingress) == {("TCP", webserver["port"])}
+    (peer,) = ingress["from"]
+    proxy = find_object("Deployment", "dagster-ui-auth-proxy")
+    assert set(peer) == {"podSelector"} and selects(
+        peer["podSelector"], proxy["spec"]["template"]["metadata"]["labels"]
+    )
+    egress = set().union(*(rule_ports(rule) for rule in policy["egress"]))
+    assert egress == DNS_PORTS | {("TCP", 5432), ("TCP", code_server_deployment()["port"])}
+
+    # The proxy forwards to the webserver's Service port and takes its OAuth client from the Secret only.
+    settings = find_object("ConfigMap", "dagster-ui-auth-proxy")["data"]
+    assert settings["OAUTH2_PROXY_UPSTREAMS"].endswith(f":{webserver['port']}")
+    (container,) = proxy["spec"]["template"]["spec"]["containers"]
+    from_secret = {entry["name"] for entry in container["env"] if "secretKeyRef" in entry["valueFrom"]}
+    assert {"OAUTH2_PROXY_CLIENT_SECRET", "OAUTH2_PROXY_COOKIE_SECRET"} <= from_secret
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    service = find_object("Service", "dagster-ui-auth-proxy")
+    assert service["spec"]["type"] == "ClusterIP" and selects(
+        {"matchLabels": service["spec"]["selector"]}, proxy["spec"]["template"]["metadata"]["labels"]
+    )
+
+    # `kubectl apply -k` applies the policies, not the proxy (it cannot start with placeholders).
+    (kustomization,) = load_documents(K8S_DIR / "kustomization.yaml")
+    assert "networkpolicy.yaml" in kustomization["resources"]
+    assert "dagster-ui-auth-proxy.yaml" not in kustomization["resources"]
+    assert PLACEHOLDER.search(settings["OAUTH2_PROXY_OIDC_ISSUER_URL"])
+
+
+def test_helm_daemon_queues_one_retraining_run_at_a_time() -> None:
+    from resources.state_home import RETRAINING_TAG_KEY, RETRAINING_TAGS
+
+    queued = helm_values()["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queued["tagConcurrencyLimits"] == [
+        {"key": RETRAINING_TAG_KEY, "value": RETRAINING_TAGS[RETRAINING_TAG_KEY], "limit": 1}
+    ]

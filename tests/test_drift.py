@@ -210,3 +210,34 @@ def test_psi_against_training_deciles_and_which_features_are_tracked():
     assert psi_against_quantiles(edges, rng.normal(50, 10, 2_000)) < 0.02
     assert psi_against_quantiles(edges, rng.normal(65, 10, 2_000)) > 0.25
     assert psi_against_quantiles(edges, np.array([np.nan])) == 0.0
+
+
+# ------------------------------------------------------------------------------------------ live drift score
+
+
+def test_live_drift_score_scores_the_window_on_its_bars_and_resumes_from_its_state() -> None:
+    from trading_core.monitoring.drift import LiveDriftScore, psi_against_quantiles
+    from trading_core.runtime.stored_json import dumps, loads
+
+    rng = np.random.default_rng(3)
+    reference = {"rsi": tuple(np.linspace(20, 80, 9)), "cci": tuple(np.linspace(-150, 150, 9))}
+    # Two assets per bar; the second half drifts upwards.
+    rows = [np.column_stack([rng.normal(40 + bar / 3, 15, 2), rng.normal(0, 100, 2)]) for bar in range(1, 61)]
+    live = LiveDriftScore(reference, window=20, every=5)
+    scores = [live.update(row, bar) for bar, row in enumerate(rows, start=1)]
+    assert scores[:9] == [None] * 9  # half the window (10 bars) first, then the 10th bar scores
+    recent = np.concatenate(rows[40:60])
+    expected = max(
+        psi_against_quantiles(np.asarray(e), recent[:, i]) for i, e in enumerate(reference.values())
+    )
+    assert scores[-1] == expected
+    assert scores[-2] == scores[-6] != scores[-7]  # bar 55's score is kept until bar 60 scores
+
+    resumed, uninterrupted = LiveDriftScore(reference, 20, 5), LiveDriftScore(reference, 20, 5)
+    for bar, row in enumerate(rows[:33], start=1):
+        uninterrupted.update(row, bar)
+    resumed.load_state(loads(dumps("drift", 1, uninterrupted.state()), "drift", 1, "test"))
+    for bar, row in enumerate(rows[33:], start=34):
+        assert resumed.update(row, bar) == uninterrupted.update(row, bar)
+    with pytest.raises(ValueError, match="do not score the 2 columns"):
+        resumed.load_state({"rows": np.zeros((3, 2, 5)), "score": None})

@@ -134,3 +134,18 @@ def test_the_stream_url_is_alpacas_endpoint_shape():
     with FakeAlpacaServer() as server:
         assert server.stream_url.startswith("ws://127.0.0.1:") and server.stream_url.endswith("/v2/iex")
         assert server.url.startswith("http://127.0.0.1:")
+
+
+def test_a_stream_that_ends_unasked_ends_the_iteration_with_one_redacted_line():
+    from trading_core.live.sources import AlpacaBarStream, BarSourceError
+
+    with FakeAlpacaServer() as server:
+        stream = AlpacaBarStream("test-key", "test-secret", ["AAPL"], url_override=server.stream_url)
+
+        def refused() -> None:
+            raise ValueError("auth failed for test-key / test-secret")
+
+        stream._stream.run = refused  # what alpaca-py's run does when it gives up
+        with pytest.raises(BarSourceError) as failed:
+            next(iter(stream))
+    assert str(failed.value) == "the Alpaca bar stream failed: ValueError: auth failed for *** / ***"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from trading_core.features.batch import balanced_panel, build_features
 from trading_core.features.streaming import BAR_FIELDS, StreamingFeatures
 from trading_core.models.cnn_lstm import CNNLSTMConfig, learned_features, train_cnn_lstm
+from trading_core.runtime import stored_json
 
 SHARED_DATA = Path(
     os.environ.get("RL_TRADING_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -252,7 +252,10 @@ def test_snapshot_round_trip_continues_identically(daily_bars, vix_series):
     original.record_vix(updates[50][0], vix_series[updates[50][0]])  # queued, not yet used by a date
 
     snapshot = original.snapshot()
-    restored = StreamingFeatures.from_snapshot(pickle.loads(pickle.dumps(snapshot)))
+    # Through the stored JSON text, as the live loop saves it.
+    text = stored_json.dumps("features", 1, snapshot)
+    assert stored_json.dumps("features", 1, stored_json.loads(text, "features", 1, "test")) == text
+    restored = StreamingFeatures.from_snapshot(stored_json.loads(text, "features", 1, "test"))
     frame_at_snapshot = restored.latest_frame(32)
 
     assert restored.last_date == original.last_date

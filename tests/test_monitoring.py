@@ -18,10 +18,12 @@ import requests
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from trading_assets.config_defaults import default_of
 from trading_core.market.limits import TradingState
 from trading_core.monitoring import (
     Alert,
     AlertEvaluator,
+    AlertRulesConfig,
     AlertSnapshot,
     BackgroundAlertSink,
     BreakerTripRule,
@@ -172,7 +174,7 @@ def test_closed_positions_leave_the_gauge_and_breaker_states_map_to_numbers() ->
 # ------------------------------------------------------------------------------------------------ alert rules
 
 BAD_AND_GOOD = [
-    (DrawdownBreachRule(0.10), AlertSnapshot(drawdown=0.12), AlertSnapshot(drawdown=0.10), "critical"),
+    (DrawdownBreachRule(0.10), AlertSnapshot(drawdown=0.12), AlertSnapshot(drawdown=0.08), "critical"),
     (
         BreakerTripRule(),
         AlertSnapshot(trading_state=TradingState.HALTED),
@@ -182,7 +184,7 @@ BAD_AND_GOOD = [
     (
         StaleDataRule(60.0),
         AlertSnapshot(last_bar_time=1_700_000_000.0 - 61.0, market_open=True),
-        AlertSnapshot(last_bar_time=1_700_000_000.0 - 50.0, market_open=True),
+        AlertSnapshot(last_bar_time=1_700_000_000.0 - 40.0, market_open=True),
         "warning",
     ),
     (ModelDriftRule(0.25), AlertSnapshot(drift_score=0.4), AlertSnapshot(drift_score=0.1), "warning"),
@@ -231,9 +233,9 @@ def test_drift_rule_ignores_missing_scores() -> None:
     assert rule.check(AlertSnapshot(drift_score=float("nan")), 0.0) is None
 
 
-def test_cooldown_repeats_a_lasting_alert_once_per_period() -> None:
+def test_reminders_repeat_a_lasting_alert_once_per_period() -> None:
     clock = FakeClock()
-    evaluator = AlertEvaluator([DrawdownBreachRule(0.1)], cooldown_s=600.0, clock=clock)
+    evaluator = AlertEvaluator([DrawdownBreachRule(0.1)], clock=clock, remind_every_s=600.0)
     bad = AlertSnapshot(drawdown=0.2)
     fired_at = []
     for _ in range(130):  # 130 evaluations 10 s apart: 0 .. 1290 s
@@ -257,6 +259,78 @@ def test_a_flapping_condition_does_not_storm() -> None:
     ]
     alerts = evaluator.evaluate(AlertSnapshot(drawdown=0.2))
     assert [a.resolved for a in alerts] == [False]
+
+
+def test_a_value_hovering_at_the_threshold_alerts_once_until_it_clears_by_the_margin() -> None:
+    clock = FakeClock()
+    evaluator = AlertEvaluator([DrawdownBreachRule(0.10, hysteresis=0.2)], cooldown_s=0.0, clock=clock)
+    fired = []
+    # Around the 10% limit, never at or below the 8% clearing level, then cleared, then breached again.
+    for drawdown in (0.101, 0.099, 0.104, 0.095, 0.0801, 0.102, 0.08, 0.09, 0.101):
+        clock.now += 86_400.0
+        fired += [(drawdown, a.resolved) for a in evaluator.evaluate(AlertSnapshot(drawdown=drawdown))]
+    assert fired == [(0.101, False), (0.08, True), (0.101, False)]
+    in_band = DrawdownBreachRule(0.10).check(AlertSnapshot(drawdown=0.09), 0.0, active=True)
+    assert in_band.message == "drawdown 9.00% back under the limit of 10.00%, not yet at 8.00%"
+    assert DrawdownBreachRule(0.10).check(AlertSnapshot(drawdown=0.09), 0.0) is None  # not entered below it
+
+
+def test_a_constant_drift_score_alerts_once_not_on_every_bar() -> None:
+    clock = FakeClock()
+    rules = AlertRulesConfig(drift_threshold=0.25).rules()
+    evaluator = AlertEvaluator(rules, clock=clock)
+    fired = []
+    for bar in range(60):  # daily bars, one every 86 400 s: far more than any cooldown
+        clock.now += 86_400.0
+        score = 0.4 if bar < 40 else 0.1
+        fired += [(bar, a.rule, a.resolved) for a in evaluator.evaluate(AlertSnapshot(drift_score=score))]
+    assert fired == [(0, "model_drift", False), (40, "model_drift", True)]
+
+
+def test_hysteresis_defaults_and_validation() -> None:
+    config = AlertRulesConfig()
+    assert [rule.hysteresis for rule in config.rules() if hasattr(rule, "hysteresis")] == [
+        config.hysteresis
+    ] * 3
+    assert DrawdownBreachRule(0.1).hysteresis == config.hysteresis
+    assert default_of(default_rules, "max_bar_age_s") == config.max_bar_age_s
+    with pytest.raises(ValueError, match="hysteresis"):
+        ModelDriftRule(0.25, hysteresis=1.0)
+    with pytest.raises(ValueError, match="remind_every_s"):
+        AlertEvaluator(default_rules(), remind_every_s=0.0)
+
+
+def test_an_evaluator_restored_from_its_state_alerts_as_an_uninterrupted_one() -> None:
+    rng = np.random.default_rng(7)
+    snapshots = [
+        AlertSnapshot(
+            drawdown=float(rng.uniform(0.0, 0.15)),
+            trading_state=TradingState(int(rng.integers(0, 3))),
+            drift_score=float(rng.uniform(0.15, 0.35)),
+        )
+        for _ in range(200)
+    ]
+
+    def run(clock: FakeClock, kill_at: int | None = None, restore: bool = True) -> list[tuple]:
+        evaluator, fresh = (AlertEvaluator(default_rules(), cooldown_s=600.0, clock=clock) for _ in range(2))
+        fired = []
+        for index, snapshot in enumerate(snapshots):
+            if index == kill_at:  # a new process: a fresh evaluator with the state saved after the last bar
+                saved = json.loads(json.dumps(evaluator.state(), allow_nan=False))
+                evaluator = fresh
+                if restore:
+                    evaluator.load_state(saved)
+            clock.now += 60.0
+            fired += [(index, a.rule, a.severity, a.message) for a in evaluator.evaluate(snapshot)]
+        return fired
+
+    uninterrupted = run(FakeClock())
+    assert len(uninterrupted) > 20
+    assert {a[1] for a in uninterrupted} == {"drawdown_breach", "breaker_trip", "model_drift"}
+    assert run(FakeClock(), kill_at=97) == uninterrupted
+    assert run(FakeClock(), kill_at=97, restore=False) != uninterrupted  # what a restart without it did
+    with pytest.raises(ValueError, match="alert evaluator's state"):
+        AlertEvaluator(default_rules()).load_state({"active": {}})
 
 
 def test_breaker_transitions_alert_at_once_each_with_its_own_cooldown() -> None:
@@ -293,7 +367,7 @@ def test_a_failing_rule_is_logged_and_skipped(caplog: pytest.LogCaptureFixture) 
     class Broken(DrawdownBreachRule):
         name = "broken"
 
-        def check(self, snapshot: AlertSnapshot, now: float) -> None:
+        def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> None:
             raise ZeroDivisionError("rule bug")
 
     evaluator = AlertEvaluator([Broken(0.1), DrawdownBreachRule(0.1)], clock=FakeClock())

@@ -79,7 +79,7 @@ def _write_minute_file(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _paper_command(server: FakeAlpacaServer, bars: Path, state_db: str) -> list[str]:
+def _paper_command(server: FakeAlpacaServer, bars: Path, state_db: str, resume: bool = False) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -91,7 +91,7 @@ def _paper_command(server: FakeAlpacaServer, bars: Path, state_db: str) -> list[
         "--publish-to-fake",
         "--bars",
         str(bars),
-        "--session-id",
+        "--session-id" if resume else "--new-session-id",
         "crash-test",
         "--state-db",
         state_db,
@@ -102,10 +102,10 @@ def _paper_command(server: FakeAlpacaServer, bars: Path, state_db: str) -> list[
     ]
 
 
-def _finish_session(server: FakeAlpacaServer, bars: Path, state_db: Path, env: dict[str, str]):
+def _finish_session(server: FakeAlpacaServer, bars: Path, state_db: Path, env: dict[str, str], resume: bool):
     """Run the paper command to the end; the client order ids the fake received and its final positions."""
     finished = subprocess.run(
-        _paper_command(server, bars, f"sqlite:///{state_db}"),
+        _paper_command(server, bars, f"sqlite:///{state_db}", resume),
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -161,10 +161,12 @@ def test_killed_session_restarts_without_losing_or_repeating_anything(live_agent
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert decided < SESSION_BARS
-        crashed_orders, crashed_positions = _finish_session(server, bars, crashed_db, env)
+        crashed_orders, crashed_positions = _finish_session(server, bars, crashed_db, env, resume=True)
 
     with FakeAlpacaServer(initial_cash=spec.env_spec.initial_amount) as reference_server:
-        reference_orders, reference_positions = _finish_session(reference_server, bars, reference_db, env)
+        reference_orders, reference_positions = _finish_session(
+            reference_server, bars, reference_db, env, resume=False
+        )
 
     assert len(crashed_orders) == len(set(crashed_orders))  # nothing sent twice
     assert sorted(crashed_orders) == sorted(reference_orders)  # nothing lost
@@ -177,3 +179,5 @@ def test_killed_session_restarts_without_losing_or_repeating_anything(live_agent
         crashed.equity_curve("crash-test", CHAMPION), uninterrupted.equity_curve("crash-test", CHAMPION)
     )
     assert len(crashed.decisions("crash-test", CHAMPION)) == SESSION_BARS
+    assert crashed.get_session("crash-test").status == "finished"
+    assert not set(crashed.alerts("crash-test")["rule"]) & {"position_reconciliation", "order_reconciliation"}

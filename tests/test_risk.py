@@ -957,3 +957,46 @@ def test_a_backtest_record_reports_its_halt_statistics() -> None:
         traded_notional=pd.Series(0.0, index=dates),
     )
     assert record.halt_statistics == HaltStatistics(days_halted=3, halts=1, rearms=1)
+
+
+def test_a_manager_stored_as_json_restores_exactly_and_continues_identically() -> None:
+    from trading_core.runtime.stored_json import dumps, loads
+
+    rng = np.random.default_rng(11)
+    limits = RiskLimits(max_drawdown_halt=0.08, drawdown_reduce=0.04, volatility_halt=0.9, var_limit=0.02)
+    original = RiskManager(limits, 3, 4)
+    original.reset(np.full(3, 1_000.0))
+    equity_path = 1_000.0 * np.cumprod(1.0 + rng.normal(0.0, 0.02, (60, 3)), axis=0)
+    prices = np.full((3, 4), 10.0)
+    targets = rng.uniform(0.0, 40.0, (60, 3, 4))
+    returns = rng.normal(0.0, 0.01, (90, 4))
+
+    def bar(risk: RiskManager, day: int) -> tuple[np.ndarray, np.ndarray]:
+        state = risk.on_bar(equity_path[day], turbulence=float(day))
+        review = risk.review(
+            targets[day], np.zeros((3, 4)), prices, equity_path[day], returns[day : day + 30]
+        )
+        return state.copy(), review.approved
+
+    for day in range(30):
+        bar(original, day)
+    original.transitions()
+    original.on_bar(equity_path[30] * 0.5)  # leaves a transition unreported in the log
+
+    text = dumps("risk", 1, original.to_dict())
+    restored = RiskManager.from_dict(loads(text, "risk", 1, "test"))
+    assert dumps("risk", 1, restored.to_dict()) == text  # same floats (NaNs included), dtypes and log
+    for day in range(31, 60):
+        (state_a, approved_a), (state_b, approved_b) = bar(original, day), bar(restored, day)
+        np.testing.assert_array_equal(state_a, state_b)
+        np.testing.assert_array_equal(approved_a, approved_b)
+    assert restored.transitions() == original.transitions()
+
+
+def test_a_manager_state_of_other_sizes_is_refused() -> None:
+    state = RiskManager(RiskLimits(), 2, 3).to_dict()
+    state["arrays"]["peak_equity"] = np.zeros(5)
+    with pytest.raises(ValueError, match=r"peak_equity is float64\(5,\), expected float64\(2,\)"):
+        RiskManager.from_dict(state)
+    with pytest.raises(ValueError, match="limits must be RiskLimits"):
+        RiskManager.from_dict({**state, "limits": {"max_weight": 0.2}})

@@ -8,7 +8,10 @@ its ``to_domain()`` builds the domain object from the run's values.
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Self
+
+import dagster as dg
+from pydantic import model_validator
 
 
 def default_of(source: type | Callable[..., Any], name: str) -> Any:
@@ -49,3 +52,17 @@ def name_of(presets: Mapping[str, Any], value: Any) -> str:
         if preset == value:
             return name
     raise ValueError(f"{value!r} is none of the presets {', '.join(presets)}")
+
+
+class DomainCheckedConfig(dg.Config):
+    """A ``Config`` whose ``to_domain()`` runs when the config is built, so the domain dataclass's own checks
+    (a budget that is not positive, a negative seed) refuse a bad value in the launchpad and the CLI before any
+    step starts, not when its step does."""
+
+    def to_domain(self) -> Any:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _checked_by_the_domain(self) -> Self:
+        self.to_domain()
+        return self

@@ -6,13 +6,13 @@ keeps only its ``challenger`` alias.
 """
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import ClassVar, Literal
 
 import dagster as dg
 import pandas as pd
 
-from resources.mlflow_registry import CHAMPION_ALIAS, PREVIOUS_ALIAS, MlflowRegistryResource
-from trading_assets.config_defaults import default_of
+from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, PromotionRefused
+from trading_assets.config_defaults import DomainCheckedConfig, default_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.selection import LeaderboardReport, RegisteredCandidate
@@ -42,10 +42,12 @@ from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
 from trading_core.evaluation.promotion import (
     CandidateThresholds,
     CandidateVerdict,
+    GateRecord,
     GateResult,
     PromotionThresholds,
     evaluate_gate,
     judge_candidate,
+    promotion_refusal,
     yardstick_gate,
 )
 from trading_core.evaluation.seed_sweep import (
@@ -60,6 +62,9 @@ from trading_core.evaluation.stress import StressConfig, StressResult, run_stres
 from trading_core.evaluation.walk_forward import WalkForwardConfig, WalkForwardResult, run_walk_forward
 from trading_core.market.arrays import MarketArrays
 from trading_core.models.cnn_lstm import feature_builder
+
+# The gate steps whose passing records, of the registered version and from the promoting run, promotion needs.
+GATE_STEPS = ("backtest", "stress_tests", "seed_sweep")
 
 GATE_CHECKS = {
     "min_sharpe": "out-of-sample Sharpe after costs at least the configured minimum",
@@ -78,14 +83,43 @@ class StressSettings(dg.Config):
 
 @dataclass(frozen=True)
 class StressReport:
-    """Every scenario's result for one registered version, and the gate verdict on them."""
+    """Every scenario's result for one registered version, and the gate verdict on them.
 
+    :param dagster_run_id: the run that judged the version
+    """
+
+    step: ClassVar[str] = "stress_tests"
     version: str
+    dagster_run_id: str
     results: tuple[StressResult, ...]
     gate: tuple[GateResult, ...]
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([r.row() for r in self.results])
+
+    def gate_record(self) -> GateRecord:
+        return GateRecord.of(self.step, self.version, self.dagster_run_id, self.gate)
+
+
+def _check_results(record: GateRecord, gate: tuple[GateResult, ...]):
+    """The blocking asset checks of a gate step, each naming the version it judged and the run."""
+    for result in gate:
+        yield dg.AssetCheckResult(
+            check_name=result.name,
+            passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=result.description,
+            metadata={
+                "value": float(result.value),
+                "threshold": float(result.threshold),
+                **_bound_to(record),
+            },
+        )
+
+
+def _bound_to(record: GateRecord) -> dict[str, str]:
+    """The metadata naming the version a gate step judged and the run it judged in."""
+    return {"model_version": record.version, "dagster_run_id": record.run_id}
 
 
 def _normalized(curve: pd.Series) -> pd.Series:
@@ -147,7 +181,9 @@ def stress_tests(
             f"worst stress drawdown {worst.max_drawdown:.1%} ({worst.name}) vs allowed <= {config.max_stress_drawdown:.1%}",
         ),
     )
-    report = StressReport(registered_model.version, tuple(results), gate)
+    report = StressReport(registered_model.version, context.op_execution_context.run_id, tuple(results), gate)
+    record = report.gate_record()
+    model_registry.record_gate(record)
     png = equity_curve_png(
         {r.name: _normalized(r.equity) for r in results},
         "Agent equity through each stress scenario",
@@ -170,18 +206,13 @@ def stress_tests(
             "worst_max_drawdown": dg.MetadataValue.float(worst.max_drawdown),
             "worst_scenario": worst.name,
             "equity_curves": png_metadata(png),
+            **_bound_to(record),
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="stress_drawdown_limit",
-        passed=gate[0].passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=gate[0].description,
-        metadata={"value": float(gate[0].value), "threshold": float(gate[0].threshold)},
-    )
+    yield from _check_results(record, gate)
 
 
-class WalkForwardSettings(dg.Config):
+class WalkForwardSettings(DomainCheckedConfig):
     """Windows of the walk-forward evaluation and the training budget per window (:class:`WalkForwardConfig`)."""
 
     n_windows: int = default_of(WalkForwardConfig, "n_windows")
@@ -245,7 +276,7 @@ def walk_forward(
     )
 
 
-class SeedSweepSettings(dg.Config):
+class SeedSweepSettings(DomainCheckedConfig):
     """Seeds of the sweep and the gate on its distribution (defaults: :class:`SeedSweepConfig`)."""
 
     n_seeds: int = default_of(SeedSweepConfig, "n_seeds")
@@ -261,13 +292,23 @@ class SeedSweepSettings(dg.Config):
 
 @dataclass(frozen=True)
 class SeedSweepReport:
-    """The candidate recipe under several seeds, the distribution of its metrics and the gate on them."""
+    """The candidate recipe under several seeds, the distribution of its metrics and the gate on them.
 
+    :param version: the registered version whose recipe was swept
+    :param dagster_run_id: the run that judged it
+    """
+
+    step: ClassVar[str] = "seed_sweep"
+    version: str
+    dagster_run_id: str
     table: pd.DataFrame
     distribution: pd.DataFrame
     n_trials: int
     deflated_sharpe: float
     gate: tuple[GateResult, ...]
+
+    def gate_record(self) -> GateRecord:
+        return GateRecord.of(self.step, self.version, self.dagster_run_id, self.gate)
 
 
 SEED_GATE_CHECKS = {
@@ -297,6 +338,13 @@ def seed_sweep(
 ):
     """The registered candidate's recipe retrained under several seeds (Ray tasks), each judged out of sample;
     at the seeds' 25th percentile it must beat equal-weight buy-and-hold and validation's allocator."""
+    if candidate_leaderboard.dagster_run_id != registered_model.leaderboard_run_id:
+        # The yardsticks must come from the board that picked the version, not from another run's.
+        raise dg.Failure(
+            description=f"seed_sweep: candidate_leaderboard is from run {candidate_leaderboard.dagster_run_id}, "
+            f"but version {registered_model.version} was picked from the leaderboard of run "
+            f"{registered_model.leaderboard_run_id}"
+        )
     recipe = registered_model.agent_config
     if config.timesteps:
         recipe = replace(recipe, total_timesteps=config.timesteps)
@@ -354,7 +402,11 @@ def seed_sweep(
                 leaderboard.allocator_test_sharpe,
             )
         )
-    report = SeedSweepReport(table, stats, n_trials, deflated, gate)
+    report = SeedSweepReport(
+        registered_model.version, context.op_execution_context.run_id, table, stats, n_trials, deflated, gate
+    )
+    record = report.gate_record()
+    model_registry.record_gate(record)
     png = grouped_bars_png(
         table.set_index("seed")[["validation_sharpe", "test_sharpe"]], "Sharpe ratio per seed", "Sharpe"
     )
@@ -381,16 +433,10 @@ def seed_sweep(
             "deflated_sharpe": dg.MetadataValue.float(deflated),
             "trials": n_trials,
             "sharpe_per_seed": png_metadata(png),
+            **_bound_to(record),
         },
     )
-    for result in gate:
-        yield dg.AssetCheckResult(
-            check_name=result.name,
-            passed=result.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=result.description,
-            metadata={"value": float(result.value), "threshold": float(result.threshold)},
-        )
+    yield from _check_results(record, gate)
     checked = {result.name for result in gate}
     for name in ("p25_beats_buy_and_hold", "p25_beats_allocator"):
         if name not in checked:
@@ -399,7 +445,9 @@ def seed_sweep(
                 if not config.must_beat_yardsticks
                 else "no classical allocator on the leaderboard"
             )
-            yield dg.AssetCheckResult(check_name=name, passed=True, description=reason)
+            yield dg.AssetCheckResult(
+                check_name=name, passed=True, description=reason, metadata=_bound_to(record)
+            )
 
 
 class PromotionSettings(dg.Config):
@@ -416,10 +464,15 @@ class PromotionSettings(dg.Config):
 
 @dataclass(frozen=True)
 class BacktestReport:
-    """What the test period showed for one registered version."""
+    """What the test period showed for one registered version.
 
+    :param dagster_run_id: the run that judged the version
+    """
+
+    step: ClassVar[str] = "backtest"
     model_name: str
     version: str
+    dagster_run_id: str
     equity: pd.Series
     benchmark_equity: pd.Series
     metrics: PerformanceMetrics
@@ -432,6 +485,9 @@ class BacktestReport:
     @property
     def promotable(self) -> bool:
         return all(result.passed for result in self.gate)
+
+    def gate_record(self) -> GateRecord:
+        return GateRecord.of(self.step, self.version, self.dagster_run_id, self.gate)
 
 
 @dg.multi_asset(
@@ -472,6 +528,7 @@ def backtest(
     report = BacktestReport(
         model_name=registered_model.name,
         version=registered_model.version,
+        dagster_run_id=context.op_execution_context.run_id,
         equity=result.equity,
         benchmark_equity=result.benchmark_equity,
         metrics=result.metrics,
@@ -508,6 +565,8 @@ def backtest(
         else "rejected: " + "; ".join(r.description for r in gate if not r.passed)
     )
     model_registry.set_version_tags(registered_model.version, {"promotion_gate": verdict})
+    record = report.gate_record()
+    model_registry.record_gate(record)
     context.log.info(f"{registered_model.name} v{registered_model.version}: {verdict}")
 
     yield dg.Output(
@@ -522,21 +581,18 @@ def backtest(
             "trades": result.trades,
             "metrics": markdown_table(comparison),
             "equity_curve": png_metadata(png),
+            **_bound_to(record),
         },
     )
     if result.record is not None:
         yield _attribution_output(result, test, registered_model, model_registry)
-    for gate_result in gate:
-        yield dg.AssetCheckResult(
-            check_name=gate_result.name,
-            passed=gate_result.passed,
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=gate_result.description,
-            metadata={"value": float(gate_result.value), "threshold": float(gate_result.threshold)},
-        )
+    yield from _check_results(record, gate)
     if not config.must_beat_buy_and_hold:
         yield dg.AssetCheckResult(
-            check_name="beats_buy_and_hold", passed=True, description="not required by the promotion settings"
+            check_name="beats_buy_and_hold",
+            passed=True,
+            description="not required by the promotion settings",
+            metadata=_bound_to(record),
         )
 
 
@@ -549,20 +605,26 @@ def champion_model(
     registered_model: RegisteredCandidate,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[dict]:
-    """The registry version holding alias ``champion``, moved here only when every gate check passed."""
-    failed = [r.description for r in (*backtest.gate, *stress_tests.gate, *seed_sweep.gate) if not r.passed]
-    if failed or stress_tests.version != registered_model.version:
-        # Also guards materializations that run without the blocking checks upstream in the same run.
-        reasons = "; ".join(failed) or f"stress tests are of version {stress_tests.version}"
-        raise dg.Failure(description=f"version {backtest.version} failed the promotion gate: {reasons}")
-    former = model_registry.version_for_alias(CHAMPION_ALIAS)
-    if former and former != registered_model.version:
-        model_registry.set_alias(former, PREVIOUS_ALIAS)
-    model_registry.set_alias(registered_model.version, CHAMPION_ALIAS)
-    context.log.info(
-        f"{registered_model.name} v{registered_model.version} is now {CHAMPION_ALIAS} (was v{former})"
-    )
-    champion = {"model_name": registered_model.name, "version": registered_model.version, "previous": former}
+    """The registry version holding alias ``champion``, moved here only to the version this run registered and
+    every gate step of this run passed: both the steps' outputs and their records in the registry must say so."""
+    run_id, version = context.op_execution_context.run_id, registered_model.version
+    # The outputs first: they also guard materializations that run without the blocking checks upstream.
+    evidence = [report.gate_record() for report in (backtest, stress_tests, seed_sweep)]
+    refusal = promotion_refusal(version, run_id, registered_model.dagster_run_id, evidence, GATE_STEPS)
+    if refusal is None:
+        try:
+            former = model_registry.promote(version, run_id, GATE_STEPS)
+        except PromotionRefused as refused:
+            refusal = f"the registry's records refuse it: {refused}"
+    if refusal is not None:
+        raise dg.Failure(description=f"{registered_model.name} v{version} not promoted: {refusal}")
+    context.log.info(f"{registered_model.name} v{version} is now {CHAMPION_ALIAS} (was v{former})")
+    champion = {
+        "model_name": registered_model.name,
+        "version": version,
+        "previous": former,
+        "dagster_run_id": run_id,
+    }
     return dg.Output(champion, metadata={k: str(v) for k, v in champion.items()})
 
 

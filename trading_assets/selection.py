@@ -11,7 +11,12 @@ import dagster as dg
 import mlflow
 import pandas as pd
 
-from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistryResource, RegisteredVersion
+from resources.mlflow_registry import (
+    CHALLENGER_ALIAS,
+    REGISTERED_BY_TAG,
+    MlflowRegistryResource,
+    RegisteredVersion,
+)
 from trading_assets.config_defaults import default_of
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_assets.training import (
@@ -123,11 +128,15 @@ def classical_allocators(
 
 @dataclass(frozen=True)
 class LeaderboardReport:
-    """The leaderboard and validation's picks: the candidate to register and the allocator it must beat."""
+    """The leaderboard and validation's picks: the candidate to register and the allocator it must beat.
+
+    :param dagster_run_id: the run that ranked it (the seed sweep's yardsticks must come from the same board)
+    """
 
     board: Leaderboard
     pick: str | None
     allocator_pick: str | None
+    dagster_run_id: str
 
     @cached_property
     def table(self) -> pd.DataFrame:
@@ -194,7 +203,9 @@ def candidate_leaderboard(
         ),
     ]
     board = Leaderboard(tuple(runs), model_registry.trial_count())
-    report = LeaderboardReport(board, board.pick(), board.pick_allocator())
+    report = LeaderboardReport(
+        board, board.pick(), board.pick_allocator(), context.op_execution_context.run_id
+    )
     table = report.table
     context.log.info(
         f"leaderboard: {len(board.candidates())} candidates, {len(runs)} runs; validation picks "
@@ -228,6 +239,7 @@ def candidate_leaderboard(
             "leaderboard_markdown": markdown_table(table.to_dict(orient="records")),
             "registered_pick": dg.MetadataValue.text(report.pick or "none"),
             "allocator_pick": dg.MetadataValue.text(report.allocator_pick or "none"),
+            "dagster_run_id": report.dagster_run_id,
             "trials": board.n_trials,
             "sharpe_per_candidate": png_metadata(png),
         },
@@ -252,6 +264,8 @@ class RegisteredCandidate:
     :param algorithm: the zoo algorithm
     :param seed: the training seed of the registered run
     :param agent_config: the recipe (algorithm, budget, hyperparameters)
+    :param dagster_run_id: the run that registered it: only that run may promote it
+    :param leaderboard_run_id: the run whose leaderboard picked it
     :param env_spec: the environment it trained in (a tilt candidate's action tilts a prior)
     """
 
@@ -260,6 +274,8 @@ class RegisteredCandidate:
     algorithm: str
     seed: int
     agent_config: AgentConfig
+    dagster_run_id: str
+    leaderboard_run_id: str
     env_spec: EnvSpec = EnvSpec()
 
     @property
@@ -360,10 +376,13 @@ def registered_model(
             report, agent_zoo, trained_agent, learned_features, model_registry
         )
     row = report.table.set_index("candidate").loc[report.pick]
+    dagster_run_id = context.op_execution_context.run_id
     version = model_registry.register(
         model_uri,
         run_id,
         tags={
+            REGISTERED_BY_TAG: dagster_run_id,
+            "leaderboard_run_id": report.dagster_run_id,
             "algorithm": algorithm,
             "candidate": report.pick,
             "seed": str(seed),
@@ -379,7 +398,16 @@ def registered_model(
         f"{version.name} v{version.version}: {report.pick} seed {seed}, validation's pick (25th percentile "
         f"validation Sharpe {row['validation_sharpe_p25']:.2f})"
     )
-    registered = RegisteredCandidate(version, report.pick, algorithm, seed, recipe, env_spec)
+    registered = RegisteredCandidate(
+        version,
+        report.pick,
+        algorithm,
+        seed,
+        recipe,
+        dagster_run_id=dagster_run_id,
+        leaderboard_run_id=report.dagster_run_id,
+        env_spec=env_spec,
+    )
     return dg.Output(
         registered,
         metadata={
@@ -389,5 +417,6 @@ def registered_model(
             "run_id": version.run_id,
             "candidate": report.pick,
             "seed": seed,
+            "dagster_run_id": dagster_run_id,
         },
     )

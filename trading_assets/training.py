@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
-from trading_assets.config_defaults import default_of, name_of
+from trading_assets.config_defaults import DomainCheckedConfig, default_of, name_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
@@ -83,7 +83,7 @@ IMPACT_MODELS = {"linear": LinearImpact(), "square_root": SquareRootImpact(), "n
 _DEFAULT_COSTS = default_of(SimulationConfig, "cost_model")
 
 
-class TrainingSettings(dg.Config):
+class TrainingSettings(DomainCheckedConfig):
     """Agent, budget and environment settings of a training run (the backtest reuses the environment).
 
     Defaults: the PPO recipe of :class:`PPOConfig`, the environment of :class:`EnvSpec` and its simulation,
@@ -125,6 +125,12 @@ class TrainingSettings(dg.Config):
     )
     finrl_cost_pct: float = default_of(EnvSpec, "finrl_cost_pct")
     use_learned_features: bool = True
+
+    def to_domain(self) -> tuple[PPOConfig, EnvSpec]:
+        """The recipe and the environment (each checks its own values); the seed is checked here."""
+        if self.seed < 0:
+            raise ValueError(f"seed must be at least 0, got {self.seed}")
+        return self.ppo_config(), self.env_spec()
 
     def ppo_config(self) -> PPOConfig:
         """The PPO recipe and budget these settings describe."""
@@ -371,7 +377,7 @@ ENSEMBLE_MODEL_NAME = "rl_trading_ensemble"
 SPLIT_WINDOW = "split"
 
 
-class AgentZooSettings(dg.Config):
+class AgentZooSettings(DomainCheckedConfig):
     """Which agents, seeds and windows the zoo trains, and each run's budget (defaults: :class:`ZooConfig`)."""
 
     algorithms: list[str] = list(default_of(ZooConfig, "algorithms"))

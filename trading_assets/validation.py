@@ -1,10 +1,11 @@
-"""Stage 2: the Great Expectations suite and calendar rules as blocking asset checks on validated bars.
+"""Stage 2: the Great Expectations suite, calendar and unadjusted-split rules as blocking asset checks.
 
 The asset runs every rule, reports each as an asset check, and stores nothing when a blocking rule fails: the
 previously stored validated bars stay as they were and nothing downstream runs.
 """
 
 import dagster as dg
+from pydantic import model_validator
 
 from resources.market_data import RawBars
 from trading_assets.config_defaults import default_of
@@ -21,14 +22,34 @@ from trading_core.evaluation.plots import equity_curve_png
 
 
 class ValidationSettings(dg.Config):
-    """Thresholds of the data rules (defaults: :class:`ValidationConfig`)."""
+    """Thresholds, split ratios and allow-list of the data rules (defaults: :class:`ValidationConfig`).
+
+    ``allowed_jumps`` (``TICKER:YYYY-MM-DD``) and the CSV ``allowed_jumps_path`` (columns ``tic``, ``date``) name real
+    corporate events or crashes that the unadjusted-split rule would otherwise block.
+    """
 
     min_completeness: float = default_of(ValidationConfig, "min_completeness")
     outlier_abs_return: float = default_of(ValidationConfig, "outlier_abs_return")
     calendar: str = default_of(ValidationConfig, "calendar")
+    split_ratios: list[str] = list(default_of(ValidationConfig, "split_ratios"))
+    split_ratio_tolerance: float = default_of(ValidationConfig, "split_ratio_tolerance")
+    split_confirm_bars: int = default_of(ValidationConfig, "split_confirm_bars")
+    split_max_recovery: float = default_of(ValidationConfig, "split_max_recovery")
+    split_volume_tolerance: float = default_of(ValidationConfig, "split_volume_tolerance")
+    allowed_jumps: list[str] = list(default_of(ValidationConfig, "allowed_jumps"))
+    allowed_jumps_path: str | None = default_of(ValidationConfig, "allowed_jumps_path")
+
+    @model_validator(mode="after")
+    def _domain_rules_hold(self) -> "ValidationSettings":
+        # The domain's range checks, so a launchpad config is refused the way the CLI refuses it.
+        self.to_domain()
+        return self
 
     def to_domain(self) -> ValidationConfig:
-        return ValidationConfig(**self.model_dump())
+        values = self.model_dump()
+        return ValidationConfig(
+            **{**values, "split_ratios": tuple(self.split_ratios), "allowed_jumps": tuple(self.allowed_jumps)}
+        )
 
 
 VALIDATION_CHECKS = [
@@ -98,6 +119,7 @@ def validated_daily_bars(
     if failures:
         error = DataValidationError(raw_daily_bars.location, failures)
         context.log.error(str(error))
+        # Chained, so the run summary reports the DataValidationError itself as the cause.
         raise dg.Failure(
             description=str(error), metadata={"failed_rules": ", ".join(f.name for f in failures)}
-        )
+        ) from error

@@ -1,12 +1,13 @@
 """What a registered agent needs besides its weights to decide live exactly as it did in training and backtest.
 
 The spec travels inside the registered model (an artifact of its pyfunc), so paper trading, monitoring and any
-later evaluation rebuild the same observation, with the same costs, fills and risk limits.
+later evaluation rebuild the same observation, with the same costs, fills and risk limits. The artifact is a JSON
+document of the spec's dataclasses (:mod:`trading_core.runtime.stored_json`): reading it never runs code, and a
+spec pickled by earlier versions is refused (retrain or re-register such a model).
 """
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,28 @@ import pandas as pd
 
 from trading_core.allocators.config import PRIOR_FEATURE, AllocatorConfig
 from trading_core.data.schema import BASE_COLUMNS
+from trading_core.envs.fast import ActionSpec
+from trading_core.envs.normalization import NormalizationConfig
+from trading_core.envs.rewards import RewardConfig
 from trading_core.envs.spec import EnvSpec
-from trading_core.runtime.stored_pickles import load_project_pickle
+from trading_core.market.costs import (
+    BpsCommission,
+    CostModel,
+    LinearImpact,
+    NoImpact,
+    PerOrderCommission,
+    PerShareCommission,
+    ProportionalCommission,
+    SquareRootImpact,
+    ZeroCommission,
+)
+from trading_core.market.execution import ExecutionConfig
+from trading_core.market.limits import RiskLimits
+from trading_core.market.simulator import SimulationConfig
+from trading_core.runtime.stored_json import StoredStateError, dumps, loads, register_stored
+
+SPEC_SCHEMA = "decision_spec"
+SPEC_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -57,19 +78,46 @@ class DecisionSpec:
         return [*BASE_COLUMNS, *self.feature_columns]
 
     def save(self, path: str | Path) -> Path:
-        """Pickle the spec (its cost and risk models are plain dataclasses of this package)."""
-        target = Path(path)
-        target.write_bytes(pickle.dumps(self))
+        """Write the spec as a JSON document (:mod:`trading_core.runtime.stored_json`) to ``path`` with the suffix
+        ``.json``; returns the path written."""
+        target = Path(path).with_suffix(".json")
+        target.write_text(dumps(SPEC_SCHEMA, SPEC_VERSION, self))
         return target
 
     @classmethod
     def load(cls, path: str | Path) -> DecisionSpec:
-        """Read a spec written by :meth:`save`; only load specs from your own model registry."""
-        spec = load_project_pickle(Path(path).read_bytes())
+        """Read a spec written by :meth:`save`; reading builds the spec's dataclasses only, it never runs code.
+
+        :raises PickledStateError: the file is a spec pickled by earlier versions (refused, never unpickled)
+        :raises StoredStateError: the file is no decision spec, or a corrupt one
+        """
+        spec = loads(Path(path).read_bytes(), SPEC_SCHEMA, SPEC_VERSION, source=f"decision spec {path}")
         if not isinstance(spec, cls):
-            raise TypeError(f"{path} holds a {type(spec).__name__}, not a DecisionSpec")
+            raise StoredStateError(f"decision spec {path} holds a {type(spec).__name__}, not a DecisionSpec")
         return spec
 
+
+# The dataclasses a stored spec is made of: the only classes reading one back may build.
+register_stored(
+    DecisionSpec,
+    EnvSpec,
+    ActionSpec,
+    RewardConfig,
+    NormalizationConfig,
+    AllocatorConfig,
+    SimulationConfig,
+    ExecutionConfig,
+    RiskLimits,
+    CostModel,
+    ProportionalCommission,
+    BpsCommission,
+    PerShareCommission,
+    PerOrderCommission,
+    ZeroCommission,
+    LinearImpact,
+    SquareRootImpact,
+    NoImpact,
+)
 
 # Oscillators are bounded and scale-free; price-level indicators (moving averages, Bollinger bands, MACD) drift with
 # the price itself and would report drift whenever prices trend.

@@ -33,6 +33,17 @@ class PPOConfig:
     net_arch: tuple[int, ...] = _ZOO_PPO.net_arch
     log_std_init: float = dict(_ZOO_PPO.params["policy_kwargs"])["log_std_init"]
 
+    def __post_init__(self) -> None:
+        for name in ("total_timesteps", "n_steps", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.ent_coef < 0:
+            raise ValueError(f"ent_coef must be at least 0, got {self.ent_coef}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+
     def as_dict(self) -> dict[str, object]:
         params = asdict(self)
         params["net_arch"] = list(self.net_arch)

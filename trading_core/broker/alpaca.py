@@ -270,11 +270,12 @@ class AlpacaPaperBroker:
         """
         if isinstance(error, APIError):
             status = error.status_code
-            message = f"{action} failed: HTTP {status}: {self._redact(_api_message(error))}"
+            reason = f"HTTP {status}: {self._redact(_api_message(error))}"
+            message = f"{action} failed: {reason}"
             if status is None or status in TRANSIENT_STATUS or status >= 500:
                 return TransientBrokerError(message)
             if order and status != 401:  # a bad key is not a verdict on the order
-                return OrderRejected(message)
+                return OrderRejected(message, reason)
             return BrokerError(message)
         message = f"{action} failed: {type(error).__name__}: {self._redact(str(error))}"
         if isinstance(

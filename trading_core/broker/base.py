@@ -214,7 +214,15 @@ class TransientBrokerError(BrokerError):
 
 
 class OrderRejected(BrokerError):
-    """The broker refused an order (invalid, unknown symbol, insufficient funds...)."""
+    """The broker refused an order (invalid, unknown symbol, insufficient funds...): a final verdict on it.
+
+    :param message: one line naming the order and the refusal
+    :param reason: the broker's own words (e.g. ``HTTP 403: insufficient buying power``); the message when omitted
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @runtime_checkable
@@ -235,7 +243,12 @@ class Broker(Protocol):
         """Submit an order. Idempotent on ``client_order_id``: a second submit of the same id returns the
         existing order and never creates a second one.
 
+        Only :class:`OrderRejected` is a verdict on the order. Any other :class:`BrokerError` (a timeout, a lost
+        connection, 5xx or 429 after the retries) leaves its outcome unknown: the broker may hold it, so the
+        caller asks :meth:`get_order` later instead of deciding.
+
         :param request: the order
+        :raises OrderRejected: the broker refused the order
         """
         ...
 

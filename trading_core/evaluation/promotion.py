@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -240,3 +241,102 @@ def yardstick_gate(
             )
         )
     return results
+
+
+GATE_RECORD_TAG_PREFIX = "gate."
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """One gate step's verdict on one registered version, bound to the pipeline run that reached it.
+
+    Promotion trusts a verdict only when it names the version being promoted and the run promoting it: with
+    runs that overlap, a step could otherwise have judged another run's version.
+
+    :param step: the gate step that judged (e.g. ``backtest``)
+    :param version: the registry version it judged
+    :param run_id: the pipeline run it judged in
+    :param failed: names of the criteria that failed (none: the step passed)
+    """
+
+    step: str
+    version: str
+    run_id: str
+    failed: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    @classmethod
+    def of(cls, step: str, version: str, run_id: str, gate: Sequence[GateResult]) -> GateRecord:
+        """The record of a step's gate results."""
+        return cls(step, version, run_id, tuple(result.name for result in gate if not result.passed))
+
+    @property
+    def tag_key(self) -> str:
+        """The registry tag holding this record on its version."""
+        return GATE_RECORD_TAG_PREFIX + self.step
+
+    def tag_value(self) -> str:
+        return json.dumps({"version": self.version, "run_id": self.run_id, "failed": list(self.failed)})
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> list[GateRecord]:
+        """Every gate record among a version's tags; a record that does not parse is refused by name."""
+        records = []
+        for key, value in sorted(tags.items()):
+            if not key.startswith(GATE_RECORD_TAG_PREFIX):
+                continue
+            try:
+                fields = json.loads(value)
+                records.append(
+                    cls(
+                        key.removeprefix(GATE_RECORD_TAG_PREFIX),
+                        str(fields["version"]),
+                        str(fields["run_id"]),
+                        tuple(str(name) for name in fields["failed"]),
+                    )
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"gate record tag {key!r} does not parse ({error}): {value[:200]!r}"
+                ) from None
+        return records
+
+
+def promotion_refusal(
+    version: str,
+    run_id: str,
+    registered_by: str | None,
+    records: Sequence[GateRecord],
+    required: Sequence[str],
+) -> str | None:
+    """Why run ``run_id`` may not promote ``version``, or ``None`` when it may.
+
+    It may when it registered the version itself and every required step left a passing record of that version
+    from that run; every record read must name both, so one stale or foreign record refuses the promotion.
+
+    :param registered_by: the run that registered the version (``None``: unknown)
+    :param records: the gate records read (several per step allowed, e.g. the step's output and the registry's)
+    :param required: the steps whose records the promotion needs
+    """
+    reasons = []
+    if registered_by != run_id:
+        reasons.append(
+            f"version {version} was registered by run {registered_by or 'unknown'}, not this run {run_id}"
+        )
+    for step in required:
+        if not any(record.step == step for record in records):
+            reasons.append(f"no {step} gate record for version {version}")
+    for record in records:
+        if record.version != version:
+            reasons.append(f"the {record.step} gate record is of version {record.version}, not {version}")
+        elif record.run_id != run_id:
+            reasons.append(
+                f"the {record.step} gate record of version {version} is from run {record.run_id}, not this run {run_id}"
+            )
+        elif not record.passed:
+            reasons.append(f"{record.step} failed {', '.join(record.failed)}")
+    # One reason per problem, in the order found: a step read twice (output and registry) is named once.
+    return "; ".join(dict.fromkeys(reasons)) or None

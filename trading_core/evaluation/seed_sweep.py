@@ -53,6 +53,14 @@ class SeedSweepConfig:
     min_deflated_sharpe: float = CandidateThresholds.min_deflated_sharpe
     must_beat_yardsticks: bool = True
 
+    def __post_init__(self) -> None:
+        if self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be at least 1, got {self.n_seeds}")
+        if self.timesteps is not None and self.timesteps <= 0:
+            raise ValueError(
+                f"timesteps must be positive (or None for the candidate's own), got {self.timesteps}"
+            )
+
     def seeds(self, candidate_seed: int) -> list[int]:
         return [candidate_seed + offset for offset in range(self.n_seeds)]
 
@@ -82,6 +90,17 @@ class ZooConfig:
     use_ray: bool = True
 
     def __post_init__(self) -> None:
+        if self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be at least 1, got {self.n_seeds}")
+        if self.first_seed < 0:
+            raise ValueError(f"first_seed must be at least 0, got {self.first_seed}")
+        if self.timesteps <= 0:
+            raise ValueError(f"timesteps must be positive, got {self.timesteps}")
+        if self.walk_forward_windows < 0 or self.window_test_dates < 1:
+            raise ValueError(
+                f"walk_forward_windows must be at least 0 and window_test_dates at least 1, got "
+                f"{self.walk_forward_windows} and {self.window_test_dates}"
+            )
         unknown = [name for name in self.tilts if name not in TILT_CANDIDATES]
         if unknown:
             raise ValueError(f"unknown tilt candidates {unknown}; choose from {', '.join(TILT_CANDIDATES)}")

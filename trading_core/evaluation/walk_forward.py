@@ -51,6 +51,15 @@ class WalkForwardConfig:
     timesteps_per_window: int = 10_000
     use_ray: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("n_windows", "test_dates", "timesteps_per_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.purge < 0 or self.embargo < 0:
+            raise ValueError(f"purge and embargo must be at least 0, got {self.purge} and {self.embargo}")
+        if self.train_dates is not None and self.train_dates < 1:
+            raise ValueError(f"train_dates must be positive (or None), got {self.train_dates}")
+
     def windows(self, dates: pd.Series | pd.DatetimeIndex) -> list[WalkForwardWindow]:
         """The windows over ``dates`` (see :func:`walk_forward_windows`)."""
         return walk_forward_windows(

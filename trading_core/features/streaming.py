@@ -762,7 +762,8 @@ class StreamingFeatures:
         return self._frame(dates, rows)
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole state as a picklable dict of builtins and numpy arrays (see :meth:`from_snapshot`)."""
+        """The whole state as a dict of builtins, numpy arrays and timestamps, which
+        :mod:`trading_core.runtime.stored_json` stores exactly (see :meth:`from_snapshot`)."""
         return {
             "version": SNAPSHOT_VERSION,
             "tickers": list(self._tickers),
@@ -781,7 +782,7 @@ class StreamingFeatures:
     def from_snapshot(cls, snapshot: Mapping[str, Any]) -> StreamingFeatures:
         """Rebuild a stream that continues exactly where :meth:`snapshot` was taken.
 
-        :param snapshot: output of :meth:`snapshot` (possibly unpickled in another process)
+        :param snapshot: output of :meth:`snapshot` (possibly read back from a stored JSON document)
         """
         if snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported snapshot version {snapshot.get('version')!r}")

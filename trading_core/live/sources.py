@@ -22,6 +22,10 @@ DAILY_CLOSE = pd.Timedelta(hours=16)
 MINUTE = pd.Timedelta(minutes=1)
 
 
+class BarSourceError(RuntimeError):
+    """A bar source failed for good (a live stream that died); the message says why in one line."""
+
+
 @dataclass(frozen=True)
 class BarEvent:
     """The bars of one timestamp (bar end, UTC) by symbol."""
@@ -30,22 +34,47 @@ class BarEvent:
     bars: dict[str, Bar]
 
 
-def read_bars(path: str | Path, tickers: Sequence[str] | None = None) -> pd.DataFrame:
+def read_bars(
+    path: str | Path, tickers: Sequence[str] | None = None, *, validate: bool = True
+) -> pd.DataFrame:
     """Recorded bars as ``timestamp (UTC bar end), tic, open, high, low, close, volume``.
 
     Reads the intraday layout (``datetime`` in exchange time, labelled at bar end) and the daily layout
-    (``date``; the bar ends at the 16:00 close).
+    (``date``; the bar ends at the 16:00 close), as they are in the file (no dividend adjustment).
 
-    :param path: CSV file (optionally gzipped)
+    :param path: CSV file (optionally gzipped) or Parquet file
     :param tickers: keep only these symbols
+    :param validate: run the project's validation rules on the whole file first (the time column as ``date``)
+    :raises BarsFileError: the file is missing, empty, not a bars file, or has no time column
+    :raises DataValidationError: the bars break a blocking rule; it names the file, rule, column and rows
+    :raises ValueError: a symbol of ``tickers`` has no bars in the file
     """
-    frame = pd.read_csv(path)
-    if "datetime" in frame.columns:
-        local = pd.to_datetime(frame.pop("datetime"), errors="coerce")
-    elif "date" in frame.columns:
-        local = pd.to_datetime(frame.pop("date"), errors="coerce") + DAILY_CLOSE
-    else:
-        raise ValueError(f"{path}: needs a 'datetime' or 'date' column, has {list(frame.columns)}")
+    from trading_core.data.files import BarsFileError, read_bars_file
+
+    try:
+        frame = read_bars_file(path, use_adjusted_close=False)
+    except BarsFileError:
+        raise
+    except (
+        UnicodeError,
+        ValueError,
+        OSError,
+        EOFError,
+    ) as error:  # binary, truncated, not comma-separated...
+        raise BarsFileError(f"{path} is not a readable bars file ({type(error).__name__})") from None
+    time_column = next((c for c in ("datetime", "date") if c in frame.columns), None)
+    if time_column is None:
+        columns = ", ".join(map(str, frame.columns))
+        raise BarsFileError(
+            f"{path}: needs a 'datetime' (intraday) or 'date' (daily) column; it has {columns}"
+        )
+    if validate:
+        from trading_core.data.validation import require_valid_bars
+
+        require_valid_bars(frame.rename(columns={time_column: "date"}), str(path))
+    local = pd.to_datetime(frame.pop(time_column), errors="coerce")
+    if time_column == "date":
+        local = local + DAILY_CLOSE
     bad = local.isna()
     if bad.any():
         rows = ", ".join(str(i + 2) for i in bad[bad].index[:5])  # +2: header line and 1-based lines
@@ -54,7 +83,8 @@ def read_bars(path: str | Path, tickers: Sequence[str] | None = None) -> pd.Data
     if tickers is not None:
         missing = sorted(set(tickers) - set(frame["tic"].unique()))
         if missing:
-            raise ValueError(f"{path}: no bars for {', '.join(missing)}")
+            held = ", ".join(sorted(map(str, frame["tic"].unique())))
+            raise ValueError(f"{path}: no bars for {', '.join(missing)}; it holds {held}")
         frame = frame[frame["tic"].isin(tickers)]
     columns = ["timestamp", "tic", "open", "high", "low", "close", "volume"]
     return frame[columns].sort_values(["timestamp", "tic"], ignore_index=True)
@@ -82,7 +112,9 @@ class AlpacaBarStream:
     """Alpaca's live minute bars (alpaca-py ``StockDataStream``) as :class:`BarEvent` s.
 
     The stream runs in a thread; bars are grouped by timestamp and a timestamp's event is released when a bar
-    of a later minute arrives or every symbol has reported.
+    of a later minute arrives or every symbol has reported. alpaca-py reconnects a dropped connection itself; a
+    stream that ends without :meth:`stop` (a refused subscription, an error it gave up on) ends the iteration
+    with :class:`BarSourceError`.
 
     :param api_key: Alpaca key id
     :param secret_key: Alpaca secret
@@ -104,9 +136,11 @@ class AlpacaBarStream:
         self.symbols = tuple(symbols)
         self.bar_length = bar_length
         self._queue: queue.Queue[object] = queue.Queue()
+        self._stopped = threading.Event()
+        self._secrets = (api_key, secret_key)
         self._stream = StockDataStream(api_key, secret_key, url_override=url_override)
         self._stream.subscribe_bars(self._on_bar, *self.symbols)
-        self._thread = threading.Thread(target=self._stream.run, name="alpaca-bars", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="alpaca-bars", daemon=True)
 
     def __repr__(self) -> str:
         return f"AlpacaBarStream(symbols={list(self.symbols)})"  # never the keys
@@ -114,7 +148,21 @@ class AlpacaBarStream:
     async def _on_bar(self, bar) -> None:
         self._queue.put(bar)
 
+    def _run(self) -> None:
+        """The stream's thread: a stream that ends unasked is handed to the iterator as an error."""
+        try:
+            self._stream.run()
+        except Exception as error:  # noqa: BLE001 - reported to the iterator, which raises it
+            reason = f"{type(error).__name__}: {error}"
+            for secret in self._secrets:
+                reason = reason.replace(secret, "***")
+            self._queue.put(BarSourceError(f"the Alpaca bar stream failed: {reason}"))
+            return
+        if not self._stopped.is_set():
+            self._queue.put(BarSourceError("the Alpaca bar stream ended by itself (subscription refused?)"))
+
     def stop(self) -> None:
+        self._stopped.set()
         self._stream.stop()
         self._queue.put(None)
 
@@ -125,6 +173,8 @@ class AlpacaBarStream:
             item = self._queue.get()
             if item is None:
                 break
+            if isinstance(item, BarSourceError):
+                raise item
             end = pd.Timestamp(item.timestamp).tz_convert("UTC") + self.bar_length
             pending.setdefault(end, {})[item.symbol] = Bar(
                 item.open, item.high, item.low, item.close, item.volume

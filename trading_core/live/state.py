@@ -49,12 +49,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.schema import AddConstraint, CreateTable
 from sqlalchemy.sql.elements import Case
 
 logger = logging.getLogger(__name__)
@@ -62,11 +64,15 @@ logger = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 ROLES = (CHAMPION, CHALLENGER)
-SESSION_STATUSES = ("running", "stopped", "killed")
+# finished: the bars ran out; stopped: stopped early (see the session's stop_reason); killed: the kill switch.
+SESSION_STATUSES = ("running", "stopped", "killed", "finished")
 SIDES = ("buy", "sell")
 ORDER_TYPES = ("market", "limit")
 FILL_SOURCES = ("broker", "simulated")
 PENDING_SUBMIT = "pending_submit"
+# Sent, but the broker's answer was lost (timeout, reset, 5xx or 429 after the retries): only the broker can
+# say whether it holds the order, so it is asked by client order id until it answers.
+SUBMIT_UNKNOWN = "unknown"
 # Broker statuses after which an order never changes again; any other must be reconciled after a restart.
 TERMINAL_ORDER_STATUSES = frozenset({"filled", "canceled", "cancelled", "expired", "rejected", "replaced"})
 
@@ -160,6 +166,7 @@ sessions_table = Table(
     Column("last_bar_time", UtcTimestamp()),
     Column("kill_switch", Boolean(), nullable=False),
     Column("kill_reason", Text()),
+    Column("stop_reason", Text()),
     _one_of("status", SESSION_STATUSES),
 )
 
@@ -180,6 +187,8 @@ orders_table = Table(
     Column("filled_qty", Double(), nullable=False),
     Column("filled_avg_price", Double()),
     Column("expected_price", Double()),
+    # Why the order is in its status when the status alone does not say: a rejection's reason, a cancel's cause.
+    Column("status_reason", Text()),
     Column("created_at", UtcTimestamp(), nullable=False),
     Column("updated_at", UtcTimestamp(), nullable=False),
     _one_of("role", ROLES),
@@ -289,6 +298,18 @@ alerts_table = Table(
     Index(None, "session_id"),
 )
 
+# Alerts stored but not yet handed to the alert sinks: written in the bar's transaction, removed once delivered, so
+# a process killed in between delivers them when the session resumes (a table of its own, which create_schema
+# adds to databases written before it existed).
+alert_outbox_table = Table(
+    "alert_outbox",
+    metadata,
+    Column("alert_id", Integer(), ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True),
+    Column("session_id", String(128), _session_fk(), nullable=False),
+    Column("resolved", Boolean(), nullable=False),
+    Index(None, "session_id"),
+)
+
 
 # ------------------------------------------------------------------------------------------------------------
 # Records
@@ -301,6 +322,7 @@ class SessionRecord:
 
     :param last_bar_time: the newest bar the loop finished, ``None`` before the first
     :param kill_switch: engaged kill switch; a session with it engaged is never resumed
+    :param stop_reason: why a ``stopped`` or ``finished`` session ended, ``None`` while it runs
     """
 
     session_id: str
@@ -313,6 +335,7 @@ class SessionRecord:
     last_bar_time: pd.Timestamp | None
     kill_switch: bool
     kill_reason: str | None
+    stop_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -419,8 +442,9 @@ class TradingStateStore:
         self.close()
 
     def create_schema(self) -> None:
-        """Create the tables that are missing; existing tables and rows are left alone."""
+        """Create the tables that are missing and bring tables of older versions up to date; rows are kept."""
         metadata.create_all(self._engine, checkfirst=True)
+        _upgrade_schema(self._engine)
         logger.info("trading state schema ready at %s", self.url)
 
     # ------------------------------------------------------------------------------------------- transactions
@@ -502,6 +526,7 @@ class TradingStateStore:
             "last_bar_time": None,
             "kill_switch": False,
             "kill_reason": None,
+            "stop_reason": None,
         }
         with self.transaction() as connection:
             if not self._insert_ignore(connection, sessions_table, row):
@@ -544,8 +569,8 @@ class TradingStateStore:
             record = self._locked_session(connection, session_id)
             if record.kill_switch:
                 raise KillSwitchEngaged(session_id, record.kill_reason)
-            self._set_session(connection, session_id, status="running")
-        return replace(record, status="running")
+            self._set_session(connection, session_id, status="running", stop_reason=None)
+        return replace(record, status="running", stop_reason=None)
 
     def set_kill_switch(self, session_id: str, reason: str) -> bool:
         """Engage the kill switch and mark the session killed; the first reason is kept.
@@ -565,11 +590,21 @@ class TradingStateStore:
             self._locked_session(connection, session_id)
             self._set_session(connection, session_id, kill_switch=False, kill_reason=None, status="stopped")
 
-    def stop_session(self, session_id: str) -> None:
-        """Mark a running session stopped; a killed session stays killed."""
+    def stop_session(self, session_id: str, reason: str | None = None) -> None:
+        """Mark a running session stopped; a killed session stays killed.
+
+        :param reason: why it stopped (an outage past its grace, an operator's interrupt...)
+        """
+        self._end_session(session_id, "stopped", reason)
+
+    def finish_session(self, session_id: str, reason: str = "the bars ran out") -> None:
+        """Mark a running session finished (its bars ran out); a killed session stays killed."""
+        self._end_session(session_id, "finished", reason)
+
+    def _end_session(self, session_id: str, status: str, reason: str | None) -> None:
         with self.transaction() as connection:
             if self._locked_session(connection, session_id).status == "running":
-                self._set_session(connection, session_id, status="stopped")
+                self._set_session(connection, session_id, status=status, stop_reason=reason)
 
     def set_last_bar_time(self, session_id: str, bar_time: Any) -> None:
         """Record the newest finished bar (never moves backwards); write it in the bar's transaction."""
@@ -644,6 +679,7 @@ class TradingStateStore:
         filled_qty: float | None = None,
         filled_avg_price: float | None = None,
         updated_at: Any = None,
+        status_reason: str | None = None,
     ) -> None:
         """Apply a broker update; fields left ``None`` keep their value.
 
@@ -651,6 +687,8 @@ class TradingStateStore:
         open one and the cumulative ``filled_qty`` never shrinks.
 
         :param status: broker status (string or enum with a ``value``)
+        :param status_reason: why the order has this status (a rejection's reason...); written with the status,
+            so a status applied without one clears the reason of the status it replaces
         :raises KeyError: unknown order
         """
         with self.transaction() as connection:
@@ -673,6 +711,7 @@ class TradingStateStore:
                 )
                 if not stale:
                     values["status"] = new_status
+                    values["status_reason"] = status_reason
             if broker_order_id is not None:
                 values["broker_order_id"] = broker_order_id
             if filled_qty is not None and float(filled_qty) >= current["filled_qty"]:
@@ -986,12 +1025,21 @@ class TradingStateStore:
     # ------------------------------------------------------------------------------------------------- alerts
 
     def record_alert(
-        self, session_id: str, rule: str, severity: str, message: str, *, raised_at: Any = None
+        self,
+        session_id: str,
+        rule: str,
+        severity: str,
+        message: str,
+        *,
+        raised_at: Any = None,
+        resolved: bool | None = None,
     ) -> int:
         """Store one alert.
 
         :param rule: alert rule that fired
         :param severity: e.g. ``info``, ``warning``, ``critical``
+        :param resolved: when given, the alert also waits in the outbox (:meth:`undelivered_alerts`) until
+            :meth:`mark_alert_delivered`; ``True`` for the notice that a bad state cleared
         :return: the alert's id
         """
         row = {
@@ -1002,7 +1050,30 @@ class TradingStateStore:
             "message": message,
         }
         with self.transaction() as connection:
-            return int(connection.execute(insert(alerts_table).values(**row)).inserted_primary_key[0])
+            alert_id = int(connection.execute(insert(alerts_table).values(**row)).inserted_primary_key[0])
+            if resolved is not None:
+                outbox = {"alert_id": alert_id, "session_id": session_id, "resolved": bool(resolved)}
+                connection.execute(insert(alert_outbox_table).values(**outbox))
+            return alert_id
+
+    def undelivered_alerts(self, session_id: str) -> pd.DataFrame:
+        """The session's alerts still in the outbox, oldest first: the columns of :meth:`alerts` and ``resolved``."""
+        query = (
+            select(alerts_table, alert_outbox_table.c.resolved)
+            .join(alert_outbox_table, alert_outbox_table.c.alert_id == alerts_table.c.id)
+            .where(alerts_table.c.session_id == session_id)
+            .order_by(alerts_table.c.id)
+        )
+        with self._reading() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        frame = pd.DataFrame(rows, columns=[*(c.name for c in alerts_table.columns), "resolved"])
+        frame["raised_at"] = pd.to_datetime(frame["raised_at"], utc=True)
+        return frame.astype({"resolved": bool})
+
+    def mark_alert_delivered(self, alert_id: int) -> None:
+        """Take an alert out of the outbox: the sinks have it."""
+        with self.transaction() as connection:
+            connection.execute(delete(alert_outbox_table).where(alert_outbox_table.c.alert_id == alert_id))
 
     def alerts(self, session_id: str) -> pd.DataFrame:
         """The session's alerts, oldest first."""
@@ -1026,6 +1097,72 @@ class TradingStateStore:
             elif isinstance(column.type, Double):
                 frame[column.name] = frame[column.name].astype(float)
         return frame
+
+
+def _upgrade_schema(engine: Engine) -> None:
+    """Bring tables an older version created up to this schema, keeping their rows.
+
+    Nullable columns they lack are added. A sessions table whose status check predates one of
+    :data:`SESSION_STATUSES` gets today's check; sqlite cannot alter a constraint, so there the table is rebuilt.
+    """
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"table {table.name} lacks column {column.name}, which has no value for its existing rows"
+                )
+            type_sql = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {type_sql}")
+            logger.info("trading state: added column %s.%s", table.name, column.name)
+    checks = inspector.get_check_constraints(sessions_table.name)
+    status_check = next((c["sqltext"] for c in checks if c.get("name") == "ck_sessions_status"), None)
+    if status_check is not None and not all(f"'{s}'" in status_check for s in SESSION_STATUSES):
+        _widen_session_statuses(engine)
+        logger.info("trading state: session statuses are now %s", ", ".join(SESSION_STATUSES))
+
+
+def _widen_session_statuses(engine: Engine) -> None:
+    """Replace the sessions table's status check with today's list of statuses."""
+    check = next(
+        c
+        for c in sessions_table.constraints
+        if isinstance(c, CheckConstraint) and str(c.sqltext).startswith("status IN")
+    )
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE sessions DROP CONSTRAINT ck_sessions_status")
+            connection.execute(AddConstraint(check))
+        return
+    create = str(CreateTable(sessions_table).compile(dialect=engine.dialect)).strip()
+    create = create.replace("CREATE TABLE sessions ", "CREATE TABLE sessions_upgrade ", 1)
+    columns = ", ".join(column.name for column in sessions_table.columns)
+    # sqlite's own recipe for changing a constraint: copy into a new table and swap it in, with foreign keys off
+    # (pragma outside any transaction), else dropping the old table would cascade to every session's rows.
+    with engine.connect() as connection:
+        cursor = connection.connection.dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = OFF")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                cursor.execute(create)
+                cursor.execute(f"INSERT INTO sessions_upgrade ({columns}) SELECT {columns} FROM sessions")
+                cursor.execute("DROP TABLE sessions")
+                cursor.execute("ALTER TABLE sessions_upgrade RENAME TO sessions")
+                broken = cursor.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"rebuilding the sessions table broke foreign keys: {broken[:5]}")
+                cursor.execute("COMMIT")
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+        finally:
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.close()
 
 
 def _configure_sqlite(engine: Engine, busy_timeout_s: float) -> None:

@@ -33,6 +33,7 @@ the rare case where only sells can meet the cash floor of a book with shorts). R
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,9 @@ from trading_core.market.measures import (
     portfolio_volatility,
     sample_covariance,
 )
+from trading_core.runtime.stored_json import register_stored
+
+register_stored(RiskLimits)  # a saved manager (RiskManager.to_dict) carries its limits
 
 MIN_VAR_ROWS = 20  # fewer trailing returns than this give no usable VaR estimate: the VaR rule is skipped
 
@@ -260,6 +264,28 @@ _CAUSE_RESET = 64
 _CAUSE_REARM = 128
 # Rows of the figures logged with each transition.
 _FIGURES = ("drawdown", "bar_loss", "volatility", "turbulence", "peak_equity", "stage")
+# The arrays of a manager's state (RiskManager.to_dict); a restored manager must match their shapes and dtypes.
+_STATE_ARRAYS = (
+    "state",
+    "peak_equity",
+    "previous_equity",
+    "drawdown",
+    "bar_loss",
+    "volatility",
+    "turbulence",
+    "cooldown",
+    "drawdown_scale",
+    "volatility_scale",
+    "exposure_scale",
+    "stage",
+    "_hard_halt",
+    "_halt_age",
+    "_ramp_age",
+    "_pending_liquidation",
+    "_returns",
+    "_write",
+    "_filled",
+)
 
 
 def _transition_reason(state: TradingState, cause: int, figures: np.ndarray, limits: RiskLimits) -> str:
@@ -435,7 +461,8 @@ class RiskManager:
         self._log: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickle, also a manager saved before re-arming and exposure scaling existed (live session state)."""
+        """Unpickle (worker processes, Dagster outputs), also a manager pickled before re-arming and exposure
+        scaling existed; live sessions store managers as JSON (:meth:`to_dict`)."""
         self.__dict__.update(state)
         n = self.n_envs
         for name, value in (
@@ -452,6 +479,60 @@ class RiskManager:
             (bar, envs, states, causes, _pad_rows(figures, len(_FIGURES)))
             for bar, envs, states, causes, figures in self._log
         ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state (copies): limits, sizes, arrays, bar count and the transitions not yet reported.
+
+        Plain data, numpy arrays and the :class:`RiskLimits` dataclass, as
+        :mod:`trading_core.runtime.stored_json` stores them; :meth:`from_dict` continues exactly from it.
+        """
+        return {
+            "limits": self.limits,
+            "n_envs": self.n_envs,
+            "n_assets": self.n_assets,
+            "vol_window": self.vol_window,
+            "vol_min_periods": self.vol_min_periods,
+            "arrays": {name: getattr(self, name).copy() for name in _STATE_ARRAYS},
+            "bar": self._bar,
+            "log": [[bar, *(a.copy() for a in arrays)] for bar, *arrays in self._log],
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> RiskManager:
+        """The manager :meth:`to_dict` saved.
+
+        :raises ValueError: ``state`` is not a manager's state (missing parts, arrays of other shapes or dtypes)
+        """
+        limits = state["limits"]
+        if not isinstance(limits, RiskLimits):
+            raise ValueError(f"risk manager state: limits must be RiskLimits, got {type(limits).__name__}")
+        manager = cls(
+            limits, state["n_envs"], state["n_assets"], state["vol_window"], state["vol_min_periods"]
+        )
+        arrays = state["arrays"]
+        if set(arrays) != set(_STATE_ARRAYS):
+            raise ValueError(f"risk manager state: arrays {sorted(arrays)}, expected {sorted(_STATE_ARRAYS)}")
+        for name in _STATE_ARRAYS:
+            fresh, saved = getattr(manager, name), arrays[name]
+            if not isinstance(saved, np.ndarray) or (saved.shape, saved.dtype) != (fresh.shape, fresh.dtype):
+                found = (
+                    f"{saved.dtype}{saved.shape}" if isinstance(saved, np.ndarray) else type(saved).__name__
+                )
+                raise ValueError(
+                    f"risk manager state: {name} is {found}, expected {fresh.dtype}{fresh.shape}"
+                )
+            setattr(manager, name, saved.copy())
+        manager._bar = int(state["bar"])
+        log = []
+        for entry in state["log"]:
+            bar, *parts = entry
+            if len(parts) != 4 or not all(isinstance(part, np.ndarray) for part in parts):
+                raise ValueError(
+                    "risk manager state: a log entry must be [bar, envs, states, causes, figures]"
+                )
+            log.append((int(bar), *parts))
+        manager._log = log
+        return manager
 
     @property
     def exposure_cap(self) -> np.ndarray:

@@ -5,6 +5,7 @@ from trading_core.monitoring.alerts import (
     Alert,
     AlertEvaluator,
     AlertRule,
+    AlertRulesConfig,
     AlertSink,
     AlertSnapshot,
     BackgroundAlertSink,
@@ -19,6 +20,7 @@ from trading_core.monitoring.alerts import (
     default_rules,
 )
 from trading_core.monitoring.drift import (
+    LiveDriftScore,
     PerformanceDecay,
     feature_drift,
     performance_decay,
@@ -31,6 +33,7 @@ __all__ = [
     "Alert",
     "AlertEvaluator",
     "AlertRule",
+    "AlertRulesConfig",
     "AlertSink",
     "AlertSnapshot",
     "BackgroundAlertSink",
@@ -38,6 +41,7 @@ __all__ = [
     "BreakerTripRule",
     "DrawdownBreachRule",
     "FanOutAlertSink",
+    "LiveDriftScore",
     "LiveMetrics",
     "LogAlertSink",
     "ModelDriftRule",

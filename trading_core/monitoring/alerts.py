@@ -6,9 +6,11 @@ a failed delivery is logged and dropped.
 
 When an alert fires (see :class:`AlertEvaluator`):
 
-- on entering a bad state, unless the same rule raised the same kind of alert less than ``cooldown_s`` ago (a
-  condition flapping at every bar sends one alert per cooldown, not one per bar);
-- again every ``cooldown_s`` while the bad state lasts (a reminder);
+- once on entering a bad state, unless the same rule raised the same kind of alert less than ``cooldown_s`` ago;
+  not again while the state lasts (unless reminders are asked for with ``remind_every_s``). A threshold rule
+  leaves its bad state only once its value has come back by a margin, at or below
+  ``threshold * (1 - hysteresis)`` (:class:`AlertRulesConfig`), so a value hovering at the threshold, or a
+  constant score above it, alerts once;
 - on a transition to another bad state of the same rule (the breaker going from REDUCING to HALTED), which is a
   different kind of alert and has its own cooldown;
 - once on leaving a bad state that was alerted, as a ``resolved`` alert of severity ``info``.
@@ -22,8 +24,8 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from queue import Full, Queue
 from typing import Any, Literal, Protocol
@@ -105,44 +107,97 @@ class Alert:
         }
 
 
+@dataclass(frozen=True)
+class AlertRulesConfig:
+    """Thresholds of the standard rules (:func:`default_rules`) and the margin a value must come back by.
+
+    :param drawdown_limit: drawdown that raises ``drawdown_breach``
+    :param max_bar_age_s: bar age that raises ``stale_data`` while the market is open
+    :param drift_threshold: drift score that raises ``model_drift``
+    :param hysteresis: a threshold rule in its bad state clears only once its value is back at or below
+        ``threshold * (1 - hysteresis)``, so a value hovering around the threshold raises one alert, not one
+        per crossing
+    """
+
+    drawdown_limit: float = 0.10
+    max_bar_age_s: float = 180.0
+    drift_threshold: float = 0.25
+    hysteresis: float = 0.2
+
+    def rules(self) -> list[AlertRule]:
+        """The four standard rules with these settings."""
+        return [
+            DrawdownBreachRule(self.drawdown_limit, hysteresis=self.hysteresis),
+            BreakerTripRule(),
+            StaleDataRule(self.max_bar_age_s, hysteresis=self.hysteresis),
+            ModelDriftRule(self.drift_threshold, hysteresis=self.hysteresis),
+        ]
+
+
 class AlertRule(ABC):
     """A named condition on :class:`AlertSnapshot`; subclasses say when the snapshot is in a bad state."""
 
     name: str
 
     @abstractmethod
-    def check(self, snapshot: AlertSnapshot, now: float) -> Breach | None:
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
         """The breach when ``snapshot`` is in a bad state, else ``None``.
 
         :param snapshot: state of the agent
         :param now: current Unix time (from the evaluator's clock)
+        :param active: the rule was in a bad state at the previous evaluation (threshold rules then clear only
+            past their hysteresis margin)
         """
 
 
+def _check_hysteresis(hysteresis: float) -> float:
+    if not 0.0 <= hysteresis < 1.0:
+        raise ValueError(f"hysteresis must lie in [0, 1), got {hysteresis}")
+    return hysteresis
+
+
+def _breached(value: float | None, threshold: float, hysteresis: float, active: bool) -> bool:
+    """Above ``threshold``; for a rule already in its bad state, above ``threshold * (1 - hysteresis)``."""
+    if value is None or not math.isfinite(value):
+        return False
+    return value > (threshold * (1.0 - hysteresis) if active else threshold)
+
+
+def _against(value: float, threshold: float, hysteresis: float, unit: str, spec: str) -> str:
+    """How ``value`` stands against its threshold, with the clearing level while between the two."""
+    if value > threshold:
+        return f"above the {unit} of {threshold:{spec}}"
+    return f"back under the {unit} of {threshold:{spec}}, not yet at {threshold * (1.0 - hysteresis):{spec}}"
+
+
 class DrawdownBreachRule(AlertRule):
-    """Drawdown above a limit.
+    """Drawdown above a limit, cleared once back at or below ``limit * (1 - hysteresis)``.
 
     :param limit: largest acceptable drawdown (positive fraction)
     :param severity: severity of the alert
+    :param hysteresis: fraction of the limit the drawdown must come back by to clear
     """
 
     name = "drawdown_breach"
 
-    def __init__(self, limit: float, severity: Severity = "critical") -> None:
+    def __init__(
+        self, limit: float, severity: Severity = "critical", hysteresis: float = AlertRulesConfig.hysteresis
+    ) -> None:
         if limit < 0:
             raise ValueError(f"limit must be non-negative, got {limit}")
-        self.limit, self.severity = limit, severity
+        self.limit, self.severity, self.hysteresis = limit, severity, _check_hysteresis(hysteresis)
 
-    def check(self, snapshot: AlertSnapshot, now: float) -> Breach | None:
-        if snapshot.drawdown > self.limit:
-            return Breach(
-                f"drawdown {snapshot.drawdown:.2%} above the limit of {self.limit:.2%}", self.severity
-            )
-        return None
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
+        if not _breached(snapshot.drawdown, self.limit, self.hysteresis, active):
+            return None
+        against = _against(snapshot.drawdown, self.limit, self.hysteresis, "limit", ".2%")
+        return Breach(f"drawdown {snapshot.drawdown:.2%} {against}", self.severity)
 
 
 class BreakerTripRule(AlertRule):
     """The risk manager left ACTIVE; REDUCING and HALTED are different kinds, so an escalation alerts at once.
+
+    The risk manager's own cooldown keeps its states from flapping, so this rule needs no hysteresis.
 
     :param reducing_severity: severity when REDUCING (orders may only shrink positions)
     :param halted_severity: severity when HALTED (no orders)
@@ -158,7 +213,7 @@ class BreakerTripRule(AlertRule):
             TradingState.HALTED: halted_severity,
         }
 
-    def check(self, snapshot: AlertSnapshot, now: float) -> Breach | None:
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
         state = TradingState(snapshot.trading_state)
         if state == TradingState.ACTIVE:
             return None
@@ -172,74 +227,86 @@ class StaleDataRule(AlertRule):
 
     :param max_age_s: largest acceptable age of the last bar, in seconds
     :param severity: severity of the alert
+    :param hysteresis: fraction of ``max_age_s`` the age must come back by to clear
     """
 
     name = "stale_data"
 
-    def __init__(self, max_age_s: float, severity: Severity = "warning") -> None:
+    def __init__(
+        self,
+        max_age_s: float,
+        severity: Severity = "warning",
+        hysteresis: float = AlertRulesConfig.hysteresis,
+    ) -> None:
         if max_age_s <= 0:
             raise ValueError(f"max_age_s must be positive, got {max_age_s}")
-        self.max_age_s, self.severity = max_age_s, severity
+        self.max_age_s, self.severity, self.hysteresis = max_age_s, severity, _check_hysteresis(hysteresis)
 
-    def check(self, snapshot: AlertSnapshot, now: float) -> Breach | None:
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
         if not snapshot.market_open:
             return None
         if snapshot.last_bar_time is None:
             return Breach("market is open and no bar has arrived yet", self.severity)
         age = now - snapshot.last_bar_time
-        if age > self.max_age_s:
+        if _breached(age, self.max_age_s, self.hysteresis, active):
             return Breach(f"last bar is {age:.0f} s old (limit {self.max_age_s:.0f} s)", self.severity)
         return None
 
 
 class ModelDriftRule(AlertRule):
-    """Model drift score above a threshold.
+    """Model drift score above a threshold, cleared once back at or below ``threshold * (1 - hysteresis)``.
 
     :param threshold: largest acceptable drift score (e.g. 0.25 for a PSI)
     :param severity: severity of the alert
+    :param hysteresis: fraction of the threshold the score must come back by to clear
     """
 
     name = "model_drift"
 
-    def __init__(self, threshold: float, severity: Severity = "warning") -> None:
-        self.threshold, self.severity = threshold, severity
+    def __init__(
+        self,
+        threshold: float,
+        severity: Severity = "warning",
+        hysteresis: float = AlertRulesConfig.hysteresis,
+    ) -> None:
+        self.threshold, self.severity, self.hysteresis = threshold, severity, _check_hysteresis(hysteresis)
 
-    def check(self, snapshot: AlertSnapshot, now: float) -> Breach | None:
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
         score = snapshot.drift_score
-        if score is not None and math.isfinite(score) and score > self.threshold:
-            return Breach(
-                f"model drift score {score:.3f} above the threshold of {self.threshold:.3f}", self.severity
-            )
-        return None
+        if not _breached(score, self.threshold, self.hysteresis, active):
+            return None
+        against = _against(score, self.threshold, self.hysteresis, "threshold", ".3f")
+        return Breach(f"model drift score {score:.3f} {against}", self.severity)
 
 
 def default_rules(
-    drawdown_limit: float = 0.10, max_bar_age_s: float = 180.0, drift_threshold: float = 0.25
+    drawdown_limit: float = AlertRulesConfig.drawdown_limit,
+    max_bar_age_s: float = AlertRulesConfig.max_bar_age_s,
+    drift_threshold: float = AlertRulesConfig.drift_threshold,
 ) -> list[AlertRule]:
-    """The four standard rules.
+    """The four standard rules (:meth:`AlertRulesConfig.rules`) with the default hysteresis.
 
     :param drawdown_limit: drawdown that raises ``drawdown_breach``
     :param max_bar_age_s: bar age that raises ``stale_data`` while the market is open
     :param drift_threshold: drift score that raises ``model_drift``
     """
-    return [
-        DrawdownBreachRule(drawdown_limit),
-        BreakerTripRule(),
-        StaleDataRule(max_bar_age_s),
-        ModelDriftRule(drift_threshold),
-    ]
+    return AlertRulesConfig(drawdown_limit, max_bar_age_s, drift_threshold).rules()
 
 
 class AlertEvaluator:
-    """Turns snapshots into alerts: on entering a bad state, then at most once per cooldown (module docstring).
+    """Turns snapshots into alerts: once on entering a bad state, not again until it cleared (module docstring).
 
     Not thread-safe: call :meth:`evaluate` from one thread (the trading loop). A rule that raises is logged and
-    skipped for that evaluation.
+    skipped for that evaluation. What the evaluator remembers between snapshots is :meth:`state`; a resumed
+    session that restores it (:meth:`load_state`) raises exactly the alerts an uninterrupted one would.
 
     :param rules: rules to evaluate, with distinct names
-    :param cooldown_s: least time between two alerts of the same rule and kind, in seconds
-    :param clock: Unix time source (injectable for tests)
+    :param cooldown_s: least time between two alerts of the same rule and kind, in seconds: a state-based
+        condition (no hysteresis) that clears and re-enters within it does not alert again
+    :param clock: Unix time source (injectable for tests; a replay passes its bar clock)
     :param notify_resolved: also return an ``info`` alert when an alerted bad state clears
+    :param remind_every_s: while a bad state lasts, alert again this often (``None``: never, the bad state was
+        announced once)
     """
 
     def __init__(
@@ -248,19 +315,23 @@ class AlertEvaluator:
         cooldown_s: float = 900.0,
         clock: Callable[[], float] = time.time,
         notify_resolved: bool = True,
+        remind_every_s: float | None = None,
     ) -> None:
         names = [rule.name for rule in rules]
         if len(set(names)) != len(names):
             raise ValueError(f"rule names must be distinct, got {names}")
         if cooldown_s < 0:
             raise ValueError(f"cooldown_s must be non-negative, got {cooldown_s}")
+        if remind_every_s is not None and not remind_every_s > 0:
+            raise ValueError(f"remind_every_s must be positive or None, got {remind_every_s}")
         self.rules = list(rules)
         self.cooldown_s = cooldown_s
         self.clock = clock
         self.notify_resolved = notify_resolved
+        self.remind_every_s = remind_every_s
         self._active: dict[str, Breach] = {}  # rule name -> its current bad state
-        # Rules with an alert sent since they left the good state (transitions included): they owe a resolved one.
-        self._alerted: set[str] = set()
+        # Rules with an alert sent since they left the good state, and that alert's message: they owe a resolved one.
+        self._alerted: dict[str, str] = {}
         self._last_fired: dict[tuple[str, str], float] = {}  # (rule, kind) -> time of its last alert
 
     @property
@@ -277,29 +348,54 @@ class AlertEvaluator:
         raised_at = datetime.fromtimestamp(now, tz=UTC)
         alerts = []
         for rule in self.rules:
+            previous = self._active.get(rule.name)
             try:
-                breach = rule.check(snapshot, now)
+                breach = rule.check(snapshot, now, previous is not None)
             except Exception:
                 # A broken rule must not take the trading loop down with it; it keeps its previous state.
                 _LOGGER.exception("alert rule %s failed", rule.name)
                 continue
-            previous = self._active.get(rule.name)
             if breach is None:
                 if previous is not None:
                     del self._active[rule.name]
-                    if rule.name in self._alerted and self.notify_resolved:
-                        alerts.append(
-                            Alert(rule.name, "info", f"resolved: {previous.message}", raised_at, True)
-                        )
-                    self._alerted.discard(rule.name)
+                    message = self._alerted.pop(rule.name, None)
+                    if message is not None and self.notify_resolved:
+                        alerts.append(Alert(rule.name, "info", f"resolved: {message}", raised_at, True))
                 continue
             self._active[rule.name] = breach
             last = self._last_fired.get((rule.name, breach.kind))
-            if last is None or now - last >= self.cooldown_s:
+            if previous is not None and previous.kind == breach.kind:
+                # The same bad state lasts: it was announced on entering (or held back by the cooldown).
+                due = self.remind_every_s is not None and (last is None or now - last >= self.remind_every_s)
+            else:
+                due = last is None or now - last >= self.cooldown_s
+            if due:
                 self._last_fired[(rule.name, breach.kind)] = now
-                self._alerted.add(rule.name)
+                self._alerted[rule.name] = breach.message
                 alerts.append(Alert(rule.name, breach.severity, breach.message, raised_at))
         return alerts
+
+    def state(self) -> dict[str, Any]:
+        """What the evaluator remembers between snapshots, as JSON data (see :meth:`load_state`)."""
+        return {
+            "active": {name: asdict(breach) for name, breach in self._active.items()},
+            "alerted": dict(self._alerted),
+            "last_fired": [[rule, kind, fired] for (rule, kind), fired in self._last_fired.items()],
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state`; entries of rules this evaluator does not have are dropped.
+
+        :raises ValueError: ``state`` is not an evaluator's state
+        """
+        names = {rule.name for rule in self.rules}
+        try:
+            active = {name: Breach(**breach) for name, breach in state["active"].items() if name in names}
+            alerted = {str(name): str(message) for name, message in state["alerted"].items() if name in names}
+            fired = {(str(r), str(k)): float(t) for r, k, t in state["last_fired"] if r in names}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not an alert evaluator's state ({error!r})") from None
+        self._active, self._alerted, self._last_fired = active, alerted, fired
 
 
 class AlertSink(Protocol):

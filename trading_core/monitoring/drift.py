@@ -1,7 +1,8 @@
 """Drift of model inputs and decay of live performance against a reference period.
 
 Used twice: by the pipeline's champion-monitoring asset (reference = training/validation window, current = recent
-live or paper-trading window) and by the live agent, whose drift score feeds the ``model_drift`` alert rule.
+live or paper-trading window) and by the live agent, whose drift score (:class:`LiveDriftScore`) feeds the
+``model_drift`` alert rule.
 
 Population stability index convention (:func:`population_stability_index`):
 
@@ -18,8 +19,10 @@ Population stability index convention (:func:`population_stability_index`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -227,3 +230,57 @@ def psi_against_quantiles(
     )
     reference_share = np.full(n_bins, 1.0 / n_bins)
     return float(np.sum((current_share - reference_share) * np.log(current_share / reference_share)))
+
+
+class LiveDriftScore:
+    """The live model-drift score: the largest PSI of the recent feature rows against the training deciles.
+
+    Every bar adds its rows; every ``every`` bars, once half the window is filled, the score is recomputed over the
+    last ``window`` bars and kept until the next one. :meth:`state` and :meth:`load_state` carry the window and the
+    score across a restart, so a resumed session scores (and alerts) as an uninterrupted one would.
+
+    :param reference: inner bin edges of each scored column, in the column order of the rows (e.g. a decision
+        spec's ``reference_quantiles``)
+    :param window: bars of rows the score reads
+    :param every: bars between two scores
+    """
+
+    def __init__(self, reference: Mapping[str, Sequence[float]], window: int, every: int) -> None:
+        if window < 1 or every < 1:
+            raise ValueError(f"window and every must be positive, got {window} and {every}")
+        self.columns = tuple(reference)
+        self._edges = [np.asarray(edges, dtype=np.float64) for edges in reference.values()]
+        self.window, self.every = window, every
+        self._rows: deque[np.ndarray] = deque(maxlen=window)
+        self.score: float | None = None
+
+    def update(self, rows: np.ndarray, bar: int) -> float | None:
+        """Add one bar's rows ``[n_assets, len(columns)]``; returns the score, new when ``bar`` is a scoring bar.
+
+        :param bar: bars completed so far (the scoring bars are its multiples of ``every``)
+        """
+        self._rows.append(np.asarray(rows, dtype=np.float64))
+        if bar % self.every == 0 and len(self._rows) >= self.window // 2:
+            recent = np.concatenate(list(self._rows))
+            self.score = max(
+                psi_against_quantiles(edges, recent[:, i]) for i, edges in enumerate(self._edges)
+            )
+        return self.score
+
+    def state(self) -> dict[str, Any]:
+        """The window's rows (one ``[bars, n_assets, columns]`` array, ``None`` when empty) and the score."""
+        return {"rows": np.stack(list(self._rows)) if self._rows else None, "score": self.score}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state`.
+
+        :raises ValueError: rows of another width than the scored columns
+        """
+        rows, score = state["rows"], state["score"]
+        if rows is not None and (np.ndim(rows) != 3 or np.shape(rows)[2] != len(self.columns)):
+            raise ValueError(
+                f"drift rows of shape {np.shape(rows)} do not score the {len(self.columns)} columns"
+            )
+        self._rows.clear()
+        self._rows.extend(np.asarray(rows, dtype=np.float64) if rows is not None else ())
+        self.score = None if score is None else float(score)
