@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistryResource
+from trading_core.data.validation import RULES
 
 ADMIN_URL = os.environ.get("RL_TRADING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -100,5 +101,5 @@ def test_dagster_run_storage_on_postgres(postgres_database, tmp_path, slice_csv)
             "SELECT count(*) FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
             (result.run_id,),
         )
-        assert cursor.fetchone()[0] == 11
+        assert cursor.fetchone()[0] == len(RULES)  # one evaluation per validation rule
     instance.dispose()
