@@ -728,10 +728,13 @@ class LiveTradingLoop:
         with self.store.transaction():  # write-ahead: decisions and intents before the broker hears of them
             for role, decision, book in decisions:
                 self._record_decision(role, decision, book, (decided - started) * 1e3)
+            # Intents written already were written before a restart: that process may have sent them.
+            resent = set()
             for request, expected in orders:
-                self._record_intent(request, bar_time, expected)
+                if not self._record_intent(request, bar_time, expected):
+                    resent.add(request.client_order_id)
         for request, _ in orders:
-            self._submit(request, sync)
+            self._submit(request, sync, resent=request.client_order_id in resent)
         for role, decision, _ in decisions:
             if role.role == CHALLENGER and self.shadow is not None:
                 for request, _ in self._role_orders(role, decision, self.shadow.positions(), shadow=True):
@@ -933,13 +936,18 @@ class LiveTradingLoop:
             orders.append((request, float(price)))
         return orders
 
-    def _submit(self, request: OrderRequest, sync: _Sync) -> None:
+    def _submit(self, request: OrderRequest, sync: _Sync, resent: bool = False) -> None:
         """Send one order. Only the broker's rejection decides it (``rejected``, with the broker's reason); an
         answer that never came leaves it ``unknown``, asked about on the next bars; during an outage it is not
-        sent at all (``canceled``)."""
+        sent at all: ``canceled``, or ``unknown`` when it is ``resent`` (written down before a restart, so the
+        process before may have sent it and only the broker can say)."""
         cid = request.client_order_id
         if not self._reachable:
-            sync.settled[cid] = ("canceled", "not sent: the broker was unreachable")
+            if resent:
+                sync.settled[cid] = (SUBMIT_UNKNOWN, "not sent again: the broker was unreachable")
+                self._unsettled = True
+            else:
+                sync.settled[cid] = ("canceled", "not sent: the broker was unreachable")
             return
         try:
             state = self._broker_call(f"submit order {cid}", lambda: self.broker.submit_order(request))
@@ -999,9 +1007,12 @@ class LiveTradingLoop:
 
     def _record_intent(
         self, request: OrderRequest, bar_time: pd.Timestamp, expected_price: float | None = None
-    ) -> None:
-        """Write an order down before the broker hears of it (a restart then knows to ask about it)."""
-        self.store.record_order_intent(
+    ) -> bool:
+        """Write an order down before the broker hears of it (a restart then knows to ask about it).
+
+        :return: ``False`` when it was written already (its bar is replayed after a restart)
+        """
+        return self.store.record_order_intent(
             client_order_id=request.client_order_id,
             session_id=self.config.session_id,
             symbol=request.symbol,
@@ -1083,26 +1094,33 @@ class LiveTradingLoop:
 
         :raises _BrokerDown: the broker stopped answering; the kill is handled again on a later bar
         """
-        self._broker_call("cancel all orders", self.broker.cancel_all_orders)
+        closing_session = self.config.session_id + "/kill"
+        # A process killed after recording this bar's closing orders got past the cancel. Cancelling again would
+        # cancel the closing orders it sent, and their client order ids could not send them again. (The local
+        # broker comes back with the last bar's state, that cancel undone: it cancels again.)
+        stored = self.store.orders(self.config.session_id)
+        closing_started = not isinstance(self.broker, SimulatedBroker) and any(
+            row.client_order_id == make_client_order_id(closing_session, bar_time, row.symbol, row.side)
+            for row in stored[stored["decision_time"] == bar_time].itertuples(index=False)
+        )
+        if not closing_started:
+            self._broker_call("cancel all orders", self.broker.cancel_all_orders)
         if self.config.flatten_on_kill:
             positions = self._broker_call("get positions", self.broker.positions)
             closing = []
             for symbol, qty in positions.items():
                 side = "sell" if qty > 0 else "buy"
                 request = OrderRequest(
-                    client_order_id=make_client_order_id(
-                        self.config.session_id + "/kill", bar_time, symbol, side
-                    ),
+                    client_order_id=make_client_order_id(closing_session, bar_time, symbol, side),
                     symbol=symbol,
                     side=side,
                     qty=abs(qty),
                 )
                 closing.append(request)
             with self.store.transaction():
-                for request in closing:
-                    self._record_intent(request, bar_time)
+                resent = {r.client_order_id for r in closing if not self._record_intent(r, bar_time)}
             for request in closing:
-                self._submit(request, sync)
+                self._submit(request, sync, resent=request.client_order_id in resent)
             if not self._reachable:
                 raise _BrokerDown("close positions")
         self.kill_handled = True
