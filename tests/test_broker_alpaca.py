@@ -213,6 +213,24 @@ def test_a_failing_lookup_after_a_lost_reply_still_gives_one_order(server, broke
     assert server.route_counts["POST /v2/orders"] == 2
 
 
+def test_a_refusal_of_the_resend_after_a_lost_reply_returns_the_order_alpaca_holds(server, broker):
+    # The first order took the buying power; a resend is refused for it (403), yet the order exists.
+    lost = server.inject(503, method="POST", path_prefix="/v2/orders", after_processing=True)
+    lookup = server.inject(503, method="GET", path_prefix="/v2/orders:by_client_order_id", after=lost)
+    server.inject(403, method="POST", path_prefix="/v2/orders", after=lookup)
+    state = broker.submit_order(OrderRequest("refused-resend", "AAPL", "buy", 4))
+    [order] = server.orders
+    assert state.broker_order_id == order["id"] and state.qty == 4
+    assert server.route_counts["POST /v2/orders"] == 2
+
+
+def test_a_refusal_without_an_earlier_unknown_outcome_is_final(server, broker):
+    server.inject(403, method="POST", path_prefix="/v2/orders")
+    with pytest.raises(OrderRejected, match="403"):
+        broker.submit_order(OrderRequest("refused", "AAPL", "buy", 4))
+    assert server.orders == [] and server.route_counts.get("GET /v2/orders:by_client_order_id", 0) == 0
+
+
 def test_duplicate_submit_returns_the_same_order(server, broker):
     first = broker.submit_order(OrderRequest("dup", "AAPL", "buy", 3))
     again = broker.submit_order(OrderRequest("dup", "AAPL", "buy", 3))

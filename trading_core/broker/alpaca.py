@@ -195,15 +195,20 @@ class AlpacaPaperBroker:
         :raises TransientBrokerError: still failing after the retry policy's attempts
         """
         order_data = _order_data(request)
+        # Set once an attempt's outcome is unknown: a refusal after it (buying power the first order took) may
+        # refuse a resend of an order Alpaca already holds, so the order is looked up before it counts.
+        outcome_unknown = False
 
         def attempt() -> Order:
+            nonlocal outcome_unknown
             try:
                 return self._client.submit_order(order_data)
             except (APIError, requests.RequestException) as error:
                 failure = self._translate(error, f"submit order {request.client_order_id}", order=True)
                 duplicate = _is_duplicate(error)
-                if not (duplicate or isinstance(failure, TransientBrokerError)):
+                if not (duplicate or isinstance(failure, TransientBrokerError) or outcome_unknown):
                     raise failure from None
+                outcome_unknown = outcome_unknown or isinstance(failure, TransientBrokerError)
             existing = self._find_order(request.client_order_id)  # transient failures here retry `attempt`
             if existing is not None:
                 return existing
