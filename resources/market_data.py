@@ -21,15 +21,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, model_validator
 
-from trading_core.data.files import read_bars_file
+from trading_core.data.files import BARS_FILE_FORMATS, bars_file_format, read_bars_file
 from trading_core.data.sample import SAMPLE_SOURCE, SAMPLE_TICKERS, load_sample_daily_bars
 from trading_core.data.schema import REQUIRED_COLUMNS, select_window
 
 ALPACA_KEY_ENV = ("ALPACA_API_KEY", "APCA_API_KEY_ID")
 ALPACA_SECRET_ENV = ("ALPACA_SECRET_KEY", "APCA_API_SECRET_KEY")
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
-# What read_bars_file reads: Parquet, or CSV (compressed as pandas infers from the name, e.g. .csv.gz).
-BARS_FILE_FORMATS = ".csv, .csv.gz or .parquet"
 VIX_COLUMNS = ("date", "close")
 MAX_TICKERS_SHOWN = 40
 
@@ -58,13 +56,6 @@ def _iso_date(value: str | None) -> date | None:
         return None
 
 
-def _bars_file_format(path: str) -> Literal["csv", "parquet"] | None:
-    suffixes = "".join(Path(path).suffixes).lower()
-    if suffixes.endswith(".parquet"):
-        return "parquet"
-    return "csv" if ".csv" in suffixes else None
-
-
 def _static_problems(settings: Mapping[str, Any]) -> list[SettingProblem]:
     """Problems visible in the settings alone, without reading any file or calling any API."""
     problems = []
@@ -84,7 +75,7 @@ def _static_problems(settings: Mapping[str, Any]) -> list[SettingProblem]:
     path = settings.get("path")
     if source == "csv" and not path:
         problems.append(SettingProblem("path", None, f"the path of a {BARS_FILE_FORMATS} bars file"))
-    if source == "csv" and path and _bars_file_format(path) is None:
+    if source == "csv" and path and bars_file_format(path) is None:
         problems.append(SettingProblem("path", path, f"a {BARS_FILE_FORMATS} bars file"))
     vix_path = settings.get("vix_path")
     if vix_path and ".csv" not in "".join(Path(vix_path).suffixes).lower():
@@ -117,7 +108,7 @@ def _file_problems(field: str, path: str, columns: tuple[str, ...], what: str) -
     if not os.access(file, os.R_OK):
         return [SettingProblem(field, path, f"a readable {what} (permission denied)")]
     try:
-        if _bars_file_format(path) == "parquet":
+        if bars_file_format(path) == "parquet":
             import pyarrow.parquet as pq
 
             header = list(pq.read_schema(file).names)
@@ -150,7 +141,7 @@ def _read_catalog(source: str, path: str | None, modified_ns: int) -> tuple[str,
     del modified_ns  # part of the cache key only: a rewritten file is read again
     if source == "sample":
         frame, name = load_sample_daily_bars(sample_tickers())[["tic", "date"]], "bokeh-sampledata stocks"
-    elif _bars_file_format(path) == "parquet":
+    elif bars_file_format(path) == "parquet":
         frame, name = pd.read_parquet(path, columns=["tic", "date"]), str(path)
     else:
         frame, name = pd.read_csv(path, usecols=["tic", "date"], dtype={"tic": str, "date": str}), str(path)

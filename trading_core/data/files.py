@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
+
+# What read_bars_file reads: Parquet, or CSV (compressed as pandas infers from the name, e.g. .csv.gz).
+BARS_FILE_FORMATS = ".csv, .csv.gz or .parquet"
 
 
 class BarsFileError(ValueError):
     """A bars file that cannot be read at all (missing, empty, unknown format)."""
+
+
+def bars_file_format(path: str | Path) -> Literal["csv", "parquet"] | None:
+    """The format :func:`read_bars_file` reads ``path`` as, from its name; ``None`` when it reads neither."""
+    suffixes = "".join(Path(path).suffixes).lower()
+    if suffixes.endswith(".parquet"):
+        return "parquet"
+    return "csv" if ".csv" in suffixes else None
 
 
 def read_bars_file(path: str | Path, use_adjusted_close: bool = True) -> pd.DataFrame:
@@ -24,13 +36,13 @@ def read_bars_file(path: str | Path, use_adjusted_close: bool = True) -> pd.Data
     path = Path(path)
     if not path.exists():
         raise BarsFileError(f"bars file {path} does not exist")
-    suffixes = "".join(path.suffixes).lower()
-    if suffixes.endswith(".parquet"):
+    file_format = bars_file_format(path)
+    if file_format == "parquet":
         bars = pd.read_parquet(path)
-    elif ".csv" in suffixes:
+    elif file_format == "csv":
         bars = pd.read_csv(path, dtype={"date": str, "tic": str})
     else:
-        raise BarsFileError(f"bars file {path} must be .csv, .csv.gz or .parquet")
+        raise BarsFileError(f"bars file {path} must be {BARS_FILE_FORMATS}")
     if bars.empty:
         raise BarsFileError(f"bars file {path} has no rows")
     if use_adjusted_close and {"adj_close", "close", "open", "high", "low"} <= set(bars.columns):
