@@ -23,8 +23,12 @@ $(STAMP): requirements.lock pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m pipelines.run_pipeline $(RUN_ARGS)
 
+# One pytest worker per core (at most 4), each file on one worker: module fixtures train once; `make test
+# TEST_WORKERS=0` runs in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --cov=trading_core --cov=trading_assets --cov=resources --cov=pipelines --cov-report=term
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		--cov=trading_core --cov=trading_assets --cov=resources --cov=pipelines --cov-report=term
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,6 +42,11 @@ class RunOutputs:
     agent_ensemble: Any = None
     walk_forward: Any = None
     performance_attribution: Any = None
+    sector_map: Any = None
+    classical_allocators: Any = None
+    sized_candidates: Any = None
+    execution_comparison: Any = None
+    market_regimes: Any = None
 
     @classmethod
     def of(cls, result) -> RunOutputs:
@@ -321,6 +326,83 @@ def _walk_forward_lines(walk) -> list[str]:
     ]
 
 
+def _regime_line(regimes, leaderboard) -> list[str]:
+    if regimes is None:
+        return []
+    from trading_core.evaluation.leaderboard import BENCHMARK
+
+    n = regimes.config.n_regimes
+    test = None
+    if leaderboard is not None:
+        test_dates = leaderboard.board.representative(BENCHMARK).test.returns.index
+        test = regimes.frame.reindex(test_dates).dropna(subset=["regime"])
+    line = f"Regimes     : {n}-state HMM on market return and volatility, fit on training dates, filtered forward"
+    if test is not None and len(test):
+        shares = test["regime"].value_counts(normalize=True).reindex(range(n), fill_value=0.0)
+        line += "; test days per regime " + " / ".join(f"{share:.0%}" for share in shares)
+    if leaderboard is not None and leaderboard.board.regimes is not None:
+        shown = [name for name in (leaderboard.pick, BENCHMARK) if name]
+
+        def sharpes(name: str) -> str:
+            return " / ".join(f"{value:.2f}" for value in leaderboard.board.regime_sharpes(name).values())
+
+        line += "; test Sharpe per regime (calm first) " + ", ".join(
+            f"{name} {sharpes(name)}" for name in shown
+        )
+    return [line]
+
+
+def _sector_line(sectors, allocators) -> list[str]:
+    if sectors is None:
+        return []
+    counts = sectors["sector"].value_counts()
+    unclassified = sorted(sectors.loc[sectors["source"] == "unclassified", "tic"])
+    line = (
+        f"Sectors     : {len(sectors)} tickers in {len(counts)} sectors ("
+        + ", ".join(f"{name} {count}" for name, count in counts.items())
+        + f"); unclassified: {', '.join(unclassified) or 'none'}"
+    )
+    rotation = {run.candidate: run for run in allocators.runs} if allocators is not None else {}
+    if "sector_momentum" in rotation and "equal_weight" in rotation:
+        line += (
+            f"; sector_momentum test Sharpe {rotation['sector_momentum'].test.sharpe:.2f} vs equal weight "
+            f"{rotation['equal_weight'].test.sharpe:.2f}"
+        )
+    return [line]
+
+
+def _sizing_line(sized) -> list[str]:
+    if sized is None:
+        return []
+    return ["Sizing      : " + "; ".join(sized.best_lines())]
+
+
+def _execution_line(table) -> list[str]:
+    if table is None:
+        return []
+    if table.empty:
+        return ["Execution   : executor comparison skipped (no intraday file: set RL_TRADING_SHARED_DATA)"]
+    parts = []
+    for bar_length, rows in table.groupby("bar_length", sort=False):
+        figures = ", ".join(
+            f"{row.executor} {row.shortfall_mean_bps:.1f} bps (fill {row.fill_rate:.0%})"
+            for row in rows.itertuples()
+        )
+        parts.append(f"{bar_length}: {figures}")
+    return ["Execution   : mean shortfall vs the decision close, " + "; ".join(parts)]
+
+
+def _start_mode_line(walk) -> list[str]:
+    comparison = getattr(walk, "comparison", None)
+    if comparison is None:
+        return []
+    return [
+        f"Start mode  : weekly retraining would use {comparison.verdict} ({comparison.reason}); fine-tune "
+        f"{comparison.warm_start_timesteps} vs scratch {comparison.scratch_timesteps} timesteps, "
+        f"{sum(comparison.warm_start_seconds):.0f} s vs {sum(comparison.scratch_seconds):.0f} s"
+    ]
+
+
 def _attribution_lines(attribution) -> list[str]:
     if attribution is None:
         return []
@@ -424,7 +506,12 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         *_candidate_lines(out),
         *_ensemble_lines(out.agent_ensemble),
         *_walk_forward_lines(out.walk_forward),
+        *_start_mode_line(out.walk_forward),
         *_attribution_lines(out.performance_attribution),
+        *_regime_line(out.market_regimes, out.candidate_leaderboard),
+        *_sector_line(out.sector_map, out.classical_allocators),
+        *_sizing_line(out.sized_candidates),
+        *_execution_line(out.execution_comparison),
         *_failure_lines(failures),
         *_ui_lines(home, tracking_uri),
         RULE,

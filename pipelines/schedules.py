@@ -8,17 +8,45 @@ from pipelines.jobs import (
     RETRAINING_TIMEZONE,
     champion_monitoring_job,
     paper_trading_review_job,
+    weekly_data_cutoff,
     weekly_retraining_job,
 )
 
+# The start mode the scheduled retraining asks for: ``auto`` warm-starts from the champion when the latest
+# walk-forward verdict says warm starts beat training from scratch. Only the schedule asks for it: a backfill of
+# an old week keeps the partition's own config (scratch), since today's champion has seen that week's future.
+SCHEDULED_START_MODE = "auto"
+
+
+def weekly_retraining_run_config(partition_key: str) -> dict:
+    """The scheduled run's config: the partition's data cutoff, and ``trained_agent`` in the ``auto`` start mode."""
+    run_config = weekly_data_cutoff.get_run_config_for_partition_key(partition_key)
+    ops = dict(run_config.get("ops", {}))
+    trained = dict(ops.get("trained_agent", {}))
+    trained["config"] = {**trained.get("config", {}), "start_mode": SCHEDULED_START_MODE}
+    return {**run_config, "ops": {**ops, "trained_agent": trained}}
+
+
 # The partitioned config's weeks run Monday 06:00 to Monday 06:00 New York, so the schedule fires Mondays at 06:00
 # for the week that just ended.
-weekly_retraining_schedule = dg.build_schedule_from_partitioned_job(
-    weekly_retraining_job,
+@dg.schedule(
+    job=weekly_retraining_job,
+    cron_schedule="0 6 * * 1",
+    execution_timezone=RETRAINING_TIMEZONE,
     name="weekly_retraining_schedule",
-    description="Mondays 06:00 New York: retrain on the data up to the week just ended and gate promotion.",
+    description="Mondays 06:00 New York: retrain on the data up to the week just ended (warm-started from the "
+    "champion when the walk-forward verdict says so) and gate promotion.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    """The run of the week that ended at this tick, with the ``auto`` start mode."""
+    partitions = weekly_data_cutoff.partitions_def
+    week = partitions.get_prev_partition_window(context.scheduled_execution_time)
+    if week is None:
+        return dg.SkipReason("no weekly partition has ended yet")
+    key = partitions.get_partition_key(week.start)
+    return dg.RunRequest(run_key=key, partition_key=key, run_config=weekly_retraining_run_config(key))
+
 
 champion_monitoring_schedule = dg.ScheduleDefinition(
     name="champion_monitoring_schedule",

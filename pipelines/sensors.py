@@ -1,6 +1,9 @@
-"""Sensors: retrain when the data source has new bars, or when champion monitoring recommends it."""
+"""Sensors: retrain when the data source has new bars, or when champion monitoring recommends it (feature drift,
+performance decay, or a market regime change that lasted)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -35,21 +38,75 @@ def new_market_data_sensor(context: dg.SensorEvaluationContext, market_data: Mar
     )
 
 
-@dg.asset_sensor(
-    name="champion_degradation_sensor",
-    asset_key=CHAMPION_MONITORING_KEY,
-    job=full_pipeline_job,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Retrain when champion monitoring finds feature drift or performance decay.",
-)
-def champion_degradation_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-    materialization = asset_event.asset_materialization
-    metadata = materialization.metadata if materialization else {}
-    recommended = metadata.get("retrain_recommended")
-    if recommended is None or not recommended.value:
+def _text(metadata: Mapping[str, dg.MetadataValue], key: str) -> str:
+    entry = metadata.get(key)
+    return str(entry.value) if entry is not None and entry.value is not None else ""
+
+
+def degradation_request(
+    metadata: Mapping[str, dg.MetadataValue],
+    event_key: str,
+    retrain_on_regime_change: bool = True,
+) -> dg.RunRequest | dg.SkipReason:
+    """What one champion-monitoring materialization asks for: a retraining run for feature drift or performance
+    decay, or for a lasting regime change when ``retrain_on_regime_change``; a skip that says why otherwise.
+
+    A run for drift or decay is keyed by the materialization, so each recommendation asks once. A run for a
+    regime change alone is keyed by the change (``regime_change_key``: the champion and the switch), so the
+    monitoring runs that keep seeing the same change ask for one retraining, not one each.
+
+    :param metadata: the materialization's metadata (``retrain_recommended``, ``reasons``, and from monitoring
+        that watches regimes ``degradation_reasons``, ``regime_change`` and ``regime_change_key``)
+    :param event_key: unique to the materialization (its run id and timestamp)
+    :param retrain_on_regime_change: whether a lasting regime change alone requests retraining
+    """
+    regime_change = _text(metadata, "regime_change")
+    if "degradation_reasons" in metadata:
+        degradation = _text(metadata, "degradation_reasons")
+    else:  # monitoring that does not watch regimes: every reason it gives is drift or decay
+        recommended = metadata.get("retrain_recommended")
+        degradation = _text(metadata, "reasons") if recommended is not None and recommended.value else ""
+    regime_reason = f"regime change: {regime_change}" if regime_change and retrain_on_regime_change else ""
+    if not degradation and not regime_reason:
+        if regime_change:
+            return dg.SkipReason(
+                f"regime change ({regime_change}) seen, but retraining on regime changes is off; "
+                "no feature drift or performance decay"
+            )
         return dg.SkipReason("champion monitoring found no reason to retrain")
-    reasons = metadata.get("reasons")
-    return dg.RunRequest(
-        run_key=f"champion-degraded-{asset_event.run_id}-{asset_event.timestamp}",
-        tags={"trigger": "champion_degradation", "reasons": str(reasons.value if reasons else "")[:200]},
+    reasons = "; ".join(reason for reason in (degradation, regime_reason) if reason)
+    tags = {"trigger": "champion_degradation", "reasons": reasons[:200]}
+    if regime_reason:
+        tags["regime_change"] = regime_change[:200]
+    if degradation:
+        return dg.RunRequest(run_key=f"champion-degraded-{event_key}", tags=tags)
+    change_key = _text(metadata, "regime_change_key") or event_key
+    return dg.RunRequest(run_key=f"champion-regime-change-{change_key}", tags=tags)
+
+
+def build_champion_degradation_sensor(retrain_on_regime_change: bool = True) -> dg.SensorDefinition:
+    """The sensor that retrains when champion monitoring finds drift, decay or (when on) a lasting regime change.
+
+    :param retrain_on_regime_change: whether a lasting regime change alone requests retraining (it is always
+        recorded by monitoring)
+    """
+
+    @dg.asset_sensor(
+        name="champion_degradation_sensor",
+        asset_key=CHAMPION_MONITORING_KEY,
+        job=full_pipeline_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrain when champion monitoring finds feature drift or performance decay"
+        + (", or a regime change that lasted." if retrain_on_regime_change else "."),
     )
+    def champion_degradation_sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        materialization = asset_event.asset_materialization
+        metadata = materialization.metadata if materialization else {}
+        return degradation_request(
+            metadata, f"{asset_event.run_id}-{asset_event.timestamp}", retrain_on_regime_change
+        )
+
+    return champion_degradation_sensor
+
+
+champion_degradation_sensor = build_champion_degradation_sensor()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,11 @@ PREVIOUS_ALIAS = "previous"
 TRIAL_TAG = "rl_trading.trial"
 # The model-version tag naming the pipeline (Dagster) run that registered the version: promotion checks it.
 REGISTERED_BY_TAG = "pipeline_run_id"
+# Run tags of the walk-forward's start-mode comparison: its verdict (scratch / warm_start) and why.
+START_MODE_VERDICT_TAG = "retraining.start_mode_verdict"
+START_MODE_REASON_TAG = "retraining.start_mode_verdict_reason"
+# When the verdict was recorded, in nanoseconds since the epoch (fixed width, so its text sorts as its number).
+START_MODE_RECORDED_TAG = "retraining.start_mode_verdict_recorded_ns"
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: str) -> str:
@@ -66,6 +73,44 @@ class RegisteredVersion:
     version: str
     run_id: str
     source: str
+
+
+@dataclass(frozen=True)
+class StartModeVerdict:
+    """The latest walk-forward verdict between warm starts and training from scratch.
+
+    :param verdict: ``scratch`` or ``warm_start``
+    :param reason: the rule's one-line reason
+    :param run_id: the MLflow run it was recorded on
+    """
+
+    verdict: str
+    reason: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ChampionAgent:
+    """The version holding ``champion``, its policy (SB3 weights and normaliser), its decision spec and the last
+    date it trained on (its run's ``data_train_end`` tag; ``None`` when the run has none)."""
+
+    version: RegisteredVersion
+    policy: object
+    decision_spec: object | None
+    train_end: str | None
+
+    @property
+    def label(self) -> str:
+        """``name/version``, as a ``warm_started_from`` tag names it."""
+        return f"{self.version.name}/{self.version.version}"
+
+
+_METRIC_NAME_REFUSED = re.compile(r"[^0-9A-Za-z_\-. :/]")
+
+
+def metric_name(name: str) -> str:
+    """``name`` with every character MLflow refuses in a metric name replaced by ``_``."""
+    return _METRIC_NAME_REFUSED.sub("_", name)
 
 
 class MlflowRegistryResource(dg.ConfigurableResource):
@@ -244,6 +289,44 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         python_model = wrapper.unwrap_python_model()
         return python_model.model, getattr(python_model, "decision_spec", None)
 
+    def load_champion(self, model_name: str | None = None) -> ChampionAgent | None:
+        """The champion with its SB3 weights (through its pyfunc) and decision spec; ``None`` when no version holds
+        the alias."""
+        name = model_name or self.model_name
+        version = self.version_for_alias(CHAMPION_ALIAS, name)
+        if version is None:
+            return None
+        record = self._client().get_model_version(name, version)
+        policy, spec = self.load_decision_bundle(version, name)
+        train_end = self.version_run_tags(version, name).get("data_train_end")
+        return ChampionAgent(
+            RegisteredVersion(name, version, record.run_id, record.source), policy, spec, train_end
+        )
+
+    def record_start_mode_verdict(self, run_id: str, verdict: str, reason: str) -> None:
+        """Tag a run with the walk-forward's start-mode verdict, which the ``auto`` start mode reads back."""
+        if verdict not in ("scratch", "warm_start"):
+            raise ValueError(f"verdict must be scratch or warm_start, got {verdict!r}")
+        client = self._client()
+        client.set_tag(run_id, START_MODE_VERDICT_TAG, verdict)
+        client.set_tag(run_id, START_MODE_REASON_TAG, reason)
+        client.set_tag(run_id, START_MODE_RECORDED_TAG, f"{time.time_ns():020d}")
+
+    def latest_start_mode_verdict(self) -> StartModeVerdict | None:
+        """The experiment's most recently recorded start-mode verdict; ``None`` when no run carries one."""
+        runs = self._client().search_runs(
+            [self.experiment_id()],
+            filter_string=f"tags.`{START_MODE_VERDICT_TAG}` LIKE '%'",
+            order_by=[f"tags.`{START_MODE_RECORDED_TAG}` DESC", "attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            return None
+        tags = runs[0].data.tags
+        return StartModeVerdict(
+            tags[START_MODE_VERDICT_TAG], tags.get(START_MODE_REASON_TAG, ""), runs[0].info.run_id
+        )
+
     def load_forecaster(self, model_uri: str):
         """The CNN+LSTM behind ``models:/<name>/<version>`` with its input normalization, ready to add features."""
         from trading_core.models.cnn_lstm import TrainedForecaster
@@ -261,10 +344,11 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         files: dict[str, bytes],
         tables: dict[str, dict] | None = None,
     ) -> None:
-        """Add metrics, files and JSON tables to an existing run (the run that trained the model)."""
+        """Add metrics, files and JSON tables to an existing run (the run that trained the model); characters
+        MLflow refuses in a metric name (a sized candidate's ``+``) become ``_``."""
         client = self._client()
         for key, value in metrics.items():
-            client.log_metric(run_id, key, float(value))
+            client.log_metric(run_id, metric_name(key), float(value))
         with tempfile.TemporaryDirectory() as folder:
             for name, content in files.items():
                 path = Path(folder) / name

@@ -81,6 +81,8 @@ def main(argv: list[str]) -> int:
     with home.retraining_run(instance, poll_seconds=0.2) as tags:
         entered = time.time()
         result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
+        # Read while holding the lock: the asset's stored value is the next run's to overwrite once it is free.
+        version = result.output_for_node("promoted_version") if result.success else None
         left = time.time()
     print(
         json.dumps(
@@ -90,7 +92,7 @@ def main(argv: list[str]) -> int:
                 "left": left,
                 "success": result.success,
                 "run_id": result.run_id,
-                "version": result.output_for_node("promoted_version") if result.success else None,
+                "version": version,
             }
         ),
         flush=True,

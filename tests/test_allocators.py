@@ -1,6 +1,7 @@
 """Classical allocators on real Dow-30 bars: every method keeps to the weight limits, never looks ahead, is
 reproducible, trades only on its rebalance dates, and survives a failing optimiser; the equal-weight backtest
-matches a hand computation."""
+matches a hand computation; sector momentum holds the best sectors by hand, and degrades to plain momentum
+(saying so) with fewer than two sectors or none."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from skfolio.moments import LedoitWolf
 
 from trading_core.allocators import methods
 from trading_core.allocators.config import ALLOCATORS, AllocatorConfig
-from trading_core.allocators.methods import cap_weights, fit_weights
+from trading_core.allocators.methods import cap_weights, fit_weights, momentum_weights
+from trading_core.allocators.prior import prior_weights
 from trading_core.allocators.schedule import (
     allocation_at,
     allocation_schedule,
@@ -38,6 +40,7 @@ from trading_core.market.execution import ExecutionConfig
 from trading_core.market.limits import RiskLimits
 from trading_core.market.simulator import SimulationConfig
 from trading_core.market.sizing import inverse_volatility_weights, risk_parity_weights
+from trading_core.sectors import sector_map, with_sectors
 
 TICKERS = ["AAPL", "AXP", "BA", "CAT", "CVX", "JNJ", "JPM", "KO", "MSFT", "WMT"]
 # Half-year windows so a two-year slice sees many fits of every method, momentum included.
@@ -52,9 +55,15 @@ PLAIN = SimulationConfig(
 
 
 @pytest.fixture(scope="module")
-def market(dow30_bars) -> MarketArrays:
+def unlabelled(dow30_bars) -> MarketArrays:
     bars = to_validated_bars(select_window(dow30_bars, TICKERS, "2016-01-01", "2017-12-31"))
     return MarketArrays.from_features(bars, feature_names=[])
+
+
+@pytest.fixture(scope="module")
+def market(unlabelled) -> MarketArrays:
+    """The panel with its tickers' sectors (6 of them: pytickersymbols' classification)."""
+    return with_sectors(unlabelled, sector_map(unlabelled.tickers))
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,8 @@ def config_of(method: str, **changes) -> AllocatorConfig:
 
 def test_the_defaults_are_the_risk_managers():
     assert AllocatorConfig().max_weight == RiskLimits().max_weight
-    assert ALLOCATORS[0] == "equal_weight" and len(set(ALLOCATORS)) == len(ALLOCATORS) == 7
+    assert ALLOCATORS[0] == "equal_weight" and len(set(ALLOCATORS)) == len(ALLOCATORS) == 8
+    assert ALLOCATORS[-1] == "sector_momentum"
     with pytest.raises(ValueError, match="method"):
         AllocatorConfig(method="magic")
     with pytest.raises(ValueError, match="min_history"):
@@ -107,9 +117,9 @@ def test_every_method_keeps_to_the_limits_and_skips_untradable_assets(market, me
     listed = 300 if method == "equal_weight" else 300 + config.history_needed
     entry = -(-listed // config.rebalance_every) * config.rebalance_every
     assert not weights[:entry, 0].any()
-    assert weights[entry, 0] > 0 or method == "momentum"  # momentum holds only the best few
+    assert weights[entry, 0] > 0 or config.is_momentum  # momentum holds only the best few
     if method != "equal_weight":  # after the warm-up the method really allocates
-        assert np.ptp(weights[-1][weights[-1] > 0]) > 1e-4 or method == "momentum"
+        assert np.ptp(weights[-1][weights[-1] > 0]) > 1e-4 or config.is_momentum
         assert not np.allclose(weights[-1], weights[0])
 
 
@@ -268,3 +278,96 @@ def test_backtest_allocators_fits_on_the_history_before_the_period(market):
             # Day 0 of the period is already a fitted allocation, not the warm-up's equal weights.
             assert not np.allclose(result.schedule.weights[0], CONFIG.invest / market.n_assets)
     assert pd.Series({m: r.metrics.turnover for m, r in results.items()}).gt(0).all()
+
+
+def test_sector_momentum_holds_the_best_sectors_by_their_equal_weight_return(market):
+    config = config_of("sector_momentum", sector_top=2)
+    day = market.n_steps - 1
+    returns = pd.DataFrame(market.close, columns=market.tickers).pct_change()
+    # The window's returns up to the close, less the last momentum_skip bars, averaged inside each sector.
+    kept = returns.iloc[day - config.momentum_lookback + 1 : day - config.momentum_skip + 1]
+    by_sector = kept.T.groupby(list(market.sectors)).mean().T
+    best = list((1.0 + by_sector).prod().sort_values(ascending=False).index[:2])
+    members = [tic for tic, sector in zip(market.tickers, market.sectors, strict=True) if sector in best]
+    assert len(members) >= 4  # enough to invest fully under the 25 % cap, so no third sector is needed
+    allocation = allocation_at(market, day, config)
+    assert allocation.fallback is None
+    held = {market.tickers[i] for i in np.flatnonzero(allocation.weights)}
+    assert held == set(members)
+    expected = pd.Series(
+        {
+            tic: 0.5 / sum(s == sector for s in market.sectors)
+            for tic, sector in zip(market.tickers, market.sectors, strict=True)
+            if tic in members
+        }
+    )
+    capped = cap_weights(expected.reindex(market.tickers, fill_value=0.0).to_numpy(), config.cap)
+    np.testing.assert_allclose(allocation.weights, capped * config.invest)
+
+
+def test_sector_momentum_adds_sectors_until_the_cap_can_be_filled(market):
+    config = config_of("sector_momentum", sector_top=1)
+    weights = weight_schedule(market, config)
+    fitted = weights[config.history_needed + config.rebalance_every :]
+    held = (fitted > 0).sum(axis=1)
+    assert held.min() >= 4 and np.allclose(fitted.sum(axis=1), config.invest)
+    assert fitted.max() <= config.cap * config.invest + 1e-12
+
+
+def test_sector_momentum_with_one_sector_or_none_is_plain_momentum_and_says_so(market, unlabelled):
+    config = config_of("sector_momentum")
+    momentum = weights_at(market, -1, config_of("momentum"))
+    one_sector = with_sectors(market, dict.fromkeys(market.tickers, "Information Technology"))
+    for panel, reason in (
+        (one_sector, "in 1 known sector(s) ['Information Technology']"),
+        (unlabelled, "no sector labels"),
+    ):
+        allocation = allocation_at(panel, -1, config)
+        assert reason in allocation.fallback
+        np.testing.assert_array_equal(allocation.weights, momentum)
+    returns = market.daily_returns()[-126:]
+    assert np.array_equal(fit_weights(returns, config, None)[0], momentum_weights(returns, config))
+    with pytest.raises(ValueError, match="sector for every ticker"):
+        fit_weights(returns, config, ["Energy"] * 3)
+    with pytest.raises(ValueError, match="one non-empty label per ticker"):
+        replace(market, sectors=("Energy",) * 3)
+    with pytest.raises(ValueError, match=r"no sector for ticker\(s\) \['WMT'\]"):
+        with_sectors(market, {tic: "Energy" for tic in market.tickers[:-1]})
+
+
+def test_sector_labels_reach_the_backtest_and_the_prior_cache(market, unlabelled):
+    start, end = market.dates[260], market.dates[-1]
+    labels = dict(zip(market.tickers, market.sectors, strict=True))
+    methods_ = ("momentum", "sector_momentum")
+    threaded = backtest_allocators(unlabelled, start, end, EnvSpec(), CONFIG, methods_, sectors=labels)
+    carried = backtest_allocators(market, start, end, EnvSpec(), CONFIG, methods_)
+    bare = backtest_allocators(unlabelled, start, end, EnvSpec(), CONFIG, methods_)
+    np.testing.assert_array_equal(
+        threaded["sector_momentum"].schedule.weights, carried["sector_momentum"].schedule.weights
+    )
+    assert threaded["sector_momentum"].schedule.fallbacks == ()
+    # Without labels the run goes on as plain momentum, every refit saying why.
+    np.testing.assert_array_equal(bare["sector_momentum"].schedule.weights, bare["momentum"].schedule.weights)
+    assert len(bare["sector_momentum"].schedule.fallbacks) == len(
+        range(0, end_offset(market, start), CONFIG.rebalance_every)
+    )
+    config = config_of("sector_momentum")
+    assert not np.array_equal(prior_weights(market, config), prior_weights(unlabelled, config))
+
+
+def end_offset(market: MarketArrays, start: pd.Timestamp) -> int:
+    return market.n_steps - int(market.dates.searchsorted(start))
+
+
+def test_sector_momentum_never_holds_the_unknown_sector(market):
+    config = config_of("sector_momentum", sector_top=3)
+    labels = dict(zip(market.tickers, market.sectors, strict=True)) | {"AAPL": "Unknown", "MSFT": "Unknown"}
+    weights = weight_schedule(with_sectors(market, labels), config)
+    unknown = [market.tickers.index("AAPL"), market.tickers.index("MSFT")]
+    first_fit = -(-config.history_needed // config.rebalance_every) * config.rebalance_every  # after warm-up
+    assert weights[first_fit:].sum() > 0 and not weights[first_fit:, unknown].any()
+    # Two known assets cannot fill a 25 % cap: plain momentum, and the reason.
+    only_two = dict.fromkeys(market.tickers, "Unknown") | {"CVX": "Energy", "JPM": "Financials"}
+    allocation = allocation_at(with_sectors(market, only_two), -1, config)
+    assert "known sectors hold 2 assets, the cap needs 4" in allocation.fallback
+    np.testing.assert_array_equal(allocation.weights, weights_at(market, -1, config_of("momentum")))

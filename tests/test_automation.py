@@ -9,7 +9,12 @@ import pandas as pd
 
 from pipelines.definitions import defs
 from pipelines.jobs import weekly_data_cutoff
-from pipelines.sensors import champion_degradation_sensor, new_market_data_sensor
+from pipelines.sensors import (
+    build_champion_degradation_sensor,
+    champion_degradation_sensor,
+    degradation_request,
+    new_market_data_sensor,
+)
 from resources.market_data import MarketDataResource
 from trading_assets.ingestion import raw_daily_bars
 
@@ -102,3 +107,86 @@ def test_degradation_sensor_requests_retraining_only_when_monitoring_recommends_
     assert degraded.run_requests[0].tags["trigger"] == "champion_degradation"
     again, _ = tick(cursor)
     assert not again.run_requests  # the same materialization never triggers twice
+
+
+REGIME_CHANGE = (
+    "regime 0 at the end of training (2017-12-29) is regime 1 since 2018-02-05, 38 dates to 2018-03-29 "
+    "(lasting: at least 5)"
+)
+
+
+def _regime_metadata(degradation: str = "", regime_change: str = REGIME_CHANGE) -> dict:
+    """Metadata of a monitoring run that watches regimes, as champion_monitoring writes it."""
+    regime_reason = f"regime change: {regime_change}" if regime_change else ""
+    reasons = "; ".join(r for r in (degradation, regime_reason) if r)
+    return {
+        "retrain_recommended": bool(reasons),
+        "reasons": reasons,
+        "degradation_reasons": degradation,
+        "regime_change": regime_change,
+        "regime_change_key": "v3-0-to-1-since-2018-02-05" if regime_change else "",
+    }
+
+
+def test_a_lasting_regime_change_requests_one_retraining_per_change():
+    instance = dg.DagsterInstance.ephemeral()
+    keys, cursor = [], None
+    for _ in range(2):  # two monitoring runs see the same change
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("champion_monitoring", metadata=_regime_metadata())
+        )
+        tick = champion_degradation_sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=cursor)
+        )
+        cursor = tick.cursor
+        (request,) = tick.run_requests
+        keys.append(request.run_key)
+        assert request.tags["trigger"] == "champion_degradation"
+        assert request.tags["regime_change"] == REGIME_CHANGE
+        assert request.tags["reasons"].startswith("regime change: regime 0 at the end of training")
+    # Both ask with the change's run key, which Dagster launches once.
+    assert keys == ["champion-regime-change-v3-0-to-1-since-2018-02-05"] * 2
+
+
+def test_a_regime_change_alone_is_skipped_with_its_reason_when_switched_off():
+    metadata = {key: dg.MetadataValue.text(str(value)) for key, value in _regime_metadata().items()}
+    metadata["retrain_recommended"] = dg.MetadataValue.bool(True)
+    skipped = degradation_request(metadata, "run-1", retrain_on_regime_change=False)
+    assert isinstance(skipped, dg.SkipReason)
+    assert (
+        "retraining on regime changes is off" in skipped.skip_message and "2018-02-05" in skipped.skip_message
+    )
+    # Drift still asks for retraining with the switch off, keyed by its materialization.
+    drifted = {
+        key: dg.MetadataValue.text(str(value))
+        for key, value in _regime_metadata(degradation="feature drift: 67% of features drifted").items()
+    }
+    request = degradation_request(drifted, "run-2", retrain_on_regime_change=False)
+    assert isinstance(request, dg.RunRequest) and request.run_key == "champion-degraded-run-2"
+    assert (
+        request.tags["reasons"] == "feature drift: 67% of features drifted"
+        and "regime_change" not in request.tags
+    )
+    # With the switch on, both reasons travel in the tags.
+    both = degradation_request(drifted, "run-2")
+    assert both.run_key == "champion-degraded-run-2" and both.tags["regime_change"] == REGIME_CHANGE
+    assert both.tags["reasons"].startswith("feature drift") and "; regime change: " in both.tags["reasons"]
+    quiet = {
+        key: dg.MetadataValue.text(str(value)) for key, value in _regime_metadata(regime_change="").items()
+    }
+    assert (
+        degradation_request(quiet, "run-3").skip_message == "champion monitoring found no reason to retrain"
+    )
+
+
+def test_a_switched_off_sensor_keeps_its_name_and_says_so():
+    off = build_champion_degradation_sensor(retrain_on_regime_change=False)
+    assert off.name == champion_degradation_sensor.name == "champion_degradation_sensor"
+    assert "regime change" in champion_degradation_sensor.description
+    assert "regime change" not in off.description
+    instance = dg.DagsterInstance.ephemeral()
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization("champion_monitoring", metadata=_regime_metadata())
+    )
+    tick = off.evaluate_tick(dg.build_sensor_context(instance=instance))
+    assert not tick.run_requests and "retraining on regime changes is off" in tick.skip_message

@@ -13,8 +13,10 @@ CORE = PROJECT_ROOT / "trading_core"
 LAYERS = (
     "runtime",
     "data",
+    "regimes",
     "features",
     "market",
+    "sectors",
     "allocators",
     "broker",
     "envs",
@@ -23,6 +25,7 @@ LAYERS = (
     "evaluation",
     "monitoring",
     "live",
+    "hierarchy",
 )
 
 

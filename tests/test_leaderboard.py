@@ -4,9 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trading_core.evaluation.leaderboard import CandidateRun, Leaderboard, PeriodFigures
-from trading_core.evaluation.metrics import compute_metrics
+from trading_core.evaluation.leaderboard import (
+    LEADERBOARD_COLUMNS,
+    CandidateRun,
+    Leaderboard,
+    PeriodFigures,
+    regime_sharpe_column,
+)
+from trading_core.evaluation.metrics import compute_metrics, sharpe_ratio
 from trading_core.evaluation.promotion import yardstick_gate
+from trading_core.evaluation.regime_split import figures_by_regime
 from trading_core.market.limits import TradingState
 
 DATES = pd.bdate_range("2020-01-01", periods=120)
@@ -104,3 +111,39 @@ def test_candidates_without_validation_runs_rank_last():
     table = Leaderboard(runs, 1).table()
     assert list(table["candidate"])[-1] == "weighted_ensemble"
     assert table["validation_sharpe_p25"].iloc[:-1].is_monotonic_decreasing
+
+
+def test_regimes_add_the_representative_runs_test_sharpe_per_regime():
+    runs = (
+        run("ppo", "agent", 1, 0.001, 0.001),
+        run("ppo", "agent", 2, 0.002, -0.001),
+        run("hrp", "allocator", None, 0.0005, 0.0),
+    )
+    plain = Leaderboard(runs, 1).table()
+    assert list(plain.columns) == list(LEADERBOARD_COLUMNS)  # no regimes, no change
+    # Synthetic labels on every business day from before the test period: calm, then turbulent.
+    every_day = pd.bdate_range(DATES[0] - pd.offsets.BDay(5), DATES[-1])
+    regimes = pd.Series((every_day >= DATES[60]).astype(int), index=every_day)
+    board = Leaderboard(runs, 1, regimes=regimes)
+    table = board.table().set_index("candidate")
+    assert list(table.columns[-2:]) == [regime_sharpe_column(0), regime_sharpe_column(1)]
+    pd.testing.assert_frame_equal(
+        board.table()[list(LEADERBOARD_COLUMNS)], plain
+    )  # the fixed columns are untouched
+    representative = board.representative("ppo")
+    assert representative.seed == 2
+    # The return into DATES[i] follows the regime of DATES[i-1]: days 1..60 calm, 61.. turbulent.
+    test_equity = synthetic_equity(-0.001, 2 + 1000)
+    expected = figures_by_regime(test_equity, regimes, n_regimes=2)["sharpe"]
+    assert table.loc["ppo", "test_sharpe_regime_0"] == pytest.approx(expected[0])
+    assert table.loc["ppo", "test_sharpe_regime_1"] == pytest.approx(expected[1])
+    returns = representative.test.returns
+    assert expected[0] == pytest.approx(sharpe_ratio(returns.iloc[:60]))
+
+
+def test_bad_regimes_are_refused_when_the_board_is_built():
+    runs = (run("ppo", "agent", 1, 0.001, 0.001),)
+    with pytest.raises(ValueError, match="regimes holds NaN"):
+        Leaderboard(runs, 1, regimes=pd.Series([0.0, np.nan], index=DATES[:2]))
+    with pytest.raises(ValueError, match="given no regimes"):
+        Leaderboard(runs, 1).regime_sharpes("ppo")

@@ -12,13 +12,23 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipelines.sensors import degradation_request
+from resources.mlflow_registry import CHAMPION_ALIAS
 from trading_assets.config_defaults import default_of
+from trading_assets.monitoring import ChampionMonitoringSettings, champion_monitoring
+from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
+from trading_core.data.schema import feature_columns_of, indicator_columns_of, select_window
+from trading_core.data.validation import to_validated_bars
+from trading_core.envs.spec import EnvSpec
+from trading_core.features.batch import build_features
 from trading_core.market.limits import TradingState
 from trading_core.monitoring import (
     Alert,
@@ -37,6 +47,8 @@ from trading_core.monitoring import (
     WebhookAlertSink,
     default_rules,
 )
+from trading_core.regimes.history import MarketRegimes, fit_market_regimes
+from trading_core.regimes.settings import RegimeConfig
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -618,3 +630,111 @@ def test_unknown_paths_head_and_lifecycle(agent: FakeAgent) -> None:
     with pytest.raises(requests.ConnectionError):
         requests.get(url + "/healthz", timeout=10)
     monitoring.stop()  # stopping twice is harmless
+
+
+# ------------------------------------------------------------------------------- champion monitoring: regimes
+
+MONITORED_TICKERS = ["AAPL", "JPM", "KO", "MSFT"]
+# The champion's run, as its data tags say: trained to mid-2017, tested on the rest of 2017.
+CHAMPION_TAGS = {
+    "data_train_start": "2016-02-16",
+    "data_train_end": "2017-06-30",
+    "data_test_start": "2017-07-03",
+    "data_test_end": "2017-12-29",
+}
+
+
+class FixedActionPolicy:
+    """A policy that always answers the same action (not a trained agent): monitoring only needs its returns."""
+
+    def __init__(self, size: int) -> None:
+        self.action = np.full(size, 0.5, dtype=np.float32)
+
+    def predict(self, observation: np.ndarray, state=None, episode_start=None, deterministic: bool = True):
+        return self.action, state
+
+
+class FakeChampionRegistry:
+    """The registry calls champion_monitoring makes, in memory: champion v3, its decision bundle and run tags."""
+
+    model_name = "rl_trading_agent"
+
+    def __init__(self, policy: FixedActionPolicy, spec: DecisionSpec) -> None:
+        self.bundle = (policy, spec)
+
+    def version_for_alias(self, alias: str) -> str | None:
+        return "3" if alias == CHAMPION_ALIAS else None
+
+    def version_run_tags(self, version: str) -> dict[str, str]:
+        return dict(CHAMPION_TAGS)
+
+    def load_decision_bundle(self, version: str):
+        return self.bundle
+
+
+@pytest.fixture(scope="module")
+def monitored(dow30_bars: pd.DataFrame) -> tuple[pd.DataFrame, MarketRegimes, FakeChampionRegistry]:
+    """Real bars 2016 .. March 2018 (through the February 2018 volatility shock): features, the regime model
+    fitted on the champion's training dates, and a registry holding a fixed-action champion."""
+    bars = to_validated_bars(select_window(dow30_bars, MONITORED_TICKERS, "2016-01-01", "2018-03-29"))
+    features = build_features(bars)
+    regimes = fit_market_regimes(
+        bars,
+        pd.Timestamp(CHAMPION_TAGS["data_train_start"]),
+        pd.Timestamp(CHAMPION_TAGS["data_train_end"]),
+        RegimeConfig(n_restarts=1),
+    )
+    env_spec = EnvSpec(n_envs=1)
+    spec = DecisionSpec(
+        tickers=tuple(MONITORED_TICKERS),
+        feature_columns=tuple(feature_columns_of(features)),
+        env_spec=env_spec,
+        reference_quantiles=feature_deciles(features, indicator_columns_of(features)),
+    )
+    size = env_spec.engine_action.action_size(len(MONITORED_TICKERS))
+    return features, regimes, FakeChampionRegistry(FixedActionPolicy(size), spec)
+
+
+def run_monitoring(monitored, **settings) -> dg.Output:
+    features, regimes, registry = monitored
+    outputs = champion_monitoring(
+        dg.build_asset_context(),
+        config=ChampionMonitoringSettings(recent_dates=40, **settings),
+        features=features,
+        market_regimes=regimes,
+        model_registry=registry,
+    )
+    return next(o for o in outputs if isinstance(o, dg.Output))
+
+
+def test_monitoring_records_the_lasting_regime_change_since_training_and_the_sensor_retrains(monitored):
+    output = run_monitoring(monitored)
+    health, metadata = output.value, output.metadata
+    shift = health.regime_shift
+    # Measured on the real bars: calm when training ended, a turbulent spell in August 2017 and back, then
+    # turbulent since 2018-02-02 (confirmed 2018-02-08).
+    assert (shift.regime_then, shift.regime_now, shift.current_regime) == (0, 1, 1)
+    assert shift.changes["date"].dt.date.astype(str).tolist() == ["2017-08-17", "2017-08-31", "2018-02-02"]
+    assert shift.changes["to_regime"].tolist() == [1, 0, 1]
+    assert shift.changes["confirmed_on"].iloc[-1] == pd.Timestamp("2018-02-08")
+    assert health.reasons[-1] == health.regime_reason and health.regime_reason.startswith("regime change: ")
+    assert health.retrain_recommended and health.regime_reason not in health.degradation_reasons
+    assert metadata["current_regime"].value == 1
+    assert metadata["regime_change_key"].value == "v3-0-to-1-since-2018-02-02"
+    assert "since 2018-02-02" in metadata["regime_change"].value
+    assert "regime change: " not in metadata["degradation_reasons"].value
+    # The stored model dict filtered forward gives the regimes the market_regimes asset stored.
+    _, regimes, _ = monitored
+    assert regimes.frame.loc["2018-02-02":, "regime"].eq(1).all()
+    # What the degradation sensor makes of this materialization.
+    request = degradation_request(output.metadata, "run-1")
+    assert isinstance(request, dg.RunRequest)
+    assert "regime change: " in request.tags["reasons"] and "2018-02-02" in request.tags["regime_change"]
+
+
+def test_a_regime_spell_shorter_than_the_minimum_is_no_reason(monitored):
+    output = run_monitoring(monitored, regime_min_days=60)  # the turbulent spell has lasted 39 dates
+    shift = output.value.regime_shift
+    assert not shift.changed and shift.current_regime == 1
+    assert output.value.regime_reason == "" and not any("regime" in r for r in output.value.reasons)
+    assert output.metadata["regime_change"].value == "" and output.metadata["regime_change_key"].value == ""

@@ -38,6 +38,10 @@ ALL_ASSET_NAMES = {
     "candidate_verdicts",
     "classical_allocators",
     "candidate_leaderboard",
+    "market_regimes",
+    "sector_map",
+    "sized_candidates",
+    "execution_comparison",
 }
 TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
 LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
@@ -63,7 +67,13 @@ def pipeline_resources(tmp_path: Path, data_path: Path, vix_path: Path | None = 
     }
 
 
-TINY_WALK_FORWARD = {"n_windows": 2, "test_dates": 60, "timesteps_per_window": 256, "use_ray": False}
+TINY_WALK_FORWARD = {
+    "n_windows": 2,
+    "test_dates": 60,
+    "timesteps_per_window": 256,
+    "warm_start_timesteps": 64,
+    "use_ray": False,
+}
 TINY_FORECASTER = {"max_epochs": 2, "patience": 1}
 LENIENT_SWEEP = {
     "n_seeds": 2,
@@ -130,6 +140,13 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert leaderboard.allocator_pick in set(
         leaderboard.table.loc[leaderboard.table["kind"] == "allocator", "candidate"]
     )
+    # Issue 12's candidates and splits: sector rotation, sized variants, per-regime test Sharpe, regime features.
+    assert "sector_momentum" in set(leaderboard.table["candidate"])
+    sized = set(leaderboard.table.loc[leaderboard.table["kind"] == "sized", "candidate"])
+    assert {"risk_parity+volatility_target", "ppo_recipe+inverse_volatility"} <= sized
+    assert {"test_sharpe_regime_0", "test_sharpe_regime_1"} <= set(leaderboard.table.columns)
+    assert {"p_regime_0", "p_regime_1"} <= set(agent.feature_columns)
+    assert set(first.asset_value("sector_map")["tic"]) >= set(first.asset_value("dataset_splits").tickers)
     sweep = first.asset_value("seed_sweep")
     seeds = [registered.seed, registered.seed + 1]
     assert list(sweep.table["seed"]) == seeds and sweep.n_trials >= 3  # zoo runs + two seed runs

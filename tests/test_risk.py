@@ -43,10 +43,17 @@ def post_trade_cash(approved, holdings, prices, cash, cost_buffer):
     return cash - (order * prices).sum(axis=1) - cost_buffer * (np.maximum(order, 0.0) * prices).sum(axis=1)
 
 
-def reference_var(weights: np.ndarray, window: np.ndarray, method: str, confidence: float) -> np.ndarray:
-    """VaR straight from the definitions, with numpy's and scipy's own functions."""
+def reference_var(
+    weights: np.ndarray, window: np.ndarray, method: str, confidence: float, covariance: str = "sample"
+) -> np.ndarray:
+    """VaR straight from the definitions, with numpy's, scipy's and scikit-learn's own functions."""
     if method == "parametric":
-        cov = np.atleast_2d(np.cov(window, rowvar=False))
+        if covariance == "ledoit_wolf":
+            from sklearn.covariance import ledoit_wolf
+
+            cov = ledoit_wolf(window)[0]
+        else:
+            cov = np.atleast_2d(np.cov(window, rowvar=False))
         return norm.ppf(confidence) * np.sqrt(
             np.maximum(np.einsum("bi,ij,bj->b", weights, cov, weights), 0.0)
         )
@@ -809,7 +816,9 @@ def check_review(limits, state, pending, cap, review, target, holdings, prices, 
         post_cash = post_trade_cash(a[None], h[None], p[None], cash[env : env + 1], limits.cost_buffer)[0]
         assert post_cash >= -limits.max_margin * e - rtol * e
         if limits.var_limit is not None and window is not None and len(window) >= 20:
-            var = reference_var((values / e)[None], window, limits.var_method, limits.var_confidence)[0]
+            var = reference_var(
+                (values / e)[None], window, limits.var_method, limits.var_confidence, limits.covariance
+            )[0]
             assert var <= limits.var_limit * (1 + rtol) + 1e-15
 
 

@@ -15,6 +15,7 @@ from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, Pr
 from trading_assets.config_defaults import DomainCheckedConfig, default_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.regimes import MarketRegimes
 from trading_assets.selection import LeaderboardReport, RegisteredCandidate
 from trading_assets.training import (
     ENSEMBLE_MODEL_NAME,
@@ -50,6 +51,7 @@ from trading_core.evaluation.promotion import (
     promotion_refusal,
     yardstick_gate,
 )
+from trading_core.evaluation.regime_split import compare_by_regime
 from trading_core.evaluation.seed_sweep import (
     SeedSweepConfig,
     SeedTask,
@@ -62,6 +64,8 @@ from trading_core.evaluation.stress import StressConfig, StressResult, run_stres
 from trading_core.evaluation.walk_forward import WalkForwardConfig, WalkForwardResult, run_walk_forward
 from trading_core.market.arrays import MarketArrays
 from trading_core.models.cnn_lstm import feature_builder
+from trading_core.regimes.history import regime_feature_builder
+from trading_core.regimes.model import RegimeModel
 
 # The gate steps whose passing records, of the registered version and from the promoting run, promotion needs.
 GATE_STEPS = ("backtest", "stress_tests", "seed_sweep")
@@ -153,6 +157,10 @@ def stress_tests(
     policy = model_registry.load_policy(registered_model.version)
     split = learned_features.split
     build = feature_builder(features, cnn_lstm_model.forecaster)
+    if learned_features.regime_model is not None:
+        # Shocked bars move the market signals: the regimes are filtered again from them, as they would be live.
+        model = RegimeModel.from_dict(learned_features.regime_model)
+        build = regime_feature_builder(build, model, tickers=learned_features.tickers)
     env_spec = registered_model.env_spec
     prior = env_spec.action.prior
 
@@ -223,6 +231,9 @@ class WalkForwardSettings(DomainCheckedConfig):
     embargo: int = default_of(WalkForwardConfig, "embargo")
     timesteps_per_window: int = default_of(WalkForwardConfig, "timesteps_per_window")
     use_ray: bool = default_of(WalkForwardConfig, "use_ray")
+    compare_warm_start: bool = default_of(WalkForwardConfig, "compare_warm_start")
+    warm_start_timesteps: int = default_of(WalkForwardConfig, "warm_start_timesteps")
+    warm_start_dates: int = default_of(WalkForwardConfig, "warm_start_dates")
 
     def to_domain(self) -> WalkForwardConfig:
         """The domain settings; any scheme but ``rolling`` reads as ``expanding``."""
@@ -238,9 +249,13 @@ def walk_forward(
     trained_agent: TrainedAgent,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[WalkForwardResult]:
-    """The training procedure re-run per window (purged, embargoed), each agent traded on the next unseen window."""
-    windows = config.to_domain().windows(features["date"])
+    """The training procedure re-run per window (purged, embargoed), each agent traded on the next unseen window;
+    with ``compare_warm_start``, warm starts against training from scratch on the same windows, and the verdict
+    the ``auto`` start mode follows."""
+    settings = config.to_domain()
+    windows = settings.windows(features["date"])
     budget = replace(trained_agent.ppo_config, total_timesteps=config.timesteps_per_window)
+    # No champion seeds the warm-start chain: it trained on dates inside these test windows.
     result = run_walk_forward(
         features,
         windows,
@@ -249,7 +264,18 @@ def walk_forward(
         seed=trained_agent.seed,
         report=context.log.info,
         use_ray=config.use_ray,
+        warm_start=settings.warm_start_budget(),
     )
+    comparison = result.comparison
+    start_mode_metadata = {}
+    if comparison is not None:
+        model_registry.record_start_mode_verdict(trained_agent.run_id, comparison.verdict, comparison.reason)
+        context.log.info(f"walk-forward start-mode verdict: {comparison.reason}")
+        start_mode_metadata = {
+            "start_modes": markdown_table(comparison.table().to_dict(orient="records")),
+            "start_mode_verdict": comparison.verdict,
+            "start_mode_reason": comparison.reason,
+        }
     png = equity_curve_png(
         {"walk-forward agent": result.equity, "equal-weight buy and hold": result.benchmark_equity},
         "Stitched out-of-sample walk-forward equity",
@@ -260,9 +286,20 @@ def walk_forward(
         metrics={
             **{f"walk_forward_{k}": v for k, v in result.metrics.as_dict().items()},
             **{f"walk_forward_buy_and_hold_{k}": v for k, v in result.benchmark_metrics.as_dict().items()},
+            **{
+                f"walk_forward_start_mode_{k}": v
+                for k, v in (comparison.metrics() if comparison else {}).items()
+            },
         },
         files={"walk_forward.png": png},
-        tables={"walk_forward.json": table.to_dict(orient="records")},
+        tables={
+            "walk_forward.json": table.to_dict(orient="records"),
+            **(
+                {"walk_forward_start_modes.json": comparison.table().to_dict(orient="records")}
+                if comparison
+                else {}
+            ),
+        },
     )
     return dg.Output(
         result,
@@ -272,6 +309,7 @@ def walk_forward(
             "buy_and_hold_sharpe": dg.MetadataValue.float(result.benchmark_metrics.sharpe),
             "total_return": dg.MetadataValue.float(result.metrics.total_return),
             "equity_curve": png_metadata(png),
+            **start_mode_metadata,
         },
     )
 
@@ -514,9 +552,11 @@ def backtest(
     registered_model: RegisteredCandidate,
     trained_agent: TrainedAgent,
     learned_features: DatasetSplits,
+    market_regimes: MarketRegimes,
     model_registry: MlflowRegistryResource,
 ):
-    """Backtest the registered version out of sample and attribute its PnL; the gate checks judge the backtest.
+    """Backtest the registered version out of sample, split its figures by market regime against buy-and-hold,
+    and attribute its PnL; the gate checks judge the backtest.
 
     Both come from one step so that the attribution is stored even when the gate fails.
     """
@@ -549,15 +589,31 @@ def backtest(
         {"metric": key, "agent": value, "buy_and_hold": result.benchmark_metrics.as_dict()[key]}
         for key, value in result.metrics.as_dict().items()
     ]
+    # Each test-day return under the regime filtered at the close before it (the decision's regime).
+    by_regime = compare_by_regime(
+        {"agent": result.equity, "buy_and_hold": result.benchmark_equity},
+        market_regimes.frame["regime"],
+        market_regimes.config.n_regimes,
+    ).to_dict(orient="records")
+    metric_prefix = {"agent": "test", "buy_and_hold": "test_buy_and_hold"}
+    regime_sharpes = {
+        f"{metric_prefix[row['curve']]}_sharpe_regime_{row['regime']}": row["sharpe"]
+        for row in by_regime
+        if pd.notna(row["sharpe"])  # a regime the test period never saw has no Sharpe
+    }
     model_registry.log_evaluation(
         registered_model.run_id,
         metrics={
             **{f"test_{k}": v for k, v in result.metrics.as_dict().items()},
             **{f"test_buy_and_hold_{k}": v for k, v in result.benchmark_metrics.as_dict().items()},
             "test_total_cost": result.total_cost,
+            **regime_sharpes,
         },
         files={"test_equity_curve.png": png},
-        tables={"promotion_gate.json": {r.name: r.__dict__ for r in gate}},
+        tables={
+            "promotion_gate.json": {r.name: r.__dict__ for r in gate},
+            "test_by_regime.json": by_regime,
+        },
     )
     verdict = (
         "promotable"
@@ -580,6 +636,7 @@ def backtest(
             "total_cost": dg.MetadataValue.float(result.total_cost),
             "trades": result.trades,
             "metrics": markdown_table(comparison),
+            "by_regime": markdown_table(by_regime),
             "equity_curve": png_metadata(png),
             **_bound_to(record),
         },

@@ -28,6 +28,7 @@ from trading_core.models.cnn_lstm import (
 from trading_core.models.cnn_lstm import (
     learned_features as forecast_features,
 )
+from trading_core.regimes.history import MarketRegimes, add_regime_features, regime_feature_builder
 from trading_core.runtime.provenance import code_version, pinned_requirements
 
 FORECASTER_MODEL_NAME = "rl_trading_cnn_lstm"
@@ -48,6 +49,12 @@ class ForecasterSettings(dg.Config):
     def to_domain(self) -> CNNLSTMConfig:
         """The forecaster's settings; those not exposed here keep their defaults."""
         return CNNLSTMConfig(**self.model_dump())
+
+
+class LearnedFeatureSettings(dg.Config):
+    """Which learned columns join the technical features in every split's observation."""
+
+    use_regime_features: bool = True  # the market regimes' filtered probabilities, the same for every ticker
 
 
 @dataclass(frozen=True)
@@ -152,15 +159,27 @@ def cnn_lstm_model(
 )
 def learned_features(
     context: dg.AssetExecutionContext,
+    config: LearnedFeatureSettings,
     validated_daily_bars: pd.DataFrame,
     features: pd.DataFrame,
     dataset_splits: DatasetSplits,
     cnn_lstm_model: RegisteredForecaster,
+    market_regimes: MarketRegimes,
+    sector_map: pd.DataFrame,
 ):
-    """Technical features plus the forecaster's mean, variance and embedding per asset, split like the features."""
+    """Technical features plus the forecaster's mean, variance and embedding per asset and the market regimes'
+    filtered probabilities per date, split like the features, with each ticker's sector."""
+    lacking = [c for c in ("tic", "sector") if c not in sector_map.columns]
+    if lacking:
+        raise ValueError(f"learned_features: sector_map lacks column(s) {lacking}")
     forecaster = cnn_lstm_model.forecaster
     full = add_learned_features(features, forecast_features(forecaster, features))
     build = feature_builder(features, forecaster)
+    regime_model = market_regimes.model if config.use_regime_features else None
+    if config.use_regime_features:
+        full = add_regime_features(full, market_regimes.frame)
+        # Rebuilt from the cut bars alone, over the universe the regimes were fitted on (the live loop's).
+        build = regime_feature_builder(build, market_regimes.regime_model(), tickers=dataset_splits.tickers)
     cutoffs = spread_cutoffs(full["date"], count=3, skip=forecaster.config.window + 1)
     findings = truncate_and_compare(validated_daily_bars, build, cutoffs)
     passed = not findings
@@ -173,9 +192,26 @@ def learned_features(
         )
     )
     if passed:
-        splits = DatasetSplits(split=dataset_splits.split, **apply_split(full, dataset_splits.split))
+        universe = set(dataset_splits.tickers)
+        splits = DatasetSplits(
+            split=dataset_splits.split,
+            **apply_split(full, dataset_splits.split),
+            regime_model=regime_model,
+            # The risk manager's sector-exposure limit reads them wherever these splits are traded.
+            sectors={
+                str(tic): str(sector)
+                for tic, sector in zip(sector_map["tic"], sector_map["sector"], strict=True)
+                if tic in universe
+            },
+        )
         metadata = frame_metadata(full)
         metadata["learned_columns"] = dg.MetadataValue.text(", ".join(forecaster.output_columns))
+        metadata["regime_columns"] = dg.MetadataValue.text(
+            ", ".join(market_regimes.probability_columns) if config.use_regime_features else "none"
+        )
+        metadata["sectors"] = dg.MetadataValue.text(
+            ", ".join(sorted(set(splits.sector_labels().values()))) or "none"
+        )
         metadata["periods"] = markdown_table(
             [{"period": name, "rows": len(getattr(splits, name))} for name in ("train", "validation", "test")]
         )

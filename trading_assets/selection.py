@@ -4,7 +4,7 @@ the classical allocators and equal-weight buy-and-hold — and the registration 
 The test period only reports; validation alone chooses the registered candidate and the allocator it must beat.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import dagster as dg
@@ -31,6 +31,7 @@ from trading_assets.training import (
 from trading_core.agents.pyfunc import log_agent_model
 from trading_core.agents.zoo import AgentConfig
 from trading_core.allocators.config import ALLOCATORS, AllocatorConfig
+from trading_core.allocators.schedule import AllocationSchedule
 from trading_core.data.schema import frame_fingerprint
 from trading_core.data.splits import DatasetSplits
 from trading_core.envs.spec import EnvSpec
@@ -38,7 +39,11 @@ from trading_core.evaluation.allocator_backtests import backtest_allocators
 from trading_core.evaluation.backtester import buy_and_hold_record, run_backtests
 from trading_core.evaluation.leaderboard import BENCHMARK, CandidateRun, Leaderboard, PeriodFigures
 from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
+from trading_core.evaluation.sizing_overlays import SizedCandidates
+from trading_core.market.arrays import MarketArrays
+from trading_core.regimes.history import MarketRegimes
 from trading_core.runtime.provenance import code_version, pinned_requirements
+from trading_core.sectors import with_sectors
 
 
 def recipe_name(agent: TrainedAgent) -> str:
@@ -55,6 +60,7 @@ class AllocatorSettings(dg.Config):
     min_history: int = default_of(AllocatorConfig, "min_history")
     invest: float = default_of(AllocatorConfig, "invest")
     covariance: str = default_of(AllocatorConfig, "covariance")
+    sector_top: int = default_of(AllocatorConfig, "sector_top")
 
     def to_domain(self) -> AllocatorConfig:
         """The shared settings; the method is set per allocator."""
@@ -63,11 +69,23 @@ class AllocatorSettings(dg.Config):
 
 @dataclass(frozen=True)
 class AllocatorReport:
-    """Every classical allocator on validation and test, traded like the agents (same costs, risk manager)."""
+    """Every classical allocator on validation and test, traded like the agents (same costs, risk manager).
+
+    :param config: the settings every method shared
+    :param schedules: per method and period (``validation``, ``test``) the fitted weights, so consumers that
+        trade them differently (the sizing layer) do not refit
+    """
 
     runs: tuple[CandidateRun, ...]
     test_equity: dict[str, pd.Series]
     fallbacks: dict[str, int]
+    config: AllocatorConfig = AllocatorConfig()
+    schedules: dict[str, dict[str, AllocationSchedule]] = field(default_factory=dict)
+
+
+def allocator_market(agent: TrainedAgent, splits: DatasetSplits, sectors: pd.DataFrame) -> MarketArrays:
+    """The full history the allocators fit and trade on: the agents' universe with each ticker's sector."""
+    return with_sectors(agent.observation_market(splits), sectors)
 
 
 @dg.asset(group_name="selection", compute_kind="skfolio")
@@ -76,15 +94,17 @@ def classical_allocators(
     config: AllocatorSettings,
     trained_agent: TrainedAgent,
     learned_features: DatasetSplits,
+    sector_map: pd.DataFrame,
 ) -> dg.Output[AllocatorReport]:
-    """Equal weight, inverse volatility, minimum variance, risk parity, HRP, shrunk mean-variance and momentum, fit
-    on trailing windows only and rebalanced on a schedule, backtested on validation and test after costs."""
+    """Equal weight, inverse volatility, minimum variance, risk parity, HRP, shrunk mean-variance, momentum and
+    sector momentum, fit on trailing windows only and rebalanced on a schedule, backtested on validation and test
+    after costs."""
     unknown = sorted(set(config.methods) - set(ALLOCATORS))
     if unknown:
         raise ValueError(
             f"classical_allocators.methods: unknown {unknown}; choose from {', '.join(ALLOCATORS)}"
         )
-    full = trained_agent.observation_market(learned_features)
+    full = allocator_market(trained_agent, learned_features, sector_map)
     split, base = learned_features.split, config.to_domain()
     methods = tuple(config.methods)
     spec = trained_agent.env_spec
@@ -119,7 +139,13 @@ def classical_allocators(
         {method: test[method].record.equity for method in methods},
         f"Classical allocators, test {split.test_start.date()} .. {split.test_end.date()}",
     )
-    report = AllocatorReport(runs, {method: test[method].record.equity for method in methods}, fallbacks)
+    schedules = {
+        method: {"validation": validation[method].schedule, "test": test[method].schedule}
+        for method in methods
+    }
+    report = AllocatorReport(
+        runs, {method: test[method].record.equity for method in methods}, fallbacks, base, schedules
+    )
     return dg.Output(
         report,
         metadata={"allocators": markdown_table(rows), "test_equity": png_metadata(png)},
@@ -171,6 +197,8 @@ def candidate_leaderboard(
     agent_zoo: AgentZooReport,
     agent_ensemble: EnsembleReport,
     classical_allocators: AllocatorReport,
+    sized_candidates: SizedCandidates,
+    market_regimes: MarketRegimes,
     learned_features: DatasetSplits,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[LeaderboardReport]:
@@ -194,6 +222,7 @@ def candidate_leaderboard(
         *(outcome.candidate_run() for outcome in agent_zoo.split_outcomes()),
         *_ensemble_runs(agent_ensemble),
         *classical_allocators.runs,
+        *sized_candidates.runs,
         CandidateRun(
             BENCHMARK,
             "benchmark",
@@ -202,7 +231,7 @@ def candidate_leaderboard(
             PeriodFigures.of_record(buy_and_hold_record(test, env_spec.simulation)),
         ),
     ]
-    board = Leaderboard(tuple(runs), model_registry.trial_count())
+    board = Leaderboard(tuple(runs), model_registry.trial_count(), regimes=market_regimes.frame["regime"])
     report = LeaderboardReport(
         board, board.pick(), board.pick_allocator(), context.op_execution_context.run_id
     )

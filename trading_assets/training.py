@@ -3,6 +3,7 @@ windows on Ray) and the ensembles built from it."""
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -12,7 +13,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from resources.mlflow_registry import CHALLENGER_ALIAS, TRIAL_TAG, MlflowRegistryResource, RegisteredVersion
+from resources.mlflow_registry import (
+    CHALLENGER_ALIAS,
+    TRIAL_TAG,
+    ChampionAgent,
+    MlflowRegistryResource,
+    RegisteredVersion,
+)
 from trading_assets.config_defaults import DomainCheckedConfig, default_of, name_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
@@ -24,7 +31,16 @@ from trading_core.agents.pyfunc import (
     EnsemblePolicyModel,
     log_agent_model,
 )
-from trading_core.agents.training import CANDIDATE_SEED, PPOConfig, train_ppo
+from trading_core.agents.training import (
+    CANDIDATE_SEED,
+    PPOConfig,
+    StartDecision,
+    WarmStartRefused,
+    decide_start_mode,
+    fine_tune_ppo,
+    train_ppo,
+)
+from trading_core.agents.zoo import TrainedPolicy
 from trading_core.allocators.config import PRIOR_FEATURE
 from trading_core.data.schema import BASE_COLUMNS, frame_fingerprint, indicator_columns_of
 from trading_core.data.splits import PERIODS, DatasetSplits, Period
@@ -51,7 +67,7 @@ from trading_core.evaluation.selection import (
     trade_selections,
     weighted_ensemble_from_validation,
 )
-from trading_core.evaluation.walk_forward import walk_forward_windows
+from trading_core.evaluation.walk_forward import WalkForwardConfig, WarmStartBudget, walk_forward_windows
 from trading_core.market.arrays import MarketArrays, as_market, period_market
 from trading_core.market.costs import (
     BROKER_PRESETS,
@@ -87,7 +103,10 @@ class TrainingSettings(DomainCheckedConfig):
     """Agent, budget and environment settings of a training run (the backtest reuses the environment).
 
     Defaults: the PPO recipe of :class:`PPOConfig`, the environment of :class:`EnvSpec` and its simulation,
-    fills and risk limits.
+    fills and risk limits. ``start_mode``: ``scratch`` trains anew; ``warm_start`` fine-tunes the champion on the
+    latest ``warm_start_dates`` training dates for ``warm_start_timesteps`` (the budget the walk-forward judged);
+    ``auto`` does so when the latest walk-forward verdict is ``warm_start`` and a champion can continue, else
+    trains from scratch and says why.
     """
 
     seed: int = CANDIDATE_SEED
@@ -119,17 +138,27 @@ class TrainingSettings(DomainCheckedConfig):
     rearm_after_bars: int = default_of(RiskLimits, "rearm_after_bars")
     drawdown_scaling: bool = default_of(RiskLimits, "drawdown_scaling")
     target_volatility: float | None = default_of(RiskLimits, "target_volatility")
+    covariance: Literal["sample", "ledoit_wolf"] = default_of(RiskLimits, "covariance")
+    max_cluster_exposure: float | None = default_of(RiskLimits, "max_cluster_exposure")
+    cluster_correlation: float = default_of(RiskLimits, "cluster_correlation")
+    max_risk_contribution: float | None = default_of(RiskLimits, "max_risk_contribution")
+    max_sector_exposure: float | None = default_of(RiskLimits, "max_sector_exposure")
     action_temperature: float = default_of(ActionSpec, "temperature")
     reward_kind: Literal["log_return", "differential_sharpe", "value_change"] = default_of(
         RewardConfig, "kind"
     )
     finrl_cost_pct: float = default_of(EnvSpec, "finrl_cost_pct")
     use_learned_features: bool = True
+    start_mode: Literal["scratch", "warm_start", "auto"] = "scratch"
+    warm_start_timesteps: int = default_of(WalkForwardConfig, "warm_start_timesteps")
+    warm_start_dates: int = default_of(WalkForwardConfig, "warm_start_dates")
 
     def to_domain(self) -> tuple[PPOConfig, EnvSpec]:
-        """The recipe and the environment (each checks its own values); the seed is checked here."""
+        """The recipe and the environment (each checks its own values); the seed and the warm-start budget are
+        checked here."""
         if self.seed < 0:
             raise ValueError(f"seed must be at least 0, got {self.seed}")
+        WarmStartBudget(self.warm_start_timesteps, self.warm_start_dates)
         return self.ppo_config(), self.env_spec()
 
     def ppo_config(self) -> PPOConfig:
@@ -155,6 +184,11 @@ class TrainingSettings(DomainCheckedConfig):
                 rearm_after_bars=self.rearm_after_bars,
                 drawdown_scaling=self.drawdown_scaling,
                 target_volatility=self.target_volatility,
+                covariance=self.covariance,
+                max_cluster_exposure=self.max_cluster_exposure,
+                cluster_correlation=self.cluster_correlation,
+                max_risk_contribution=self.max_risk_contribution,
+                max_sector_exposure=self.max_sector_exposure,
             )
             if self.risk_enabled
             else None
@@ -244,6 +278,8 @@ def decision_spec_for(splits: DatasetSplits, env_spec: EnvSpec, forecaster: str)
         forecaster_uri=f"models:/{forecaster}" if forecaster else None,
         use_turbulence="turbulence" in splits.feature_columns,
         uses_vix="vix" in splits.feature_columns,
+        regime_model=splits.regime_model,
+        sectors=splits.sector_labels(),
         reference_quantiles=feature_deciles(
             splits.train, [c for c in indicator_columns_of(splits.train) if not c.startswith("cnn_lstm_")]
         ),
@@ -265,28 +301,97 @@ def example_at(market: MarketArrays, env_spec: EnvSpec) -> pd.DataFrame:
     return pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
 
 
-@dg.asset(group_name="training", compute_kind="stable_baselines3", required_resource_keys={"mlflow"})
+def _warm_started(
+    config: TrainingSettings,
+    champion: ChampionAgent,
+    train: MarketArrays,
+    env_spec: EnvSpec,
+    report: Callable[[str], None],
+) -> TrainedPolicy:
+    """The champion fine-tuned on the latest training dates (:func:`fine_tune_ppo` checks it can continue)."""
+    spec = champion.decision_spec
+    return fine_tune_ppo(
+        champion.policy,
+        train,
+        env_spec,
+        config.ppo_config(),
+        timesteps=config.warm_start_timesteps,
+        seed=config.seed,
+        recent_dates=config.warm_start_dates,
+        source_tickers=None if spec is None else spec.tickers,
+        source_train_end=champion.train_end,
+        report=report,
+    )
+
+
+def _start_decision(
+    config: TrainingSettings, registry: MlflowRegistryResource
+) -> tuple[StartDecision, ChampionAgent | None]:
+    """How this run starts; the registry is read only when the mode is not ``scratch``."""
+    if config.start_mode == "scratch":
+        return decide_start_mode("scratch", None, None), None
+    recorded = registry.latest_start_mode_verdict() if config.start_mode == "auto" else None
+    verdict = None if recorded is None else recorded.verdict
+    champion = (
+        registry.load_champion() if config.start_mode == "warm_start" or verdict == "warm_start" else None
+    )
+    decision = decide_start_mode(config.start_mode, verdict, None if champion is None else champion.label)
+    return decision, champion
+
+
+def train_candidate(
+    config: TrainingSettings,
+    registry: MlflowRegistryResource,
+    train: MarketArrays,
+    env_spec: EnvSpec,
+    report: Callable[[str], None],
+) -> tuple[TrainedPolicy, StartDecision, str]:
+    """The candidate agent in the configured start mode: ``auto`` falls back to scratch (saying why) when no
+    verdict, no champion or a refused warm start stands in its way; ``warm_start`` raises instead.
+
+    :return: the agent, how it started, and the champion it was fine-tuned from (``name/version``; empty: scratch)
+    """
+    decision, champion = _start_decision(config, registry)
+    with single_torch_thread():
+        if decision.mode == "warm_start":
+            try:
+                policy = _warm_started(config, champion, train, env_spec, report)
+                report(f"start mode warm_start: {decision.reason}")
+                return policy, decision, champion.label
+            except WarmStartRefused as refusal:
+                if config.start_mode == "warm_start":
+                    raise
+                decision = StartDecision("scratch", f"auto: {refusal}; training from scratch")
+        report(f"start mode scratch: {decision.reason}")
+        return train_ppo(train, env_spec, config.ppo_config(), seed=config.seed, report=report), decision, ""
+
+
+@dg.asset(
+    group_name="training",
+    compute_kind="stable_baselines3",
+    required_resource_keys={"mlflow", "model_registry"},
+)
 def trained_agent(
     context: dg.AssetExecutionContext,
     config: TrainingSettings,
     learned_features: DatasetSplits,
     cnn_lstm_model: RegisteredForecaster,
 ) -> dg.Output[TrainedAgent]:
-    """A PPO agent trained over the training period (fast env with costs and risk by default), logged to MLflow."""
+    """A PPO agent trained over the training period (fast env with costs and risk by default), or the champion
+    fine-tuned on its latest dates (``start_mode``), logged to MLflow."""
     tracking = context.resources.mlflow  # dagster-mlflow: one MLflow run per Dagster run
     env_spec = config.env_spec()
     dataset_splits = learned_features if config.use_learned_features else learned_features.without_learned()
     ppo_config = config.ppo_config()
     started = time.perf_counter()
-    # One torch thread: the seed sweep's run of this seed then reproduces this agent exactly.
-    with single_torch_thread():
-        model = train_ppo(
-            period_market(dataset_splits, "train"),
-            env_spec,
-            ppo_config,
-            seed=config.seed,
-            report=context.log.info,
-        )
+    # One torch thread (inside): the seed sweep's run of this seed then reproduces a scratch agent exactly.
+    model, decision, warm_started_from = train_candidate(
+        config,
+        context.resources.model_registry,
+        period_market(dataset_splits, "train"),
+        env_spec,
+        context.log.info,
+    )
     training_seconds = time.perf_counter() - started
     validation = run_backtest(model, period_market(dataset_splits, "validation"), env_spec)
 
@@ -315,6 +420,10 @@ def trained_agent(
             "cnn_lstm_model": forecaster or "none",
             TRIAL_TAG: "candidate",
             **{f"data_{k}": v for k, v in split.items()},
+            "retraining.start_mode": decision.mode,
+            "retraining.start_mode_requested": config.start_mode,
+            "retraining.start_mode_reason": decision.reason,
+            **({"warm_started_from": warm_started_from} if warm_started_from else {}),
         }
     )
     tracking.log_metrics(
@@ -355,7 +464,10 @@ def trained_agent(
             "mlflow_run_id": run_id,
             "model_uri": model_info.model_uri,
             "training_seconds": dg.MetadataValue.float(round(training_seconds, 1)),
-            "total_timesteps": config.total_timesteps,
+            "total_timesteps": (config.warm_start_timesteps if warm_started_from else config.total_timesteps),
+            "start_mode": decision.mode,
+            "start_mode_reason": decision.reason,
+            "warm_started_from": warm_started_from or "none",
             "seed": config.seed,
             "data_sha256": data_hash,
             "cnn_lstm_model": forecaster or "none",

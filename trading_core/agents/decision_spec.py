@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,10 @@ class DecisionSpec:
     :param uses_vix: the features include the VIX close (a live source for it is then required)
     :param reference_quantiles: deciles of each technical feature over the training period, the reference of
         the live model-drift score
+    :param regime_model: the market regime model (``RegimeModel.to_dict()``) whose filtered probabilities the
+        ``p_regime_*`` features hold; the live features filter them bar by bar from it
+    :param sectors: each ticker's sector (every ticker of :attr:`tickers`), the labels the risk manager's
+        sector-exposure limit reads live as it did in training; ``None`` for an agent trained without them
     """
 
     tickers: tuple[str, ...]
@@ -62,8 +67,15 @@ class DecisionSpec:
     use_turbulence: bool = True
     uses_vix: bool = False
     reference_quantiles: dict[str, tuple[float, ...]] | None = None
+    regime_model: dict[str, Any] | None = None
+    sectors: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
+        if self.sectors is not None and set(self.sectors) != set(self.tickers):
+            raise ValueError(
+                f"decision spec sectors must label exactly its tickers; unlabelled "
+                f"{sorted(set(self.tickers) - set(self.sectors))}, extra {sorted(set(self.sectors) - set(self.tickers))}"
+            )
         if self.prior is not None and PRIOR_FEATURE not in self.feature_columns:
             raise ValueError(f"the agent tilts around a prior: its features must include {PRIOR_FEATURE!r}")
 
@@ -72,6 +84,11 @@ class DecisionSpec:
         """The allocator whose weights the agent observes and tilts (the live engine refits it on its price
         history each bar); kept in the action spec, so the policy, its environment and this spec agree."""
         return self.env_spec.action.prior
+
+    @property
+    def sector_labels(self) -> tuple[str, ...] | None:
+        """The sectors in :attr:`tickers` order (the risk manager's column order); ``None`` without sectors."""
+        return None if self.sectors is None else tuple(self.sectors[tic] for tic in self.tickers)
 
     @property
     def observation_columns(self) -> list[str]:

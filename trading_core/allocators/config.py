@@ -15,6 +15,7 @@ AllocatorMethod = Literal[
     "hierarchical_risk_parity",
     "mean_variance",
     "momentum",
+    "sector_momentum",
 ]
 # Every allocator, in leaderboard order: the baseline first, then by how much they estimate.
 ALLOCATORS: tuple[AllocatorMethod, ...] = get_args(AllocatorMethod)
@@ -43,6 +44,9 @@ class AllocatorConfig:
     :param momentum_skip: most recent bars left out of it (1 month: short-term reversal)
     :param momentum_top: fraction of the eligible assets held, equal weighted (at least enough to invest fully
         under ``max_weight``)
+    :param sector_top: sectors ``sector_momentum`` holds, ranked by the momentum (``momentum_lookback``,
+        ``momentum_skip``) of their equal-weight return; more when their assets cannot invest fully under
+        ``max_weight``
     """
 
     method: AllocatorMethod = "equal_weight"
@@ -57,14 +61,24 @@ class AllocatorConfig:
     momentum_lookback: int = 252
     momentum_skip: int = 21
     momentum_top: float = 0.3
+    sector_top: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in ALLOCATORS:
             raise ValueError(f"method must be one of {ALLOCATORS}, got {self.method!r}")
         if self.covariance not in get_args(CovarianceEstimator):
             raise ValueError(f"unknown covariance estimator {self.covariance!r}")
-        if min(self.lookback, self.rebalance_every, self.min_history, self.momentum_lookback) < 1:
-            raise ValueError("lookback, rebalance_every, min_history and momentum_lookback must be positive")
+        counts = (
+            self.lookback,
+            self.rebalance_every,
+            self.min_history,
+            self.momentum_lookback,
+            self.sector_top,
+        )
+        if min(counts) < 1:
+            raise ValueError(
+                "lookback, rebalance_every, min_history, momentum_lookback and sector_top must be positive"
+            )
         if self.min_history > self.lookback:
             raise ValueError(f"min_history ({self.min_history}) cannot exceed lookback ({self.lookback})")
         if not 0 <= self.momentum_skip < self.momentum_lookback:
@@ -82,14 +96,19 @@ class AllocatorConfig:
         return 1.0 if self.max_weight is None else min(self.max_weight, 1.0)
 
     @property
+    def is_momentum(self) -> bool:
+        """Whether the method ranks trailing returns (``momentum``, ``sector_momentum``)."""
+        return self.method in ("momentum", "sector_momentum")
+
+    @property
     def window(self) -> int:
         """Bars of returns one fit of this method looks at."""
-        return self.momentum_lookback if self.method == "momentum" else self.lookback
+        return self.momentum_lookback if self.is_momentum else self.lookback
 
     @property
     def history_needed(self) -> int:
         """Returns an asset needs inside the window to be fitted (momentum: the whole window)."""
-        return self.momentum_lookback if self.method == "momentum" else self.min_history
+        return self.momentum_lookback if self.is_momentum else self.min_history
 
 
 __all__ = ["ALLOCATORS", "PRIOR_FEATURE", "AllocatorConfig", "AllocatorMethod", "CovarianceEstimator"]

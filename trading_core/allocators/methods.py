@@ -1,4 +1,5 @@
-"""One fit of a classical allocator on a window of returns: skfolio's optimisers, momentum, the weight cap.
+"""One fit of a classical allocator on a window of returns: skfolio's optimisers, momentum, sector momentum,
+the weight cap.
 
 :func:`fit_weights` turns a complete returns window ``[L, n]`` (no gaps) of the assets eligible for a fit into
 long-only weights summing to 1. An optimiser that fails (no convergence, infeasible, non-finite weights) never
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from skfolio.measures import RiskMeasure
@@ -25,6 +26,7 @@ from skfolio.optimization import (
 from skfolio.prior import EmpiricalPrior
 
 from trading_core.allocators.config import AllocatorConfig
+from trading_core.sectors.classification import UNKNOWN_SECTOR
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +98,68 @@ def momentum_weights(returns: np.ndarray, config: AllocatorConfig) -> np.ndarray
     kept = returns[: len(returns) - config.momentum_skip]
     score = np.prod(1.0 + kept, axis=0)
     # Enough names to invest fully under the cap, however small the top fraction.
-    held = min(n, max(math.ceil(config.momentum_top * n), math.ceil(1.0 / config.cap - 1e-12)))
+    held = min(n, max(math.ceil(config.momentum_top * n), _held_for_the_cap(config.cap)))
     weights = np.zeros(n)
     weights[np.argsort(-score, kind="stable")[:held]] = 1.0 / held
     return weights
 
 
-def fit_weights(returns: np.ndarray, config: AllocatorConfig) -> tuple[np.ndarray, str | None]:
+def _held_for_the_cap(cap: float) -> int:
+    """The fewest equal-weighted assets that invest fully under ``cap``."""
+    return math.ceil(1.0 / cap - 1e-12)
+
+
+def sector_momentum_weights(
+    returns: np.ndarray, sectors: Sequence[str] | None, config: AllocatorConfig
+) -> tuple[np.ndarray, str | None]:
+    """Sector rotation: the ``sector_top`` sectors with the best momentum of their equal-weight return (the
+    window less its last ``momentum_skip`` bars), equal weights across those sectors and within each; and why it
+    fell back to plain momentum across assets (``None`` when it did not).
+
+    More sectors are held, in rank order, until they have enough assets to invest fully under the cap; ties go
+    to the sector name first in alphabetical order. Assets of the ``Unknown`` sector are no sector to rotate
+    into: they are never held, unless fewer than two sectors are known and plain momentum ranks every asset.
+
+    :param returns: a complete returns window ``[L, n]``
+    :param sectors: the n columns' sector labels (``None``: the panel carries none)
+    """
+    n = returns.shape[1]
+    if sectors is None:
+        return momentum_weights(returns, config), "sector_momentum has no sector labels: plain momentum"
+    labels = np.asarray(sectors, dtype=object)
+    if labels.shape != (n,):
+        raise ValueError(f"sector_momentum needs a sector for every ticker: {len(labels)} labels, {n} assets")
+    names, members = np.unique(labels, return_inverse=True)
+    known = names != UNKNOWN_SECTOR
+    if known.sum() < 2:
+        reason = f"sector_momentum: {n} eligible assets in {known.sum()} known sector(s) {list(names[known])}: plain momentum"
+        return momentum_weights(returns, config), reason
+    kept = returns[: len(returns) - config.momentum_skip]
+    sector_daily = np.stack([kept[:, members == index].mean(axis=1) for index in range(len(names))], axis=1)
+    ranked = np.argsort(-np.prod(1.0 + sector_daily, axis=0), kind="stable")
+    ranked = ranked[known[ranked]]
+    sizes, needed = np.bincount(members, minlength=len(names))[ranked], _held_for_the_cap(config.cap)
+    if sizes.sum() < needed:  # the cap would push the rest onto assets no sector holds
+        reason = f"sector_momentum: known sectors hold {sizes.sum()} assets, the cap needs {needed}: plain momentum"
+        return momentum_weights(returns, config), reason
+    enough = int(np.searchsorted(np.cumsum(sizes), needed)) + 1
+    held = ranked[: max(config.sector_top, enough)]
+    weights = np.zeros(n)
+    for index in held:
+        inside = members == index
+        weights[inside] = 1.0 / (len(held) * inside.sum())
+    return weights, None
+
+
+def fit_weights(
+    returns: np.ndarray, config: AllocatorConfig, sectors: Sequence[str] | None = None
+) -> tuple[np.ndarray, str | None]:
     """Weights summing to 1 over the columns of a complete returns window ``[L, n]``, and why the fit fell back
-    to equal weights (``None`` when it did not). The cap is not applied here (see :func:`cap_weights`)."""
+    (to equal weights, or sector momentum to plain momentum; ``None`` when it did not). The cap is not applied
+    here (see :func:`cap_weights`).
+
+    :param sectors: the columns' sector labels, read by ``sector_momentum`` only
+    """
     n = returns.shape[1]
     # Under a cap that n assets can only just fill (or cannot), every weight is the cap: nothing to optimise, and
     # an optimiser asked for it is infeasible or degenerate.
@@ -112,6 +167,8 @@ def fit_weights(returns: np.ndarray, config: AllocatorConfig) -> tuple[np.ndarra
         return np.full(n, 1.0 / n), None
     if config.method == "momentum":
         return momentum_weights(returns, config), None
+    if config.method == "sector_momentum":
+        return sector_momentum_weights(returns, sectors, config)
     try:
         estimator = OPTIMISERS[config.method](config)
         estimator.fit(returns)
@@ -129,4 +186,4 @@ def fit_weights(returns: np.ndarray, config: AllocatorConfig) -> tuple[np.ndarra
     return weights, None
 
 
-__all__ = ["OPTIMISERS", "cap_weights", "fit_weights", "momentum_weights"]
+__all__ = ["OPTIMISERS", "cap_weights", "fit_weights", "momentum_weights", "sector_momentum_weights"]

@@ -43,13 +43,14 @@ def _prices_key(market: MarketArrays) -> str:
     ):
         digest.update(part.tobytes())
     digest.update(repr(market.tickers).encode())
+    digest.update(repr(market.sectors).encode())  # sector_momentum reads them
     return digest.hexdigest()
 
 
 def prior_weights(market: MarketArrays, config: AllocatorConfig) -> np.ndarray:
     """The prior ``[T, N]``: row ``t`` is :func:`weights_at` ``(market, t, config)``, a fit on closes ``<= t``.
 
-    A fit reads only dates, closes and tradability, so a repeat on the same prices is served from a small
+    A fit reads only dates, closes, tradability and sectors, so a repeat on the same prices is served from a small
     per-process cache (as a copy)."""
     key = (_prices_key(market), config)
     if key in _cache:

@@ -2,7 +2,8 @@
 
 At a close ``t`` an allocator sees the trailing window of close-to-close returns ending at ``t`` (never a later
 bar), keeps the assets that are tradable at ``t`` and have enough returns in the window, fits on the window's
-complete rows and invests :attr:`~AllocatorConfig.invest` of equity under the weight cap. It refits every
+complete rows (``sector_momentum`` also reads :attr:`MarketArrays.sectors`) and invests
+:attr:`~AllocatorConfig.invest` of equity under the weight cap. It refits every
 ``rebalance_every`` bars from the period's first date and holds its weights in between. Non-tradable assets
 (``market.tradable`` where the panel has it, or a missing price) get weight 0 and are left out of the fit.
 """
@@ -43,11 +44,13 @@ class AllocationSchedule:
 
 @dataclass(frozen=True)
 class _Panel:
-    """Returns ``[T, N]`` (row r: close r-1 to close r), where they are usable, and where assets trade."""
+    """Returns ``[T, N]`` (row r: close r-1 to close r), where they are usable, where assets trade, and the
+    assets' sectors (``None`` when the market carries none)."""
 
     returns: np.ndarray
     valid: np.ndarray
     live: np.ndarray
+    sectors: np.ndarray | None = None
 
 
 def _panel(market: MarketArrays) -> _Panel:
@@ -61,7 +64,8 @@ def _panel(market: MarketArrays) -> _Panel:
         returns[1:] = close[1:] / close[:-1] - 1.0
     valid = np.zeros_like(live)
     valid[1:] = live[1:] & live[:-1]
-    return _Panel(np.where(valid, returns, 0.0), valid, live)
+    sectors = None if market.sectors is None else np.asarray(market.sectors, dtype=object)
+    return _Panel(np.where(valid, returns, 0.0), valid, live, sectors)
 
 
 def is_rebalance_day(day: int, config: AllocatorConfig) -> bool:
@@ -85,7 +89,8 @@ def _allocate(panel: _Panel, day: int, config: AllocatorConfig) -> Allocation:
         fitted = np.full(eligible.sum(), 1.0 / eligible.sum())
         fallback = f"only {complete.sum()} bars where all {eligible.sum()} eligible assets have returns"
     else:
-        fitted, fallback = fit_weights(panel.returns[rows][complete][:, eligible], config)
+        sectors = None if panel.sectors is None else panel.sectors[eligible]
+        fitted, fallback = fit_weights(panel.returns[rows][complete][:, eligible], config, sectors)
     weights[eligible] = cap_weights(fitted, config.cap)
     return Allocation(weights * config.invest, fallback)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -111,12 +112,27 @@ class DatasetSplits:
     The periods share one universe, :attr:`tickers` (every ticker of the full frame): a ticker listing after
     training or delisting before the test is a never-tradable column of the periods it has no rows in, so every
     period's arrays (:func:`trading_core.market.arrays.period_market`) have the same assets and a policy trained on one trades the others.
+
+    :attr:`regime_model` is the market regime model (``RegimeModel.to_dict()``, plain JSON) whose filtered
+    probabilities the ``p_regime_*`` columns hold, when the frames have them: it travels with the agents that
+    observe them, so the live loop filters the same probabilities.
+
+    :attr:`sectors` maps tickers to their sector (the ``sector_map`` asset's labels): every period's arrays carry
+    them (:meth:`sector_labels`), so a sector-exposure limit binds in training, backtests and live alike.
     """
 
     split: DateSplit
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
+    regime_model: dict[str, Any] | None = None
+    sectors: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sectors is not None:
+            bad = {tic: label for tic, label in self.sectors.items() if not (isinstance(label, str) and label.strip())}
+            if bad:
+                raise ValueError(f"sectors must map each ticker to a non-empty label, got {bad}")
 
     @property
     def feature_columns(self) -> list[str]:
@@ -148,4 +164,19 @@ class DatasetSplits:
         def strip(frame: pd.DataFrame) -> pd.DataFrame:
             return frame[[c for c in frame.columns if not c.startswith("cnn_lstm_")]]
 
-        return DatasetSplits(self.split, strip(self.train), strip(self.validation), strip(self.test))
+        # replace() keeps every other field (the regime model, the sectors, whatever is added later).
+        return replace(self, train=strip(self.train), validation=strip(self.validation), test=strip(self.test))
+
+    def sector_labels(self, tickers: Sequence[str] | None = None) -> dict[str, str] | None:
+        """Each ticker's sector, ``Unknown`` where :attr:`sectors` has none, so the labels are always complete;
+        ``None`` when the splits carry no sectors.
+
+        :param tickers: the tickers to label, in the order returned; default the universe, :attr:`tickers`
+        """
+        if self.sectors is None:
+            return None
+        # Imported here: trading_core.sectors builds on the market arrays, which build on these splits.
+        from trading_core.sectors.classification import UNKNOWN_SECTOR
+
+        universe = self.tickers if tickers is None else tickers
+        return {tic: self.sectors.get(tic, UNKNOWN_SECTOR) for tic in universe}

@@ -4,13 +4,15 @@ agents.
 :func:`allocator_targets` turns a weight schedule into the backtester's decision function: on a rebalance date
 the weights become target shares at the close (whole shares unless the simulation trades fractional ones), in
 between the shares are held, so an allocator only trades on its rebalance dates. :func:`backtest_allocators`
-fits each allocator on the full history up to each date and backtests it on one period.
+fits each allocator on the full history up to each date and backtests it on one period; ``sector_momentum``
+reads the market's sector labels (:attr:`MarketArrays.sectors`, or the ``sectors`` given here) and without them
+holds plain momentum, saying so in each fit's fallback.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -23,6 +25,7 @@ from trading_core.evaluation.backtester import BacktestRecord, Decide, EventDriv
 from trading_core.evaluation.metrics import PerformanceMetrics, compute_metrics
 from trading_core.market.arrays import MarketArrays, as_market
 from trading_core.market.simulator import PortfolioSimulator, SimulationConfig
+from trading_core.sectors.classification import with_sectors
 
 
 def allocator_targets(schedule: np.ndarray, config: AllocatorConfig) -> Decide:
@@ -72,10 +75,17 @@ def backtest_allocator(
     end: pd.Timestamp | str,
     simulation: SimulationConfig,
     config: AllocatorConfig,
+    sectors: Mapping[str, str] | pd.DataFrame | None = None,
 ) -> AllocatorBacktest:
     """Backtest one allocator on the dates from ``start`` to ``end`` of the full panel ``market``; its fits read
-    the history before ``start`` and never a bar after their own close."""
+    the history before ``start`` and never a bar after their own close.
+
+    :param sectors: ticker -> sector (or a sector map frame) to label the market with; default the market's own
+        :attr:`~MarketArrays.sectors`
+    """
     market = as_market(market)
+    if sectors is not None:
+        market = with_sectors(market, sectors)
     history = market.between(market.dates[0], end)
     began = time.perf_counter()
     schedule = allocation_schedule(history, config, start=start)
@@ -101,10 +111,17 @@ def backtest_allocators(
     env_spec: EnvSpec,
     config: AllocatorConfig | None = None,
     methods: Sequence[AllocatorMethod] = ALLOCATORS,
+    sectors: Mapping[str, str] | pd.DataFrame | None = None,
 ) -> dict[AllocatorMethod, AllocatorBacktest]:
     """:func:`backtest_allocator` for every method on one period, under the simulation the agents of
-    ``env_spec`` are backtested in; ``config`` gives every other setting (default :class:`AllocatorConfig`)."""
+    ``env_spec`` are backtested in; ``config`` gives every other setting (default :class:`AllocatorConfig`).
+
+    :param sectors: ticker -> sector (or a :func:`~trading_core.sectors.sector_map` frame) for
+        ``sector_momentum``; default the market's own :attr:`~MarketArrays.sectors`
+    """
     market, base = as_market(market), config if config is not None else AllocatorConfig()
+    if sectors is not None:
+        market = with_sectors(market, sectors)
     simulation = simulation_of(env_spec)
     return {
         method: backtest_allocator(market, start, end, simulation, replace(base, method=method))

@@ -22,9 +22,10 @@ from trading_core.evaluation.metrics import (
     deflated_sharpe_ratio,
     per_period_sharpe_variance,
 )
+from trading_core.evaluation.regime_split import returns_by_regime_sharpe, validate_regimes
 from trading_core.market.limits import HaltStatistics
 
-KINDS: tuple[str, ...] = ("agent", "ensemble", "allocator", "benchmark")
+KINDS: tuple[str, ...] = ("agent", "ensemble", "allocator", "sized", "benchmark")
 # Kinds the registry can hold as a trading model: validation picks the registered candidate among them.
 REGISTRABLE_KINDS: tuple[str, ...] = ("agent",)
 ALLOCATOR_KINDS: tuple[str, ...] = ("allocator",)
@@ -125,6 +126,11 @@ LEADERBOARD_COLUMNS = (
 )
 
 
+def regime_sharpe_column(regime: int) -> str:
+    """The table column of the representative run's test Sharpe within one market regime."""
+    return f"test_sharpe_regime_{regime}"
+
+
 def _finite(value: float) -> float:
     return value if np.isfinite(value) else -np.inf
 
@@ -136,14 +142,22 @@ class Leaderboard:
     :param runs: the runs, any order
     :param n_trials: trials the deflated Sharpe ratio deflates for (every trial of the experiment, at least
         the runs here)
+    :param regimes: market regime labels (0 = calmest) on every market date, e.g. the ``regime`` column of a
+        causal regime filter; when given, :meth:`table` adds one :func:`regime_sharpe_column` per regime
+        ``0 .. max label``
     """
 
     runs: tuple[CandidateRun, ...]
     n_trials: int
+    regimes: pd.Series | None = None
 
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("a leaderboard needs at least one run")
+        if self.regimes is not None:
+            validate_regimes(self.regimes)
+            if self.regimes.empty:
+                raise ValueError("regimes must hold at least one label")
         object.__setattr__(self, "n_trials", max(int(self.n_trials), len(self.runs)))
 
     def candidates(self) -> list[str]:
@@ -200,8 +214,23 @@ class Leaderboard:
         variance = per_period_sharpe_variance([run.test.sharpe for run in self.runs])
         return deflated_sharpe_ratio(self.representative(candidate).test.returns, self.n_trials, variance)
 
+    @property
+    def n_regimes(self) -> int:
+        """Regimes the table splits the test Sharpe by (0 without regimes)."""
+        return 0 if self.regimes is None else int(self.regimes.max()) + 1
+
+    def regime_sharpes(self, candidate: str) -> dict[int, float]:
+        """Test Sharpe of the candidate's representative run within each regime, each daily return attributed
+        to the regime known at the close before it (:func:`returns_by_regime_sharpe`); NaN for a regime the
+        test period never saw."""
+        if self.regimes is None:
+            raise ValueError("the leaderboard was given no regimes")
+        returns = self.representative(candidate).test.returns
+        return returns_by_regime_sharpe(returns, self.regimes, self.n_regimes)
+
     def table(self) -> pd.DataFrame:
-        """One row per candidate, best validation first (the order :meth:`best` ranks them in)."""
+        """One row per candidate, best validation first (the order :meth:`best` ranks them in); with regimes,
+        the representative run's test Sharpe per regime follows the fixed :data:`LEADERBOARD_COLUMNS`."""
         rows = []
         for name in self.candidates():
             own = self.runs_of(name)
@@ -225,7 +254,10 @@ class Leaderboard:
                     "representative_seed": self.representative(name).seed,
                 }
             )
-        table = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+            if self.regimes is not None:
+                rows[-1] |= {regime_sharpe_column(k): v for k, v in self.regime_sharpes(name).items()}
+        regime_columns = [regime_sharpe_column(k) for k in range(self.n_regimes)]
+        table = pd.DataFrame(rows, columns=[*LEADERBOARD_COLUMNS, *regime_columns])
         order = sorted(
             range(len(rows)), key=lambda i: (*self._score(rows[i]["candidate"]), rows[i]["candidate"])
         )
@@ -239,4 +271,5 @@ __all__ = [
     "CandidateRun",
     "Leaderboard",
     "PeriodFigures",
+    "regime_sharpe_column",
 ]

@@ -57,3 +57,36 @@ def learning_curve_png(curves: dict[str, list[tuple[int, float]]], title: str, y
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def regime_shading_png(
+    index: pd.Series, regimes: pd.Series, title: str, ylabel: str = "market index"
+) -> bytes:
+    """A dated line (a market index) over bands shaded by regime, darker for higher regimes.
+
+    :param index: the line's values by date
+    :param regimes: the integer regime of each date (same dates), 0 the calmest
+    """
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    axis.plot(index.index, index.to_numpy(), color="black", linewidth=1.2, label=ylabel)
+    labels = regimes.reindex(index.index).to_numpy()
+    dates = index.index
+    n_regimes = int(regimes.max()) + 1 if len(regimes) else 1
+    colours = plt.get_cmap("Reds")([0.15 + 0.7 * k / max(n_regimes - 1, 1) for k in range(n_regimes)])
+    start = 0
+    for position in range(1, len(labels) + 1):
+        if position == len(labels) or labels[position] != labels[start]:
+            end = dates[min(position, len(labels) - 1)]
+            axis.axvspan(dates[start], end, color=colours[int(labels[start])], alpha=0.5, linewidth=0)
+            start = position
+    for k in range(n_regimes):
+        axis.fill_between([], [], color=colours[k], alpha=0.5, label=f"regime {k}")
+    axis.set_title(title)
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left")
+    figure.autofmt_xdate()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()

@@ -183,7 +183,9 @@ def run_stress_tests(
     features = as_frame(features)
 
     def on_universe(frame: pd.DataFrame) -> MarketArrays:
-        return MarketArrays.from_features(frame, list(market.feature_names), tickers=market.tickers)
+        # The same sector labels too, so a sector-exposure limit binds in the shocked market as in the real one.
+        rebuilt = MarketArrays.from_features(frame, list(market.feature_names), tickers=market.tickers)
+        return replace(rebuilt, sectors=market.sectors)
 
     results = []
     for name, (start, end) in CRISES.items():

@@ -70,33 +70,57 @@ def _indicators(bars: pd.DataFrame, indicators: Sequence[str]) -> pd.DataFrame:
     return features
 
 
+def turbulence_of_day(history: np.ndarray, today: np.ndarray) -> float:
+    """FinRL's turbulence distance of one date, before its warm-up rules (see :func:`settled_turbulence`).
+
+    The squared Mahalanobis distance of ``today``'s returns from the mean of ``history``, under the
+    pseudo-inverse of its sample covariance, over the tickers with a full history.
+
+    :param history: ``[window, N]`` returns of the trailing dates, oldest first, NaN where a ticker has none
+    :param today: ``[N]`` returns of the date
+    :return: the distance; 0 when no ticker has a full history
+    """
+    missing = np.isnan(history)
+    # FinRL skips the rows the most complete ticker misses, then drops every ticker still missing one.
+    start = int(missing.sum(axis=0).min())
+    kept = ~missing[start:].any(axis=0)
+    n_kept = int(kept.sum())
+    if not n_kept:
+        return 0.0
+    filtered = history[start:, kept]
+    deviation = today[kept] - filtered.mean(axis=0)
+    covariance = np.cov(filtered, rowvar=False, ddof=1).reshape(n_kept, n_kept)
+    return float(deviation @ np.linalg.pinv(covariance) @ deviation)
+
+
+def settled_turbulence(distance: float, positives: int) -> tuple[float, int]:
+    """FinRL's value for a date past the warm-up: a non-positive distance gives 0, and so do the first two
+    positive ones (outliers while the estimate settles).
+
+    :param distance: the date's :func:`turbulence_of_day`
+    :param positives: positive distances seen on earlier dates
+    :return: the date's turbulence and the updated count of positive distances
+    """
+    if not distance > 0:  # NaN included, as FinRL's ``temp > 0`` test
+        return 0.0, positives
+    positives += 1
+    return (distance if positives > 2 else 0.0), positives
+
+
 def finrl_turbulence(returns: np.ndarray, window: int = TURBULENCE_WINDOW) -> np.ndarray:
     """FinRL's ``FeatureEngineer.calculate_turbulence`` on a ``[T, N]`` matrix of close-to-close returns (NaN
     where a ticker has none), in numpy: the same trailing ``window`` of dates, the same column filter, the same
     zeroed warm-up and first two positive values.
 
     FinRL's loop slices pandas frames per date (about 18 ms a date on two cores, over half of a pipeline's
-    feature time); this does the same arithmetic on arrays. ``tests/test_features.py`` holds it to FinRL's own
-    function on ragged real data.
+    feature time); this does the same arithmetic on arrays, one date at a time with the helpers the streaming
+    features use. ``tests/test_features.py`` holds it to FinRL's own function on ragged real data.
     """
     values = np.zeros(len(returns))
-    missing = np.isnan(returns)
-    positive = 0
+    positives = 0
     for day in range(window, len(returns)):
-        history, history_missing = returns[day - window : day], missing[day - window : day]
-        # FinRL skips the rows the most complete ticker misses, then drops every ticker still missing one.
-        start = int(history_missing.sum(axis=0).min())
-        kept = ~history_missing[start:].any(axis=0)
-        if not kept.any():
-            continue
-        filtered = history[start:, kept]
-        deviation = returns[day, kept] - filtered.mean(axis=0)
-        covariance = np.cov(filtered, rowvar=False, ddof=1).reshape(kept.sum(), kept.sum())
-        distance = float(deviation @ np.linalg.pinv(covariance) @ deviation)
-        if distance > 0:
-            positive += 1
-            # FinRL zeroes the first two positive values (outliers while the estimate settles).
-            values[day] = distance if positive > 2 else 0.0
+        distance = turbulence_of_day(returns[day - window : day], returns[day])
+        values[day], positives = settled_turbulence(distance, positives)
     return values
 
 

@@ -39,10 +39,11 @@ import numpy as np
 import pandas as pd
 
 from trading_core.data.schema import BASE_COLUMNS
+from trading_core.features.batch import TURBULENCE_WINDOW, settled_turbulence, turbulence_of_day
 from trading_core.features.finrl_adapter import FINRL_INDICATORS
+from trading_core.regimes.model import RegimeModel, RegimeStream, regime_columns
 
 BAR_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
-TURBULENCE_WINDOW = 252  # FinRL's one trading year of trailing returns
 SNAPSHOT_VERSION = 1
 
 # stockstats' defaults (``_dft_windows`` and ``StockDataFrame`` options) for names given without a window.
@@ -513,7 +514,12 @@ def _make_indicator(key: tuple[Any, ...], n_tickers: int) -> _Indicator:
 
 
 class _Turbulence(_Stateful):
-    """FinRL's turbulence index (``FeatureEngineer.calculate_turbulence``) advanced one panel date at a time."""
+    """FinRL's turbulence index (``FeatureEngineer.calculate_turbulence``) advanced one panel date at a time.
+
+    Only the trailing returns and counters live here; each date's arithmetic is the batch's own
+    (:func:`~trading_core.features.batch.turbulence_of_day` and
+    :func:`~trading_core.features.batch.settled_turbulence`).
+    """
 
     _state_fields = ("returns", "previous_close", "dates_seen", "positive_count")
 
@@ -533,14 +539,9 @@ class _Turbulence(_Stateful):
         today = None if self.previous_close is None else close / self.previous_close - 1
         value = 0.0
         if self.dates_seen >= TURBULENCE_WINDOW:
-            history = self.returns.last(TURBULENCE_WINDOW)
-            deviation = (today - history.mean(axis=1))[None, :]
-            covariance = np.cov(history, ddof=1).reshape(len(close), len(close))
-            distance = deviation.dot(np.linalg.pinv(covariance)).dot(deviation.T)[0, 0]
-            if distance > 0:
-                self.positive_count += 1
-                # FinRL zeroes the first two positive values (outliers while the estimate settles).
-                value = float(distance) if self.positive_count > 2 else 0.0
+            # The buffer holds tickers as rows; the helper takes dates as rows (a transposed view, no copy).
+            distance = turbulence_of_day(self.returns.last(TURBULENCE_WINDOW).T, today)
+            value, self.positive_count = settled_turbulence(distance, self.positive_count)
         if today is not None:
             self.returns.push(today)
         self.previous_close = close
@@ -622,6 +623,9 @@ class StreamingFeatures:
         before each date, from :meth:`record_vix` / ``update(..., vix=...)``; dates before the first one are
         dropped
     :param vix_history: VIX closes indexed by date recorded before ``history`` is replayed (with ``use_vix``)
+    :param regime_model: a market regime model (``RegimeModel.to_dict()``): adds its ``p_regime_*`` columns, the
+        forward filter over the equal-weight market signals of every complete date consumed (warm-up dates
+        included), as ``add_regime_features`` adds them to the batch features of the same bars
     """
 
     def __init__(
@@ -633,6 +637,7 @@ class StreamingFeatures:
         keep_dates: int = 64,
         use_vix: bool = False,
         vix_history: pd.Series | None = None,
+        regime_model: Mapping[str, Any] | None = None,
     ) -> None:
         sorted_tickers = tuple(sorted(set(tickers)))
         if not sorted_tickers or len(sorted_tickers) != len(tickers):
@@ -658,11 +663,15 @@ class StreamingFeatures:
             raise ValueError("vix_history needs use_vix=True")
         self._turbulence = _Turbulence(n_tickers) if use_turbulence else None
         self._vix = _LatestVix() if use_vix else None
+        self._regimes = (
+            RegimeStream(RegimeModel.from_dict(regime_model)) if regime_model is not None else None
+        )
         self._columns = (
             *BASE_COLUMNS,
             *indicator_names,
             *(("turbulence",) if use_turbulence else ()),
             *(("vix",) if use_vix else ()),
+            *(regime_columns(self._regimes.model.n_regimes) if self._regimes is not None else ()),
         )
         self._value_columns = self._columns[2:]
         self._recent = _RecentRows(keep_dates, n_tickers, len(self._value_columns))
@@ -775,6 +784,7 @@ class StreamingFeatures:
             "indicator_states": [indicator.state() for indicator in self._indicators.values()],
             "turbulence": None if self._turbulence is None else self._turbulence.state(),
             "vix": None if self._vix is None else self._vix.state(),
+            "regimes": None if self._regimes is None else self._regimes.state(),
             "recent": self._recent.state(),
         }
 
@@ -786,13 +796,17 @@ class StreamingFeatures:
         """
         if snapshot.get("version") != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported snapshot version {snapshot.get('version')!r}")
+        regimes = snapshot.get("regimes")  # absent from snapshots taken before regime features existed
         stream = cls(
             snapshot["tickers"],
             indicators=snapshot["indicators"],
             use_turbulence=snapshot["use_turbulence"],
             keep_dates=snapshot["keep_dates"],
             use_vix=snapshot["use_vix"],
+            regime_model=None if regimes is None else regimes["model"],
         )
+        if regimes is not None:
+            stream._regimes = RegimeStream.from_state(regimes)
         for indicator, state in zip(stream._indicators.values(), snapshot["indicator_states"], strict=True):
             indicator.load_state(state)
         if stream._turbulence is not None:
@@ -821,7 +835,11 @@ class StreamingFeatures:
         if self._turbulence is not None:
             rows[:, len(BAR_FIELDS) + len(self._outputs)] = self._turbulence.update(bar.close)
         if self._vix is not None:
-            rows[:, -1] = self._vix.at(self._date_ns(date))
+            rows[:, self._value_columns.index("vix")] = self._vix.at(self._date_ns(date))
+        if self._regimes is not None:
+            # Every complete date moves the filter, dropped warm-up dates too: the batch filters every date.
+            probabilities = self._regimes.update(dict(zip(self._tickers, bar.close.tolist(), strict=True)))
+            rows[:, len(self._value_columns) - len(probabilities) :] = probabilities
         if np.isnan(rows).any():
             return None
         self._recent.push(self._date_ns(date), rows)

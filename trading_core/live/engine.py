@@ -13,7 +13,7 @@ the batch column holds for the same date.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,18 @@ from trading_core.market.risk import RiskManager, RiskReview
 from trading_core.market.simulator import RiskGate
 from trading_core.models.cnn_lstm import TrainedForecaster, add_learned_features
 from trading_core.models.cnn_lstm import learned_features as forecast_features
+from trading_core.regimes.model import REGIME_PREFIX
+
+
+def shared_regime_model(specs: list[DecisionSpec]) -> dict | None:
+    """The one regime model the agents sharing a feature stream observe (``None`` when none observes one).
+
+    :raises ValueError: two agents observe different regime models (one stream cannot filter both)
+    """
+    models = [spec.regime_model for spec in specs if spec.regime_model is not None]
+    if any(model != models[0] for model in models[1:]):
+        raise ValueError("the agents observe different regime models; one feature stream filters only one")
+    return models[0] if models else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,10 @@ class DecisionEngine:
     def __init__(self, policy, spec: DecisionSpec, forecaster: TrainedForecaster | None = None) -> None:
         if spec.forecaster_uri and forecaster is None:
             raise ValueError(f"the agent observes {spec.forecaster_uri}; load that forecaster first")
+        if spec.regime_model is None and any(c.startswith(REGIME_PREFIX) for c in spec.feature_columns):
+            raise ValueError(
+                "the agent observes regime probabilities but its decision spec holds no regime model"
+            )
         if list(spec.tickers) != sorted(spec.tickers):
             raise ValueError(f"decision spec tickers must be sorted as in training, got {spec.tickers}")
         self.policy, self.spec, self.forecaster = policy, spec, forecaster
@@ -71,7 +87,12 @@ class DecisionEngine:
         limits = simulation.risk if spec.env_spec.engine == "fast" else None
         # Live, a max-drawdown halt latches until a person re-arms it; backtests and training re-arm by themselves.
         limits = limits.for_live() if limits is not None else None
-        self.gate = RiskGate(limits, 1, len(spec.tickers))
+        if limits is not None and limits.max_sector_exposure is not None and spec.sectors is None:
+            raise ValueError(
+                "the agent's risk limits set max_sector_exposure but its decision spec holds no sectors; "
+                "retrain or re-register it with sector labels"
+            )
+        self.gate = RiskGate(limits, 1, len(spec.tickers), sectors=spec.sector_labels)
         self.var_lookback = simulation.var_lookback
         self._index_cache: dict[tuple[str, ...], tuple[int, np.ndarray]] = {}
 
@@ -126,6 +147,8 @@ class DecisionEngine:
         market = MarketArrays.from_features(
             recent[list(BASE_COLUMNS)], feature_names=[], tickers=self.spec.tickers
         )
+        if self.spec.sectors is not None:  # as in training: sector_momentum rotates between these sectors
+            market = replace(market, sectors=self.spec.sector_labels)
         return pd.Series(latest_prior(market, self.spec.prior), index=list(self.spec.tickers))
 
     def feature_matrix(self, recent: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]] | None:

@@ -44,7 +44,7 @@ from trading_core.broker.base import (
 )
 from trading_core.broker.simulated import SimulatedBroker
 from trading_core.features.streaming import StreamingFeatures
-from trading_core.live.engine import Decision, DecisionEngine, PortfolioBook
+from trading_core.live.engine import Decision, DecisionEngine, PortfolioBook, shared_regime_model
 from trading_core.live.sources import BarEvent, BarSourceError
 from trading_core.live.state import CHALLENGER, CHAMPION, PENDING_SUBMIT, SUBMIT_UNKNOWN, TradingStateStore
 from trading_core.market.limits import RiskLimits, TradingState
@@ -245,7 +245,11 @@ class LiveTradingLoop:
         has_prior = any(role.engine.spec.prior is not None for role in self.roles)
         keep = {"keep_dates": max(role.engine.history_dates for role in self.roles)} if has_prior else {}
         self.features = StreamingFeatures(
-            self.tickers, use_turbulence=self.spec.use_turbulence, history=history, **keep
+            self.tickers,
+            use_turbulence=self.spec.use_turbulence,
+            history=history,
+            regime_model=shared_regime_model([role.engine.spec for role in self.roles]),
+            **keep,
         )
         # The mirror fills the champion's own orders through the shared cost model (slippage reconciliation);
         # the challenger's shadow book fills the challenger's orders.

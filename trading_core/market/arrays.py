@@ -27,6 +27,8 @@ class MarketArrays:
     :param feature_names: the F feature columns, in FinRL's observation order (feature-major)
     :param tradable: ``[T, N]`` whether the asset has a bar (with complete features) on the date; ``None``
         means every asset on every date
+    :param sectors: the N tickers' sector labels, in column order (:func:`trading_core.sectors.with_sectors`
+        attaches them from a sector map); ``None`` when the panel carries none
     """
 
     dates: pd.DatetimeIndex
@@ -42,10 +44,19 @@ class MarketArrays:
     bid: np.ndarray | None = None
     ask: np.ndarray | None = None
     tradable: np.ndarray | None = None
+    sectors: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.tradable is None:
             object.__setattr__(self, "tradable", np.ones(self.close.shape, dtype=bool))
+        if self.sectors is not None:
+            object.__setattr__(self, "sectors", tuple(self.sectors))
+            if len(self.sectors) != len(self.tickers) or not all(
+                isinstance(label, str) and label.strip() for label in self.sectors
+            ):
+                raise ValueError(
+                    f"sectors must hold one non-empty label per ticker ({len(self.tickers)}), got {self.sectors!r}"
+                )
 
     @property
     def n_steps(self) -> int:
@@ -159,6 +170,7 @@ class MarketArrays:
             bid=cut(self.bid),
             ask=cut(self.ask),
             tradable=self.tradable[rows],
+            sectors=self.sectors,
         )
 
     def to_frame(self) -> pd.DataFrame:
@@ -241,10 +253,20 @@ def period_market(
 
     Each period is converted from its own rows only (no price of another period fills its cells).
 
+    The arrays carry the splits' sector labels when they have some (:meth:`DatasetSplits.sector_labels`:
+    ``Unknown`` for a ticker without one), so a sector-exposure limit binds wherever the period is traded.
+
     :param columns: frame columns to keep before converting (e.g. the base columns and the features an agent
         observes, in its order); default every column
     """
     frame = splits.frame(period)
     if columns is not None:
         frame = frame[list(columns)]
-    return MarketArrays.from_features(frame, tickers=splits.tickers)
+    market = MarketArrays.from_features(frame, tickers=splits.tickers)
+    sectors = splits.sector_labels()
+    if sectors is None:
+        return market
+    # Imported here: trading_core.sectors builds on this module.
+    from trading_core.sectors.classification import with_sectors
+
+    return with_sectors(market, sectors)

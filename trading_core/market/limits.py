@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 HaltPolicy = Literal["rearm", "latch"]
+CovarianceMethod = Literal["sample", "ledoit_wolf"]
 
 
 class TradingState(IntEnum):
@@ -53,8 +54,20 @@ class RiskLimits:
     :param max_margin: cash may fall to ``-max_margin * equity`` after the trade; 0 keeps cash non-negative
     :param cost_buffer: fraction of the buy notional held back in cash for costs
     :param var_limit: largest 1-day value at risk of the post-trade portfolio, as a fraction of equity
-    :param var_method: ``historical`` (empirical quantile) or ``parametric`` (normal, sample covariance)
+    :param var_method: ``historical`` (empirical quantile) or ``parametric`` (normal, with ``covariance``)
     :param var_confidence: VaR confidence level, e.g. 0.95
+    :param covariance: estimate of the asset covariance over the trailing returns window, for parametric VaR,
+        the correlation clusters and the risk contributions: ``sample`` or ``ledoit_wolf`` (shrunk toward a scaled
+        identity, steadier when the window is short against the number of assets)
+    :param max_sector_exposure: largest ``sum |position values| / equity`` over the assets of one sector (the
+        manager needs the assets' sector labels)
+    :param max_cluster_exposure: largest ``sum |position values| / equity`` over one correlation cluster: assets
+        whose trailing return correlations link them (average linkage at ``cluster_correlation``); an asset
+        linked to none is a cluster of its own
+    :param cluster_correlation: average trailing correlation at or above which clusters merge, in ``(-1, 1)``
+    :param max_risk_contribution: largest share ``w_i (cov w)_i / (w' cov w)`` of the portfolio variance any one
+        asset carries, in ``(0, 1]``; a book of fewer than ``1 / max_risk_contribution`` assets that all add risk
+        cannot meet it and is flattened
     :param drawdown_reduce: drawdown from peak equity at which drawdown scaling starts, or without it, at which
         a portfolio goes REDUCING (while it lasts)
     :param max_drawdown_halt: drawdown from peak equity at which a portfolio is HALTED (see ``halt_policy``)
@@ -81,6 +94,12 @@ class RiskLimits:
     var_limit: float | None = 0.02
     var_method: str = "historical"
     var_confidence: float = 0.95
+    # The plain estimate by default: every result computed before shrinkage existed stays the same.
+    covariance: CovarianceMethod = "sample"
+    max_sector_exposure: float | None = None
+    max_cluster_exposure: float | None = None
+    cluster_correlation: float = 0.7
+    max_risk_contribution: float | None = None
     drawdown_reduce: float | None = 0.10
     max_drawdown_halt: float | None = 0.20
     daily_loss_limit: float | None = 0.05
@@ -110,6 +129,8 @@ class RiskLimits:
             "max_gross_exposure",
             "max_net_exposure",
             "var_limit",
+            "max_sector_exposure",
+            "max_cluster_exposure",
             "drawdown_reduce",
             "max_drawdown_halt",
             "daily_loss_limit",
@@ -118,7 +139,17 @@ class RiskLimits:
             value = getattr(self, name)
             if value is not None and not value >= 0.0:
                 raise ValueError(f"{name} must be non-negative or None, got {value}")
+        self._check_correlation_limits()
         self._check_rearm_policy()
+
+    def _check_correlation_limits(self) -> None:
+        if self.covariance not in ("sample", "ledoit_wolf"):
+            raise ValueError(f"covariance must be 'sample' or 'ledoit_wolf', got {self.covariance!r}")
+        if not -1.0 < self.cluster_correlation < 1.0:
+            raise ValueError(f"cluster_correlation must lie in (-1, 1), got {self.cluster_correlation}")
+        cap = self.max_risk_contribution
+        if cap is not None and not 0.0 < cap <= 1.0:
+            raise ValueError(f"max_risk_contribution must lie in (0, 1] or be None, got {cap}")
 
     def _check_rearm_policy(self) -> None:
         if self.halt_policy not in ("rearm", "latch"):
@@ -197,10 +228,11 @@ class Intervention:
     """One change a rule made to one portfolio's target.
 
     Per-asset rules (``halted``, ``halt_liquidation``, ``reducing``, ``no_equity``, ``no_short``,
-    ``max_weight``) name the asset and give ``requested`` / ``approved`` in shares. Rules that scale the whole
-    target (``exposure_scaling``, ``gross_exposure``, ``net_exposure``, ``var_limit``, ``final_scale``) have
-    ``asset=None`` and give the measured quantity before and after (exposure or VaR as a fraction of equity; the
-    scale factor for ``final_scale``); ``cash`` gives the post-trade cash before and after.
+    ``max_weight``, ``sector_exposure``, ``cluster_exposure``, ``risk_contribution``) name the asset and give
+    ``requested`` / ``approved`` in shares. Rules that scale the whole target (``exposure_scaling``,
+    ``gross_exposure``, ``net_exposure``, ``var_limit``, ``final_scale``) have ``asset=None`` and give the measured
+    quantity before and after (exposure or VaR as a fraction of equity; the scale factor for ``final_scale``);
+    ``cash`` gives the post-trade cash before and after.
     """
 
     env: int
@@ -212,4 +244,4 @@ class Intervention:
     reason: str
 
 
-__all__ = ["HaltPolicy", "HaltStatistics", "Intervention", "RiskLimits", "TradingState"]
+__all__ = ["CovarianceMethod", "HaltPolicy", "HaltStatistics", "Intervention", "RiskLimits", "TradingState"]

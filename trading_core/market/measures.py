@@ -1,7 +1,8 @@
 """Risk measures, written once for the risk manager, the performance metrics and the live loop.
 
-Value at risk and expected shortfall (historical and parametric), the sample covariance, drawdown from a running
-peak and its duration, and the annualisation constant. Every function is plain numpy on arrays; the batched ones
+Value at risk and expected shortfall (historical and parametric), the sample and Ledoit-Wolf covariances, the
+correlation clusters and risk contributions the risk manager caps, drawdown from a running peak and its duration,
+and the annualisation constant. Every function is plain numpy on arrays; the batched ones
 work on ``[B, N]`` weights against an ``[L, N]`` window of asset returns and return one figure per portfolio.
 
 Conventions: returns are simple one-period returns; VaR and CVaR are losses as positive fractions of equity at a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 
@@ -33,6 +35,90 @@ def sample_covariance(returns_window: np.ndarray) -> np.ndarray:
     """Sample covariance ``[N, N]`` (``ddof=1``) of a returns window ``[L, N]``; same as ``np.cov(rowvar=False)``."""
     centred = returns_window - returns_window.mean(axis=0)
     return centred.T @ centred / (returns_window.shape[0] - 1)
+
+
+def ledoit_wolf_covariance(returns_window: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf covariance ``[N, N]`` of a returns window ``[L, N]``: the maximum-likelihood covariance shrunk
+    toward a scaled identity with the intensity that minimises the expected squared error
+    (``sklearn.covariance.ledoit_wolf``)."""
+    # Imported here: scikit-learn costs a second to import and only this estimate needs it.
+    from sklearn.covariance import ledoit_wolf
+
+    return ledoit_wolf(np.asarray(returns_window, dtype=np.float64))[0]
+
+
+def asset_covariance(
+    returns_window: np.ndarray, method: Literal["sample", "ledoit_wolf"] = "sample"
+) -> np.ndarray:
+    """Covariance ``[N, N]`` of a returns window ``[L, N]`` by ``method``: ``sample`` (:func:`sample_covariance`)
+    or ``ledoit_wolf`` (:func:`ledoit_wolf_covariance`).
+
+    :raises ValueError: an unknown method
+    """
+    if method == "sample":
+        return sample_covariance(returns_window)
+    if method == "ledoit_wolf":
+        return ledoit_wolf_covariance(returns_window)
+    raise ValueError(f"covariance method must be 'sample' or 'ledoit_wolf', got {method!r}")
+
+
+def correlation_of(cov: np.ndarray) -> np.ndarray:
+    """Correlation matrix of a covariance ``[N, N]``; an asset without variance is uncorrelated with every other."""
+    std = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    outer = np.outer(std, std)
+    corr = np.divide(cov, outer, out=np.zeros_like(cov, dtype=np.float64), where=outer > 0.0)
+    np.fill_diagonal(corr, 1.0)
+    return np.clip(corr, -1.0, 1.0)
+
+
+def correlation_clusters(corr: np.ndarray, threshold: float) -> np.ndarray:
+    """Cluster labels ``[N]`` (0, 1, ...) of assets whose correlations link them: average-linkage hierarchical
+    clustering on the distance ``1 - corr``, cut at ``1 - threshold``, so two clusters merge when the average
+    correlation between their members is at least ``threshold``.
+
+    :param corr: correlation matrix ``[N, N]``
+    :param threshold: average correlation at which clusters merge
+    """
+    n = corr.shape[0]
+    if n < 2:
+        return np.zeros(n, dtype=np.int64)
+    # Imported here: scipy's clustering costs most of a second to import and only this rule needs it.
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    distance = np.maximum(1.0 - 0.5 * (corr + corr.T), 0.0)
+    np.fill_diagonal(distance, 0.0)
+    tree = linkage(squareform(distance, checks=False), method="average")
+    labels = fcluster(tree, t=1.0 - threshold, criterion="distance")
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def group_gross_exposure(weights: np.ndarray, labels: np.ndarray, n_groups: int) -> np.ndarray:
+    """Gross exposure ``sum |w_i|`` over the assets of each group, ``[B, n_groups]``.
+
+    :param weights: portfolio weights ``[B, N]``, fractions of equity
+    :param labels: group of each asset ``[N]``, integers in ``[0, n_groups)``
+    :param n_groups: number of groups
+    """
+    membership = np.zeros((len(labels), n_groups))
+    membership[np.arange(len(labels)), labels] = 1.0
+    return np.abs(weights) @ membership
+
+
+def risk_contributions(weights: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """Share of the portfolio variance each asset carries, ``w_i (cov w)_i / (w' cov w)``, ``[B, N]``.
+
+    The shares of a portfolio sum to 1; a hedge carries a negative share. A portfolio without variance (flat, or
+    only riskless assets) has every share 0: there is no risk to share.
+
+    :param weights: portfolio weights ``[B, N]`` (or ``[N]``)
+    :param cov: covariance of asset returns ``[N, N]``
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    marginal = weights @ cov
+    parts = weights * marginal
+    variance = parts.sum(axis=-1, keepdims=True)
+    return np.divide(parts, variance, out=np.zeros_like(parts), where=variance > 0.0)
 
 
 def portfolio_volatility(weights: np.ndarray, cov: np.ndarray) -> np.ndarray:
@@ -184,16 +270,22 @@ def max_drawdown_duration(equity: np.ndarray) -> int:
 
 __all__ = [
     "PERIODS_PER_YEAR",
+    "asset_covariance",
+    "correlation_clusters",
+    "correlation_of",
     "cvar_of_returns",
     "drawdown_from_peak",
+    "group_gross_exposure",
     "historical_cvar",
     "historical_var",
+    "ledoit_wolf_covariance",
     "lower_tail_quantile",
     "max_drawdown",
     "max_drawdown_duration",
     "normal_quantile",
     "parametric_var",
     "portfolio_volatility",
+    "risk_contributions",
     "running_peak",
     "sample_covariance",
     "var_of_returns",

@@ -123,10 +123,17 @@ class RiskGate:
     :param limits: risk limits; ``None`` switches the risk manager off
     :param n_books: number of portfolios B
     :param n_assets: number of assets N
+    :param sectors: sector label of each asset (``MarketArrays.sectors``), for a sector-exposure limit
     """
 
-    def __init__(self, limits: RiskLimits | None, n_books: int, n_assets: int) -> None:
-        self.risk = RiskManager(limits, n_books, n_assets) if limits is not None else None
+    def __init__(
+        self,
+        limits: RiskLimits | None,
+        n_books: int,
+        n_assets: int,
+        sectors: tuple[str, ...] | None = None,
+    ) -> None:
+        self.risk = RiskManager(limits, n_books, n_assets, sectors=sectors) if limits is not None else None
         self._active = np.full(n_books, TradingState.ACTIVE, dtype=np.int64)
 
     @property
@@ -223,7 +230,7 @@ class PortfolioSimulator:
         self.adv = trailing_adv(market.volume, config.stats_window)
         self.sigma = trailing_volatility(market.close, config.stats_window)
         self.returns = market.daily_returns()
-        self.gate = RiskGate(config.risk, n_envs, market.n_assets)
+        self.gate = RiskGate(config.risk, n_envs, market.n_assets, market.sectors)
         # Checked once: a rectangular panel skips every masking step below.
         self._ragged = not market.all_tradable
         self._delisting = delisting_days(market.tradable) if self._ragged else {}
