@@ -163,11 +163,12 @@ def _leaderboard_lines(report) -> list[str]:
     if report is None:
         return []
     table = report.table
+    width = max(26, *(len(name) + 1 for name in table["candidate"]))
     lines = [
         "",
         f"Leaderboard : every candidate after costs, ranked on validation ({report.board.n_trials} trials; "
         "SR = Sharpe, p25/med over runs)",
-        f"    {'candidate':<26}{'kind':<10}{'runs':>4}{'val p25':>8}{'test p25':>9}{'test med':>9}"
+        f"    {'candidate':<{width}}{'kind':<10}{'runs':>4}{'val p25':>8}{'test p25':>9}{'test med':>9}"
         f"{'return':>8}{'maxDD':>7}{'halted':>7}{'turn/yr':>8}{'cost/yr':>8}{'DSR':>6}",
     ]
 
@@ -176,7 +177,7 @@ def _leaderboard_lines(report) -> list[str]:
 
     for row in table.to_dict(orient="records"):
         lines.append(
-            f"    {row['candidate']:<26}{row['kind']:<10}{row['runs']:>4}"
+            f"    {row['candidate']:<{width}}{row['kind']:<10}{row['runs']:>4}"
             f"{number(row['validation_sharpe_p25'], '{:.2f}'):>8}{number(row['test_sharpe_p25'], '{:.2f}'):>9}"
             f"{number(row['test_sharpe_median'], '{:.2f}'):>9}{number(row['test_return_median'], '{:+.1%}'):>8}"
             f"{number(row['test_max_drawdown_worst'], '{:.1%}'):>7}{row['test_days_halted_median']:>7.0f}"

@@ -39,13 +39,15 @@ from trading_assets.paper_trading import (
     fill_reconciliation,
     paper_trading_sessions,
 )
-from trading_assets.selection import RegisteredCandidate
+from trading_assets.selection import LeaderboardReport, RegisteredCandidate
 from trading_assets.training import ENSEMBLE_MODEL_NAME, AgentZooReport, EnsembleReport, TrainedAgent
 from trading_assets.validation import ValidationSettings, validated_daily_bars
 from trading_core.agents.training import PPOConfig
 from trading_core.data.validation import RULES
 from trading_core.envs.spec import EnvSpec
-from trading_core.evaluation.metrics import compute_metrics
+from trading_core.evaluation.backtester import buy_and_hold_record
+from trading_core.evaluation.leaderboard import BENCHMARK, CandidateRun, Leaderboard, PeriodFigures
+from trading_core.evaluation.metrics import compute_metrics, deflated_sharpe_ratio, per_period_sharpe_variance
 from trading_core.evaluation.promotion import GateResult
 from trading_core.evaluation.seed_sweep import SeedOutcome
 from trading_core.live.state import CHALLENGER, CHAMPION, TradingStateStore
@@ -484,14 +486,17 @@ def test_champion_model_refuses_evidence_of_another_run():
 
 def _outcome(algorithm: str, seed: int, test_sharpe: float, drawdown: float, drift: float) -> SeedOutcome:
     returns = synthetic_equity(drift, n=250).pct_change().dropna()
+    total_return = float((1 + returns).prod() - 1)
     return SeedOutcome(
         algorithm=algorithm,
         seed=seed,
         validation_sharpe=float(seed),  # the higher seed is validation's pick
         test_sharpe=test_sharpe,
-        test_return=float((1 + returns).prod() - 1),
+        test_return=total_return,
         test_max_drawdown=drawdown,
         test_returns=returns,
+        validation=PeriodFigures(float(seed), 0.0, 0.0, 0.0, 0.0, 0, pd.Series(dtype=float)),
+        test=PeriodFigures(test_sharpe, total_return, drawdown, 0.0, 0.0, 0, returns),
     )
 
 
@@ -527,14 +532,34 @@ def test_candidate_verdicts_table_on_hand_made_reports(year_features):
         data_sha256="synthetic",
         validation_metrics=compute_metrics(equity),
     )
+    test_market = agent.observation_market(splits, "test")
+    board = Leaderboard(
+        (
+            *(outcome.candidate_run() for outcome in zoo.split_outcomes()),
+            *(
+                CandidateRun(name, "ensemble", None, PeriodFigures.missing(), PeriodFigures.of_equity(curve))
+                for name, curve in (
+                    ("weighted_ensemble", ensemble.weighted_equity),
+                    ("rolling_selection", ensemble.rolling_equity),
+                )
+            ),
+            CandidateRun(
+                BENCHMARK,
+                "benchmark",
+                None,
+                PeriodFigures.missing(),
+                PeriodFigures.of_record(buy_and_hold_record(test_market, agent.env_spec.simulation)),
+            ),
+        ),
+        n_trials=5,
+    )
     registry = FakeRegistry(trials=5)
     out = candidate_verdicts(
         dg.build_asset_context(),
         config=CandidateGateSettings(),
+        candidate_leaderboard=LeaderboardReport(board, "steady", None, "run-board"),
         agent_zoo=zoo,
         agent_ensemble=ensemble,
-        learned_features=splits,
-        trained_agent=agent,
         model_registry=registry,
     )
     result = out.value
@@ -544,6 +569,11 @@ def test_candidate_verdicts_table_on_hand_made_reports(year_features):
     steady, losing = table.loc["steady"], table.loc["losing"]
     assert (steady["runs"], steady["sharpe"], steady["worst_drawdown"]) == (2, 6.6, 0.05)  # seed 2 represents
     assert steady["p25_sharpe"] == pytest.approx(6.45) and steady["median_sharpe"] == pytest.approx(6.5)
+    # Deflated over the registry's 5 trials and the zoo's runs, not the board's 7 runs and every kind.
+    zoo_variance = per_period_sharpe_variance([6.4, 6.6, -0.4, -0.6])
+    expected_dsr = deflated_sharpe_ratio(zoo.outcomes[1].test_returns, 5, zoo_variance)
+    assert steady["deflated_sharpe"] == pytest.approx(expected_dsr, rel=1e-12)
+    assert steady["deflated_sharpe"] != pytest.approx(board.deflated_sharpe("steady"), rel=1e-12)
     # Buy and hold of the real test period (late 2019) has a high Sharpe: between the two candidates.
     assert losing["median_sharpe"] < result.benchmark_sharpe < steady["median_sharpe"]
     assert steady["verdict"] == "pass"

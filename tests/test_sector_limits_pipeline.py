@@ -19,9 +19,10 @@ from trading_core.data.splits import PERIODS, DatasetSplits, apply_split, make_d
 from trading_core.envs.fast import ActionSpec
 from trading_core.envs.spec import EnvSpec
 from trading_core.evaluation.backtester import run_backtests
+from trading_core.evaluation.stress import run_stress_tests
 from trading_core.features.batch import build_features
 from trading_core.live.engine import DecisionEngine, PortfolioBook
-from trading_core.market.arrays import MarketArrays, period_market
+from trading_core.market.arrays import period_market
 from trading_core.market.limits import RiskLimits
 from trading_core.market.simulator import SimulationConfig
 from trading_core.sectors import UNKNOWN_SECTOR, sector_map
@@ -169,8 +170,16 @@ def test_a_sector_limited_spec_without_sectors_is_refused_by_the_engine(splits):
 
 def test_the_live_prior_reads_the_spec_sectors_as_training_did(splits):
     # sector_momentum rotates between sectors: the live fit must see the labels the training column saw.
-    prior = AllocatorConfig(method="sector_momentum", lookback=42, min_history=21, momentum_lookback=40,
-                            momentum_skip=5, sector_top=1)  # fmt: skip
+    # A cap of 50% lets one sector of two assets invest fully, so the rotation is more than plain momentum.
+    prior = AllocatorConfig(
+        method="sector_momentum",
+        lookback=42,
+        min_history=21,
+        max_weight=0.5,
+        momentum_lookback=40,
+        momentum_skip=5,
+        sector_top=1,
+    )
     env_spec = EnvSpec(action=ActionSpec(mode="tilt", prior=prior))
     spec = decision_spec_for(splits, env_spec, "")
     engine = DecisionEngine(ConcentratedPolicy(spec.tickers), spec)
@@ -210,12 +219,46 @@ def test_a_backtest_on_splits_never_holds_more_than_the_sector_cap(splits):
     # At the close each decision was taken at, what the next fill left held: the cap, but for the share the
     # whole-share orders keep when a trim is smaller than one share (one share of each asset of the sector).
     after_fill = _sector_exposure(
-        limited.record.positions.iloc[1:].set_axis(market.dates[:-1]), market.close[:-1], limited.record.equity[:-1]
+        limited.record.positions.iloc[1:].set_axis(market.dates[:-1]),
+        market.close[:-1],
+        limited.record.equity[:-1],
     )
     one_share = market.close[:-1, [market.tickers.index(t) for t in IT_TICKERS]].sum(axis=1)
     slack = one_share / limited.record.equity[:-1].to_numpy()
     assert (after_fill.to_numpy() <= SECTOR_CAP + slack + 1e-9).all()
-    assert after_fill.iloc[:].max() > SECTOR_CAP - 0.01  # the cap binds: the policy wants more
+    assert after_fill.max() > SECTOR_CAP - 0.01  # the cap binds: the policy wants more
+
+
+def test_stress_scenarios_rebuilt_from_shocked_bars_keep_the_sectors(splits, slice_bars):
+    market = period_market(splits, "full")
+    split = splits.split
+    results = run_stress_tests(
+        ConcentratedPolicy(market.tickers),
+        slice_bars,
+        market,
+        split.test_start,
+        split.test_end,
+        sector_limited(),
+    )
+    synthetic = {r.name: r for r in results if r.kind == "synthetic"}
+    # Each shocked market is rebuilt from bars: without the labels its sector limit could not be built at all.
+    assert {"gap_down_10pct", "volatility_x3", "correlations_to_1", "liquidity_drop"} <= set(synthetic)
+    assert all(r.interventions > 0 for r in synthetic.values())
+
+
+def test_a_backtest_of_a_features_frame_applies_the_spec_sectors(splits):
+    # What champion monitoring backtests: frames cut outside the splits, turned into arrays by the spec.
+    spec = decision_spec_for(splits, sector_limited(), "")
+    frame = splits.test
+    market = spec.market_of(frame)
+    assert market.tickers == spec.tickers and market.sectors == spec.sector_labels
+    assert market.feature_names == spec.feature_columns
+    (result,) = run_backtests([ConcentratedPolicy(spec.tickers)], market, spec.env_spec)
+    assert "sector_exposure" in set(result.record.interventions["rule"])
+    with pytest.raises(ValueError, match="carries no sector labels"):  # the bare frame has none
+        run_backtests([ConcentratedPolicy(spec.tickers)], frame, spec.env_spec)
+    with pytest.raises(ValueError, match="lack columns the agent observes"):
+        spec.market_of(frame.drop(columns=["macd"]))
 
 
 # --- the training settings -----------------------------------------------------------------------------------

@@ -30,13 +30,10 @@ from trading_core.evaluation.attribution import attribute_pnl, attribution_summa
 from trading_core.evaluation.backtester import (
     BacktestRecord,
     BacktestResult,
-    buy_and_hold_record,
     run_backtest,
 )
 from trading_core.evaluation.metrics import (
     PerformanceMetrics,
-    compute_metrics,
-    daily_returns,
     deflated_sharpe_ratio,
 )
 from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
@@ -47,7 +44,7 @@ from trading_core.evaluation.promotion import (
     GateResult,
     PromotionThresholds,
     evaluate_gate,
-    judge_candidate,
+    judge_figures,
     promotion_refusal,
     yardstick_gate,
 )
@@ -744,50 +741,40 @@ class CandidateVerdicts:
 def candidate_verdicts(
     context: dg.AssetExecutionContext,
     config: CandidateGateSettings,
+    candidate_leaderboard: LeaderboardReport,
     agent_zoo: AgentZooReport,
     agent_ensemble: EnsembleReport,
-    learned_features: DatasetSplits,
-    trained_agent: TrainedAgent,
     model_registry: MlflowRegistryResource,
 ) -> dg.Output[CandidateVerdicts]:
-    """Every candidate (each zoo agent over its seeds, both ensembles) judged by the promotion gate's criteria."""
+    """Every candidate (each zoo agent over its seeds, both ensembles) judged by the promotion gate's criteria,
+    on the leaderboard's test figures (representative run, runs' quantiles, worst drawdown, buy-and-hold)."""
     thresholds = config.to_domain()
-    test = trained_agent.observation_market(learned_features, "test")
-    benchmark = compute_metrics(buy_and_hold_record(test, trained_agent.env_spec.simulation).equity)
+    board = candidate_leaderboard.board
+    figures = candidate_leaderboard.table.set_index("candidate")
+    benchmark_sharpe = candidate_leaderboard.benchmark_test_sharpe
+    # Deflated over the registry's trials and the zoo's runs as before, not like the leaderboard's column (at
+    # least every board run as trials, the variance over allocators, ensembles and the benchmark too).
     n_trials = max(model_registry.trial_count(), 1)
-    runs = agent_zoo.split_outcomes()
-    variance = per_period_sharpe_variance(runs)
+    variance = per_period_sharpe_variance(agent_zoo.split_outcomes())
+    zoo = dict.fromkeys(o.candidate for o in agent_zoo.split_outcomes())
+    names = [*zoo, "weighted_ensemble", "rolling_selection"]
     verdicts = []
-    for candidate, representative in agent_zoo.best_by_validation().items():
-        own = [o for o in runs if o.candidate == candidate]
+    for name in names:
+        representative, row = board.representative(name).test, figures.loc[name]
         verdicts.append(
-            judge_candidate(
-                candidate,
-                [o.test_sharpe for o in own],
-                [o.test_max_drawdown for o in own],
-                representative.test_sharpe,
-                deflated_sharpe_ratio(representative.test_returns, n_trials, variance),
-                benchmark.sharpe,
-                thresholds,
-            )
-        )
-    for name, equity in (
-        ("weighted_ensemble", agent_ensemble.weighted_equity),
-        ("rolling_selection", agent_ensemble.rolling_equity),
-    ):
-        metrics = compute_metrics(equity)
-        verdicts.append(
-            judge_candidate(
+            judge_figures(
                 name,
-                [metrics.sharpe],
-                [metrics.max_drawdown],
-                metrics.sharpe,
-                deflated_sharpe_ratio(daily_returns(equity), n_trials, variance),
-                benchmark.sharpe,
-                thresholds,
+                runs=int(row["runs"]),
+                sharpe=representative.sharpe,
+                p25_sharpe=row["test_sharpe_p25"],
+                median_sharpe=row["test_sharpe_median"],
+                worst_drawdown=row["test_max_drawdown_worst"],
+                deflated_sharpe=deflated_sharpe_ratio(representative.returns, n_trials, variance),
+                benchmark_sharpe=benchmark_sharpe,
+                thresholds=thresholds,
             )
         )
-    result = CandidateVerdicts(tuple(verdicts), benchmark.sharpe, n_trials)
+    result = CandidateVerdicts(tuple(verdicts), benchmark_sharpe, n_trials)
     table = result.table()
     model_registry.set_version_tags(
         agent_ensemble.version.version,
@@ -800,7 +787,7 @@ def candidate_verdicts(
         result,
         metadata={
             "verdicts": markdown_table(table.to_dict(orient="records")),
-            "buy_and_hold_sharpe": dg.MetadataValue.float(benchmark.sharpe),
+            "buy_and_hold_sharpe": dg.MetadataValue.float(benchmark_sharpe),
             "trials": n_trials,
             "passing": dg.MetadataValue.text(", ".join(passing) or "none"),
         },

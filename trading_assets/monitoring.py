@@ -147,7 +147,9 @@ def champion_monitoring(
         forecaster = model_registry.load_forecaster(spec.forecaster_uri)
         frame = add_learned_features(features, forecast_features(forecaster, features))
     frame = frame[frame["tic"].isin(spec.tickers)]
-    if spec.regime_model is not None:  # the regime probabilities it observes, filtered forward by its own model
+    if (
+        spec.regime_model is not None
+    ):  # the regime probabilities it observes, filtered forward by its own model
         regime_model = RegimeModel.from_dict(spec.regime_model)
         signals = market_signals(frame, regime_model.config.volatility_window)
         frame = add_regime_features(frame, regime_model.filter(signals))
@@ -175,8 +177,8 @@ def champion_monitoring(
     drifted_share = float(drift["drifted"].mean()) if len(drift) else 0.0
 
     test = _window(frame, tags["data_test_start"], tags["data_test_end"])
-    test_returns = daily_returns(run_backtest(policy, test, spec.env_spec).equity)
-    recent_returns = daily_returns(run_backtest(policy, recent, spec.env_spec).equity)
+    test_returns = daily_returns(run_backtest(policy, spec.market_of(test), spec.env_spec).equity)
+    recent_returns = daily_returns(run_backtest(policy, spec.market_of(recent), spec.env_spec).equity)
     decay = performance_decay(test_returns, recent_returns, alpha=config.decay_alpha)
 
     # The regime model filtered forward over the champion's universe, from the first features date to today.

@@ -8,7 +8,7 @@ spec pickled by earlier versions is refused (retrain or re-register such a model
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from trading_core.envs.fast import ActionSpec
 from trading_core.envs.normalization import NormalizationConfig
 from trading_core.envs.rewards import RewardConfig
 from trading_core.envs.spec import EnvSpec
+from trading_core.market.arrays import MarketArrays
 from trading_core.market.costs import (
     BpsCommission,
     CostModel,
@@ -93,6 +94,21 @@ class DecisionSpec:
     @property
     def observation_columns(self) -> list[str]:
         return [*BASE_COLUMNS, *self.feature_columns]
+
+    def market_of(self, frame: pd.DataFrame) -> MarketArrays:
+        """A features frame as the arrays this agent trades: its tickers, the observed features in order, and its
+        sectors (so a sector-exposure limit applies to a backtest built outside the splits, e.g. monitoring's).
+
+        :param frame: long features frame holding at least :attr:`observation_columns`
+        :raises ValueError: the frame lacks an observed column
+        """
+        missing = [c for c in self.observation_columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the features lack columns the agent observes: {missing}")
+        market = MarketArrays.from_features(
+            frame[self.observation_columns], list(self.feature_columns), tickers=self.tickers
+        )
+        return market if self.sectors is None else replace(market, sectors=self.sector_labels)
 
     def save(self, path: str | Path) -> Path:
         """Write the spec as a JSON document (:mod:`trading_core.runtime.stored_json`) to ``path`` with the suffix

@@ -10,6 +10,8 @@ PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 OHLCV_COLUMNS: tuple[str, ...] = (*PRICE_COLUMNS, "volume")
 REQUIRED_COLUMNS: tuple[str, ...] = ("date", "tic", *OHLCV_COLUMNS)
 BASE_COLUMNS: tuple[str, ...] = ("date", "tic", "open", "high", "low", "close", "volume")
+# The sector of a ticker no classification knows (trading_core.sectors): held by no sector strategy.
+UNKNOWN_SECTOR = "Unknown"
 
 
 def feature_columns_of(features: pd.DataFrame) -> list[str]:

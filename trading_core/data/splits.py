@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from trading_core.data.schema import feature_columns_of
+from trading_core.data.schema import UNKNOWN_SECTOR, feature_columns_of
 
 Period = Literal["train", "validation", "test", "full"]
 PERIODS: tuple[Period, ...] = ("train", "validation", "test")
@@ -130,7 +130,11 @@ class DatasetSplits:
 
     def __post_init__(self) -> None:
         if self.sectors is not None:
-            bad = {tic: label for tic, label in self.sectors.items() if not (isinstance(label, str) and label.strip())}
+            bad = {
+                tic: label
+                for tic, label in self.sectors.items()
+                if not (isinstance(label, str) and label.strip())
+            }
             if bad:
                 raise ValueError(f"sectors must map each ticker to a non-empty label, got {bad}")
 
@@ -165,7 +169,9 @@ class DatasetSplits:
             return frame[[c for c in frame.columns if not c.startswith("cnn_lstm_")]]
 
         # replace() keeps every other field (the regime model, the sectors, whatever is added later).
-        return replace(self, train=strip(self.train), validation=strip(self.validation), test=strip(self.test))
+        return replace(
+            self, train=strip(self.train), validation=strip(self.validation), test=strip(self.test)
+        )
 
     def sector_labels(self, tickers: Sequence[str] | None = None) -> dict[str, str] | None:
         """Each ticker's sector, ``Unknown`` where :attr:`sectors` has none, so the labels are always complete;
@@ -175,8 +181,5 @@ class DatasetSplits:
         """
         if self.sectors is None:
             return None
-        # Imported here: trading_core.sectors builds on the market arrays, which build on these splits.
-        from trading_core.sectors.classification import UNKNOWN_SECTOR
-
         universe = self.tickers if tickers is None else tickers
         return {tic: self.sectors.get(tic, UNKNOWN_SECTOR) for tic in universe}

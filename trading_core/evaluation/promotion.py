@@ -140,7 +140,8 @@ def judge_candidate(
     benchmark_sharpe: float,
     thresholds: CandidateThresholds,
 ) -> CandidateVerdict:
-    """The gate over every run of one candidate (one algorithm over seeds, or an ensemble).
+    """The gate over every run of one candidate (one algorithm over seeds, or an ensemble): the figures of
+    :func:`judge_figures` summarised from each run's.
 
     :param test_sharpes: out-of-sample Sharpe ratio of each run
     :param test_drawdowns: out-of-sample max drawdown of each run
@@ -151,22 +152,57 @@ def judge_candidate(
     sharpes = np.asarray(test_sharpes, dtype=np.float64)
     if sharpes.size == 0 or sharpes.size != len(test_drawdowns):
         raise ValueError(f"{name}: need one drawdown per Sharpe ratio and at least one run")
-    p25, median = float(np.quantile(sharpes, 0.25)), float(np.median(sharpes))
-    worst = float(np.max(test_drawdowns)) + 0.0  # + 0.0: a flat curve's -0.0 reads as 0.0
+    return judge_figures(
+        name,
+        runs=int(sharpes.size),
+        sharpe=representative_sharpe,
+        p25_sharpe=float(np.quantile(sharpes, 0.25)),
+        median_sharpe=float(np.median(sharpes)),
+        worst_drawdown=float(np.max(test_drawdowns)),
+        deflated_sharpe=deflated_sharpe,
+        benchmark_sharpe=benchmark_sharpe,
+        thresholds=thresholds,
+    )
+
+
+def judge_figures(
+    name: str,
+    *,
+    runs: int,
+    sharpe: float,
+    p25_sharpe: float,
+    median_sharpe: float,
+    worst_drawdown: float,
+    deflated_sharpe: float,
+    benchmark_sharpe: float,
+    thresholds: CandidateThresholds,
+) -> CandidateVerdict:
+    """The gate on a candidate's out-of-sample figures over its runs (e.g. a leaderboard row).
+
+    :param runs: how many runs the figures summarise
+    :param sharpe: Sharpe of the run validation picks as the representative
+    :param p25_sharpe: 25th percentile over runs of the Sharpe
+    :param median_sharpe: median over runs of the Sharpe
+    :param worst_drawdown: largest max drawdown of any run
+    :param deflated_sharpe: DSR of the representative run
+    :param benchmark_sharpe: equal-weight buy-and-hold Sharpe ratio over the same period
+    """
+    p25, median = float(p25_sharpe), float(median_sharpe)
+    worst = float(worst_drawdown) + 0.0  # + 0.0: a flat curve's -0.0 reads as 0.0
     gate = [
         GateResult(
             "min_sharpe",
-            representative_sharpe >= thresholds.min_sharpe,
-            representative_sharpe,
+            sharpe >= thresholds.min_sharpe,
+            sharpe,
             thresholds.min_sharpe,
-            f"Sharpe {representative_sharpe:.2f} vs required >= {thresholds.min_sharpe:.2f}",
+            f"Sharpe {sharpe:.2f} vs required >= {thresholds.min_sharpe:.2f}",
         ),
         GateResult(
             "p25_sharpe",
             p25 >= thresholds.min_p25_sharpe,
             p25,
             thresholds.min_p25_sharpe,
-            f"25th percentile Sharpe over {sharpes.size} runs {p25:.2f} vs required >= {thresholds.min_p25_sharpe:.2f}",
+            f"25th percentile Sharpe over {runs} runs {p25:.2f} vs required >= {thresholds.min_p25_sharpe:.2f}",
         ),
         GateResult(
             "max_drawdown",
@@ -194,14 +230,7 @@ def judge_candidate(
             )
         )
     return CandidateVerdict(
-        name,
-        int(sharpes.size),
-        float(representative_sharpe),
-        p25,
-        median,
-        worst,
-        float(deflated_sharpe),
-        tuple(gate),
+        name, int(runs), float(sharpe), p25, median, worst, float(deflated_sharpe), tuple(gate)
     )
 
 

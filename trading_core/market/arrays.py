@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -266,7 +266,4 @@ def period_market(
     sectors = splits.sector_labels()
     if sectors is None:
         return market
-    # Imported here: trading_core.sectors builds on this module.
-    from trading_core.sectors.classification import with_sectors
-
-    return with_sectors(market, sectors)
+    return replace(market, sectors=tuple(sectors[tic] for tic in market.tickers))

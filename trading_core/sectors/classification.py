@@ -18,6 +18,7 @@ from typing import Literal
 
 import pandas as pd
 
+from trading_core.data.schema import UNKNOWN_SECTOR
 from trading_core.market.arrays import MarketArrays
 
 GICS_SECTORS: tuple[str, ...] = (
@@ -35,7 +36,6 @@ GICS_SECTORS: tuple[str, ...] = (
 )
 # Funds that hold a mix of sectors (broad indices, commodities, volatility, leveraged products).
 FUND_SECTOR = "ETF"
-UNKNOWN_SECTOR = "Unknown"
 # Every label a sector map holds: the one vocabulary of the package, the fund table and the user file.
 SECTORS: tuple[str, ...] = (*GICS_SECTORS, FUND_SECTOR, UNKNOWN_SECTOR)
 SectorSource = Literal["file", "pytickersymbols", "etf", "unclassified"]
