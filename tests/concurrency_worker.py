@@ -47,7 +47,8 @@ def promoted_version(context: dg.AssetExecutionContext, model_registry: MlflowRe
     _wait_for(lambda: len(list(arrivals.glob("at-lock-*"))) >= expected, f"{expected} processes at the lock")
     time.sleep(0.5)  # the others are blocked on the lock by now
     run_id = context.op_execution_context.run_id
-    client = mlflow.MlflowClient(tracking_uri=model_registry.tracking_uri)
+    uri = model_registry.tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     mlflow_run = client.create_run(model_registry.experiment_id())
     version = model_registry.register(
         f"runs:/{mlflow_run.info.run_id}/model", mlflow_run.info.run_id, tags={REGISTERED_BY_TAG: run_id}

@@ -42,7 +42,8 @@ WORKER_TIMEOUT = 150
 def start_workers(root: Path, arrivals: Path, count: int) -> list[subprocess.Popen]:
     arrivals.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, EXPECTED_ENV: str(count), "GX_ANALYTICS_ENABLED": "false"}
-    env.pop("DAGSTER_HOME", None)
+    for inherited in ("DAGSTER_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # another test's stores
+        env.pop(inherited, None)
     workers = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.concurrency_worker", str(root), str(arrivals)],
@@ -109,7 +110,10 @@ def test_two_runs_started_together_on_a_fresh_home_both_finish_one_after_the_oth
     assert all(run.status == dg.DagsterRunStatus.SUCCESS and IN_PROCESS_TAG_KEY in run.tags for run in runs)
 
     # Each run promoted the version it registered, on its own records; the later one is champion.
-    client = mlflow.MlflowClient(tracking_uri=home.mlflow_tracking_uri)
+    # The registry named too: MLflow keeps a process-wide registry URI (and exports it to subprocesses), which an
+    # earlier test in this worker may have pointed at its own store.
+    uri = home.mlflow_tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     for report in (earlier, later):
         tags = client.get_model_version("rl_trading_agent", report["version"]).tags
         assert tags[REGISTERED_BY_TAG] == report["run_id"]
