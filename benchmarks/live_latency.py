@@ -4,6 +4,10 @@ through streaming features, the agent, the shared risk manager, the local broker
 The peer, measured in the same process: a loop that rebuilds the batch features (``build_features``) over the
 trailing bars at every decision, which is what the streaming features replace.
 
+The same week is replayed a second time for the default pipeline's agent, which also observes the CNN+LSTM
+forecaster's outputs (default architecture, trained briefly: only its speed matters): ``forecaster_p99_ms`` is
+the forecaster's part of a decision, ``forecaster_decision_p99_ms`` the whole decision of that agent.
+
 Run: ``python -m benchmarks.live_latency``. The last line is one JSON object.
 """
 
@@ -13,6 +17,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +35,71 @@ from trading_core.live.engine import DecisionEngine
 from trading_core.live.loop import LiveConfig, LiveTradingLoop
 from trading_core.live.sources import fill_missing_bars, read_bars, replay
 from trading_core.live.state import TradingStateStore
+from trading_core.models.cnn_lstm import (
+    CNNLSTMConfig,
+    TrainedForecaster,
+    add_learned_features,
+    learned_features,
+    train_cnn_lstm,
+)
+
+
+class _TimedEngine(DecisionEngine):
+    """A decision engine that records how long the forecaster's part of each decision takes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.forecaster_ms: list[float] = []
+
+    def learned_rows(self, recent: pd.DataFrame) -> pd.DataFrame | None:
+        started = time.perf_counter()
+        rows = super().learned_rows(recent)
+        self.forecaster_ms.append((time.perf_counter() - started) * 1e3)
+        return rows
 
 
 def _as_features_input(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.rename(columns={"timestamp": "date"})
+
+
+def _replay(engine: DecisionEngine, tickers: list[str], env_spec: EnvSpec, history, week):
+    """Run the live loop over the week for one engine: (its summary, wall seconds)."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = TradingStateStore.sqlite(Path(folder) / "state.db")
+        store.create_schema()
+        loop = LiveTradingLoop(
+            LiveConfig(session_id="benchmark"),
+            store,
+            SimulatedBroker(tickers, env_spec.simulation),
+            (engine, "benchmark"),
+            history=history,
+        )
+        with Timer() as timer:
+            summary = loop.run(replay(week))
+        store.close()
+    return summary, timer.seconds
+
+
+def _forecaster(training: pd.DataFrame) -> TrainedForecaster:
+    """The default architecture, fit for one epoch on the training bars (its last fifth validates)."""
+    dates = np.sort(training["date"].unique())
+    cut = dates[int(len(dates) * 0.8)]
+    config = replace(CNNLSTMConfig(), max_epochs=1)
+    return train_cnn_lstm(training[training["date"] < cut], training[training["date"] >= cut], config)
+
+
+def _forecaster_agent(training, env_spec, config, tickers, seed) -> _TimedEngine:
+    """The default pipeline's agent: PPO observing the technical features and the forecaster's outputs."""
+    forecaster = _forecaster(training)
+    learned = add_learned_features(training, learned_features(forecaster, training))
+    policy = train_agent("ppo", learned, env_spec, config, seed=seed)
+    spec = DecisionSpec(
+        tuple(tickers),
+        tuple(feature_columns_of(learned)),
+        env_spec,
+        forecaster_uri="models:/benchmark_cnn_lstm/1",
+    )
+    return _TimedEngine(policy, spec, forecaster)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -63,20 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     times = minutes["timestamp"].unique()
     history = _as_features_input(minutes[minutes["timestamp"] < times[args.warmup_minutes]])
     week = minutes[minutes["timestamp"] >= times[args.warmup_minutes]]
-    with tempfile.TemporaryDirectory() as folder:
-        store = TradingStateStore.sqlite(Path(folder) / "state.db")
-        store.create_schema()
-        loop = LiveTradingLoop(
-            LiveConfig(session_id="benchmark"),
-            store,
-            SimulatedBroker(tickers, env_spec.simulation),
-            (DecisionEngine(policy, spec), "benchmark"),
-            history=history,
-        )
-        with Timer() as timer:
-            summary = loop.run(replay(week))
-        store.close()
+    summary, seconds = _replay(DecisionEngine(policy, spec), tickers, env_spec, history, week)
     latencies = np.asarray(summary.latencies_ms)
+    timed = _forecaster_agent(training, env_spec, config, tickers, args.seed)
+    forecaster_summary, _ = _replay(timed, tickers, env_spec, history, week)
+    forecaster_ms = np.asarray(timed.forecaster_ms)
+    forecaster_latencies = np.asarray(forecaster_summary.latencies_ms)
 
     # The peer: batch features over the trailing bars for a sample of the same decisions.
     peer = []
@@ -95,20 +153,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = {
         "p50_ms": round(float(np.percentile(latencies, 50)), 3),
         "p99_ms": round(float(np.percentile(latencies, 99)), 3),
-        "bars_per_s": round(symbol_bars / timer.seconds, 1),
+        "bars_per_s": round(symbol_bars / seconds, 1),
         "decisions": int(len(latencies)),
         "minutes": int(summary.bars),
         "tickers": len(tickers),
         "batch_features_p50_ms": round(peer_ms, 3),
         "ratio_vs_batch_features": round(peer_ms / float(np.percentile(latencies, 50)), 2),
+        "forecaster_p50_ms": round(float(np.percentile(forecaster_ms, 50)), 3),
+        "forecaster_p99_ms": round(float(np.percentile(forecaster_ms, 99)), 3),
+        "forecaster_decision_p99_ms": round(float(np.percentile(forecaster_latencies, 99)), 3),
+        "forecaster_decisions": int(len(forecaster_latencies)),
     }
     print(
-        f"{summary.bars} minutes x {len(tickers)} tickers ({symbol_bars} bars) in {timer.seconds:.1f} s, "
+        f"{summary.bars} minutes x {len(tickers)} tickers ({symbol_bars} bars) in {seconds:.1f} s, "
         f"{len(latencies)} decisions; orders {summary.orders_sent}, fills {summary.fills}"
     )
     print(
         f"decision latency p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms (goal p99 < 5 ms); "
         f"rebuilding batch features alone takes {peer_ms:.1f} ms per decision"
+    )
+    print(
+        f"with the CNN+LSTM forecaster: its part p99 {result['forecaster_p99_ms']:.2f} ms (goal < 5 ms), "
+        f"the whole decision p99 {result['forecaster_decision_p99_ms']:.2f} ms"
     )
     print(json.dumps(result))
     return result

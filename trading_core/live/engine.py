@@ -27,8 +27,7 @@ from trading_core.market.arrays import MarketArrays
 from trading_core.market.limits import TradingState
 from trading_core.market.risk import RiskManager, RiskReview
 from trading_core.market.simulator import RiskGate
-from trading_core.models.cnn_lstm import TrainedForecaster, add_learned_features
-from trading_core.models.cnn_lstm import learned_features as forecast_features
+from trading_core.models.cnn_lstm import TrainedForecaster, latest_learned_features
 from trading_core.regimes.model import REGIME_PREFIX
 
 
@@ -128,19 +127,30 @@ class DecisionEngine:
         if self.forecaster is None:
             rows = recent[recent["date"] == last_date].reset_index(drop=True)
         else:
-            learned = forecast_features(self.forecaster, recent)
-            if learned.empty:
-                return None
-            rows = add_learned_features(
-                recent[recent["date"] == last_date], learned[learned["date"] == last_date]
-            )
-            if len(rows) != len(self.spec.tickers):
+            rows = self.learned_rows(recent)
+            if rows is None or len(rows) != len(self.spec.tickers):
                 return None
         if self.spec.prior is None:
             return rows
         if recent["date"].nunique() < history_needed(self.spec.prior):
             return None
         return rows.assign(**{PRIOR_FEATURE: rows["tic"].map(self.prior_weights(recent))})
+
+    def learned_rows(self, recent: pd.DataFrame) -> pd.DataFrame | None:
+        """The last date's rows joined with the forecaster's outputs, sorted by ticker (``None`` while it warms
+        up): what joining the batch :func:`~trading_core.models.cnn_lstm.learned_features` gives for that date,
+        from the last date's windows alone (one model call, no pivot of the whole history per bar)."""
+        latest = latest_learned_features(self.forecaster, recent)
+        if latest is None or len(latest.tics) == 0:
+            return None
+        clashes = [c for c in latest.columns if c in recent.columns]
+        if clashes:
+            raise ValueError(f"features already hold columns {clashes}")
+        # The forecaster knows each ticker's row: positional takes and one concat instead of a pandas merge
+        # (a merge or per-column assigns cost milliseconds per bar). Its tickers are sorted, as the merge sorts.
+        rows = recent.take(latest.rows).reset_index(drop=True)
+        learned = pd.DataFrame(latest.values, columns=latest.columns)
+        return pd.concat([rows, learned], axis=1)
 
     def prior_weights(self, recent: pd.DataFrame) -> pd.Series:
         """The prior's weight per ticker at the last date of ``recent``, fit on its closes alone."""

@@ -675,6 +675,112 @@ def learned_features(forecaster: TrainedForecaster, features: pd.DataFrame) -> p
     return out
 
 
+@dataclass(frozen=True)
+class LatestForecast:
+    """The forecaster's outputs at the last date of a frame, as arrays (what :func:`learned_features` gives
+    for that date).
+
+    :param date: the frame's last date
+    :param tics: tickers with a full window at that date, sorted
+    :param values: ``(tics, outputs)`` float64, columns in :attr:`TrainedForecaster.output_columns` order
+    :param columns: the output column names
+    :param rows: position in the frame of each ticker's row at that date (to join the outputs without a merge)
+    """
+
+    date: Any
+    tics: np.ndarray
+    values: np.ndarray
+    columns: list[str]
+    rows: np.ndarray
+
+    def frame(self) -> pd.DataFrame:
+        """As :func:`learned_features`'s rows of the last date."""
+        out = pd.DataFrame(
+            {"date": pd.to_datetime([self.date] * len(self.tics)), "tic": self.tics.astype(object)}
+        )
+        for i, name in enumerate(self.columns):
+            out[name] = self.values[:, i]
+        return out
+
+
+def _latest_grid(features: pd.DataFrame, columns: list[str], n_dates: int):
+    """(last date, sorted tickers, ``{column: (dates, tickers) grid}``, each ticker's row position at the last
+    date or -1) over the last ``n_dates`` dates only, ``None`` when the frame holds fewer dates."""
+    missing = [c for c in ("date", "tic", *columns) if c not in features]
+    if missing:
+        raise ValueError(f"features frame lacks columns {missing}")
+    # ``.values`` keeps timezone-aware dates as datetime64 (``to_numpy`` would box each into a Timestamp).
+    all_dates = features["date"].values
+    dates = np.unique(all_dates)
+    if len(dates) < n_dates:
+        return None
+    keep = all_dates >= dates[-n_dates]
+    tic_values = features["tic"].to_numpy()[keep]
+    tics, col = np.unique(tic_values, return_inverse=True)
+    row = np.searchsorted(dates[-n_dates:], all_dates[keep])
+    if len(np.unique(row * len(tics) + col)) != len(row):
+        raise ValueError("features frame holds more than one row for some (date, tic)")
+    grids = {}
+    for c in columns:
+        grid = np.full((n_dates, len(tics)), np.nan)
+        grid[row, col] = features[c].to_numpy(dtype=np.float64)[keep]
+        grids[c] = grid
+    last_rows = np.full(len(tics), -1)
+    at_last = row == n_dates - 1
+    last_rows[col[at_last]] = np.flatnonzero(keep)[at_last]
+    return features["date"].max(), tics, grids, last_rows
+
+
+def _latest_windows(forecaster: TrainedForecaster, grids: dict[str, np.ndarray]) -> np.ndarray:
+    """``(tickers, window, inputs)`` standardized inputs of the last ``window`` dates, as :func:`_panel` and
+    :func:`_samples` compute them (the grids hold one more date, for the first input's previous close)."""
+    close, volume = grids["close"], grids["volume"]
+    log_volume = np.log1p(np.maximum(volume, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inputs = [
+            np.log(close[1:] / close[:-1]),
+            ((grids["high"] - grids["low"]) / close)[1:],
+            log_volume[1:] - log_volume[:-1],
+            *(_scale_free(c, grids[c], close)[1:] for c in forecaster.feature_columns),
+        ]
+    stacked = np.stack(inputs, axis=-1)
+    stacked[~np.isfinite(stacked)] = np.nan
+    norm = forecaster.normalization
+    standardized = np.clip((stacked - np.asarray(norm.mean)) / np.asarray(norm.std), -INPUT_CLIP, INPUT_CLIP)
+    return standardized.transpose(1, 0, 2)
+
+
+def latest_learned_features(forecaster: TrainedForecaster, features: pd.DataFrame) -> LatestForecast | None:
+    """The forecaster's outputs at the frame's last date only: :func:`learned_features`'s rows of that date
+    (within float rounding), from the last ``window + 1`` dates alone and one model call, for live decisions.
+
+    :param forecaster: a trained forecaster
+    :param features: long features frame holding OHLCV and the forecaster's feature columns
+    :return: ``None`` while the frame holds fewer than ``window + 1`` dates (the first input needs the
+        previous close); tickers without a complete window are left out, as the batch leaves them out
+    """
+    window = forecaster.config.window
+    columns = ["high", "low", "close", "volume", *forecaster.feature_columns]
+    grid = _latest_grid(features, columns, window + 1)
+    if grid is None:
+        return None
+    last_date, tics, grids, last_rows = grid
+    windows = _latest_windows(forecaster, grids)
+    complete = np.isfinite(windows).all(axis=(1, 2))
+    mean, logvar, embedding = _predict(
+        forecaster.module, np.ascontiguousarray(windows[complete], dtype=np.float32)
+    )
+    norm = forecaster.normalization
+    values = np.column_stack(
+        [
+            norm.target_mean + norm.target_std * mean.astype(np.float64),
+            logvar.astype(np.float64) + 2.0 * math.log(norm.target_std),
+            embedding.astype(np.float64),
+        ]
+    )
+    return LatestForecast(last_date, tics[complete], values, forecaster.output_columns, last_rows[complete])
+
+
 def add_learned_features(features: pd.DataFrame, learned: pd.DataFrame) -> pd.DataFrame:
     """Inner-join learned features onto a features frame by (date, tic), sorted by date then tic.
 
