@@ -43,9 +43,10 @@ class AllocationSchedule:
 
 
 @dataclass(frozen=True)
-class _Panel:
-    """Returns ``[T, N]`` (row r: close r-1 to close r), where they are usable, where assets trade, and the
-    assets' sectors (``None`` when the market carries none)."""
+class ReturnsPanel:
+    """Returns ``[T, N]`` (row r: close r-1 to close r, 0 where unusable), where they are usable (priced and
+    tradable on both closes), where assets trade, and the assets' sectors (``None`` when the market carries
+    none)."""
 
     returns: np.ndarray
     valid: np.ndarray
@@ -53,7 +54,8 @@ class _Panel:
     sectors: np.ndarray | None = None
 
 
-def _panel(market: MarketArrays) -> _Panel:
+def returns_panel(market: MarketArrays) -> ReturnsPanel:
+    """The close-to-close returns every trailing-window fit reads (allocators, the sizing layer)."""
     close = market.close
     live = np.isfinite(close) & (close > 0.0)
     tradable = getattr(market, "tradable", None)
@@ -65,7 +67,7 @@ def _panel(market: MarketArrays) -> _Panel:
     valid = np.zeros_like(live)
     valid[1:] = live[1:] & live[:-1]
     sectors = None if market.sectors is None else np.asarray(market.sectors, dtype=object)
-    return _Panel(np.where(valid, returns, 0.0), valid, live, sectors)
+    return ReturnsPanel(np.where(valid, returns, 0.0), valid, live, sectors)
 
 
 def is_rebalance_day(day: int, config: AllocatorConfig) -> bool:
@@ -73,7 +75,7 @@ def is_rebalance_day(day: int, config: AllocatorConfig) -> bool:
     return day % config.rebalance_every == 0
 
 
-def _allocate(panel: _Panel, day: int, config: AllocatorConfig) -> Allocation:
+def _allocate(panel: ReturnsPanel, day: int, config: AllocatorConfig) -> Allocation:
     """The fit at close ``day``: reads rows ``<= day`` of the panel only."""
     live = panel.live[day]
     rows = slice(max(1, day - config.window + 1), day + 1)
@@ -103,7 +105,7 @@ def _day_index(market: MarketArrays, day: int) -> int:
 
 def allocation_at(market: MarketArrays, day: int, config: AllocatorConfig) -> Allocation:
     """One fit at the close of bar ``day`` (negative counts from the end: ``-1`` is the latest close)."""
-    return _allocate(_panel(market), _day_index(market, day), config)
+    return _allocate(returns_panel(market), _day_index(market, day), config)
 
 
 def weights_at(market: MarketArrays, day: int, config: AllocatorConfig) -> np.ndarray:
@@ -126,7 +128,7 @@ def allocation_schedule(
     dates = market.dates
     first = 0 if start is None else int(dates.searchsorted(pd.Timestamp(start)))
     stop = len(dates) if end is None else int(dates.searchsorted(pd.Timestamp(end), "right"))
-    panel = _panel(market)
+    panel = returns_panel(market)
     weights = np.zeros((max(stop - first, 0), market.n_assets))
     fallbacks: list[tuple[pd.Timestamp, str]] = []
     current = np.zeros(market.n_assets)
@@ -155,7 +157,9 @@ __all__ = [
     "AllocationSchedule",
     "allocation_at",
     "allocation_schedule",
+    "ReturnsPanel",
     "is_rebalance_day",
+    "returns_panel",
     "weight_schedule",
     "weights_at",
 ]

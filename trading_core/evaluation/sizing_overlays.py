@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from trading_core.allocators.config import AllocatorConfig
-from trading_core.allocators.schedule import AllocationSchedule, allocation_schedule
+from trading_core.allocators.schedule import AllocationSchedule, allocation_schedule, returns_panel
 from trading_core.evaluation.allocator_backtests import allocator_targets
 from trading_core.evaluation.backtester import BacktestRecord, Decide, EventDrivenBacktester
 from trading_core.evaluation.leaderboard import CandidateRun, PeriodFigures
@@ -73,15 +73,13 @@ class _TrailingReturns:
             raise ValueError(
                 f"sizing history must hold the period's dates from {period.dates[0].date()} on, in order"
             )
-        close = history.close
-        live = np.isfinite(close) & (close > 0.0) & np.asarray(history.tradable, dtype=bool)
-        returns = np.zeros_like(close)
-        valid = np.zeros_like(live)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            returns[1:] = close[1:] / close[:-1] - 1.0
-        valid[1:] = live[1:] & live[:-1]
-        self.returns = np.where(valid, returns, 0.0)
-        self.valid, self.offset, self.n_rows = valid, offset, history.n_steps
+        panel = returns_panel(history)
+        self.returns, self.valid, self.offset, self.n_rows = (
+            panel.returns,
+            panel.valid,
+            offset,
+            history.n_steps,
+        )
         self._cache: tuple[int, int, np.ndarray, np.ndarray] | None = None
 
     def window(self, day: int, lookback: int) -> tuple[np.ndarray, np.ndarray]:
