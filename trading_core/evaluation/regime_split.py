@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trading_core.evaluation.metrics import compute_metrics
+from trading_core.evaluation.metrics import compute_metrics, daily_returns
 from trading_core.regimes.model import RegimeModel, market_signals, regime_changes
 
 REGIME_FIGURE_COLUMNS: tuple[str, ...] = (
@@ -94,7 +94,7 @@ def figures_by_regime(equity: pd.Series, regimes: pd.Series, n_regimes: int | No
     labels = decision_regimes(equity, regimes)
     if (equity <= 0).any():
         raise ValueError(f"equity must be positive, got {float(equity.min())}")
-    returns = equity.pct_change().iloc[1:]
+    returns = daily_returns(equity)  # equity is positive: exactly one return per date after the first
     known = labels.notna()
     observed = sorted(int(k) for k in labels[known].unique())
     if n_regimes is not None and observed and observed[-1] >= n_regimes:
