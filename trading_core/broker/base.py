@@ -200,6 +200,34 @@ class Bar:
             raise ValueError(f"bar volume must be a non-negative number, got {self.volume!r}")
 
 
+@dataclass(frozen=True)
+class Quote:
+    """The best bid and offer (NBBO) of one symbol at one time.
+
+    :param bid: best bid price
+    :param ask: best ask price, ``>= bid``
+    :param bid_size: shares bid at ``bid``, ``>= 0``
+    :param ask_size: shares offered at ``ask``, ``>= 0``
+    :param timestamp: when the quote was set (UTC); ``None`` when the source gives no time
+    """
+
+    bid: float
+    ask: float
+    bid_size: float = 0.0
+    ask_size: float = 0.0
+    timestamp: pd.Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.bid) and math.isfinite(self.ask) and 0 < self.bid <= self.ask):
+            raise ValueError(f"a quote needs 0 < bid <= ask, got bid {self.bid} ask {self.ask}")
+        if not all(math.isfinite(s) and s >= 0 for s in (self.bid_size, self.ask_size)):
+            raise ValueError(f"quote sizes must be non-negative, got {self.bid_size}, {self.ask_size}")
+
+    @property
+    def mid(self) -> float:
+        return 0.5 * (self.bid + self.ask)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The interface
 # ----------------------------------------------------------------------------------------------------------

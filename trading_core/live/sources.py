@@ -10,12 +10,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from trading_core.broker.base import Bar
+from trading_core.broker.base import Bar, Quote
 
 EXCHANGE_TIMEZONE = "America/New_York"
 DAILY_CLOSE = pd.Timedelta(hours=16)
@@ -28,10 +28,18 @@ class BarSourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class BarEvent:
-    """The bars of one timestamp (bar end, UTC) by symbol."""
+    """The bars of one timestamp (bar end, UTC) by symbol.
+
+    :param timestamp: the bars' end (UTC): the event's key, decided at most once
+    :param bars: each symbol's bar
+    :param quotes: each symbol's last quote at or before ``timestamp``, where the source has quotes
+    :param received_at: when the event reached this process (UTC), where the source tells
+    """
 
     timestamp: pd.Timestamp
     bars: dict[str, Bar]
+    quotes: dict[str, Quote] = field(default_factory=dict)
+    received_at: pd.Timestamp | None = None
 
 
 def read_bars(
