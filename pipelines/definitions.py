@@ -8,6 +8,8 @@ from pipelines.jobs import (
     champion_monitoring_job,
     full_pipeline_job,
     hyperparameter_search_job,
+    minute_bars_ingestion_job,
+    minute_bars_pipeline_job,
     paper_trading_review_job,
     weekly_retraining_job,
 )
@@ -17,12 +19,14 @@ from pipelines.schedules import (
     paper_trading_review_schedule,
     weekly_retraining_schedule,
 )
-from pipelines.sensors import champion_degradation_sensor, new_market_data_sensor
+from pipelines.sensors import champion_degradation_sensor, intraday_sessions_sensor, new_market_data_sensor
 from trading_assets import (
+    data_quality,
     evaluation,
     execution_quality,
     features,
     ingestion,
+    intraday,
     learning,
     monitoring,
     paper_trading,
@@ -51,6 +55,8 @@ all_assets = dg.load_assets_from_modules(
         tuning,
         monitoring,
         paper_trading,
+        data_quality,
+        intraday,
     ]
 )
 
@@ -62,8 +68,10 @@ defs = dg.Definitions(
         champion_monitoring_job,
         hyperparameter_search_job,
         paper_trading_review_job,
+        minute_bars_ingestion_job,
+        minute_bars_pipeline_job,
     ],
     schedules=[weekly_retraining_schedule, champion_monitoring_schedule, paper_trading_review_schedule],
-    sensors=[new_market_data_sensor, champion_degradation_sensor],
+    sensors=[new_market_data_sensor, champion_degradation_sensor, intraday_sessions_sensor],
     resources=resources_for(),
 )

@@ -19,10 +19,10 @@ def weekly_data_cutoff(start: datetime, end: datetime) -> dict:
     return {"ops": {"raw_daily_bars": {"config": {"as_of": (end - timedelta(days=1)).date().isoformat()}}}}
 
 
-# Monitoring and the paper-trading review run on their own schedules, the hyperparameter search on demand; none
-# belongs to a retraining run.
+# Monitoring and the paper-trading review run on their own schedules, the hyperparameter search on demand, the
+# minute-bar agent in its own jobs; none belongs to a retraining run.
 PIPELINE_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.groups(
-    "monitoring", "tuning", "paper_trading"
+    "monitoring", "tuning", "paper_trading", "intraday"
 )
 # The executor comparison studies minute bars the retraining never trains on: a full run shows it, a weekly
 # retraining does not repeat it.
@@ -63,4 +63,20 @@ paper_trading_review_job = dg.define_asset_job(
     name="paper_trading_review",
     selection=dg.AssetSelection.groups("paper_trading"),
     description="Sessions recorded by paper trading, fill reconciliation against the simulator, and the A/B test.",
+)
+
+# Minute bars: one run per exchange session validates its bars (partitioned), then the agent's job reads them all.
+MINUTE_SESSION_SELECTION = dg.AssetSelection.assets("raw_minute_bars", "validated_minute_bars")
+
+minute_bars_ingestion_job = dg.define_asset_job(
+    name="minute_bars_ingestion",
+    selection=MINUTE_SESSION_SELECTION,
+    description="One partition per exchange session: the session's minute bars, validated by the intraday rules.",
+)
+
+minute_bars_pipeline_job = dg.define_asset_job(
+    name="minute_bars_pipeline",
+    selection=dg.AssetSelection.groups("intraday") - MINUTE_SESSION_SELECTION,
+    description="Every validated session's minute bars to features, a PPO trained on the training sessions, its "
+    "backtest after costs on the test sessions against buy-and-hold, the leaderboard row and the gate.",
 )

@@ -114,6 +114,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how long the broker may stay unreachable before the session stops (default: LiveConfig's)",
     )
     parser.add_argument("--no-calendar", action="store_true", help="trade bars outside exchange hours too")
+    parser.add_argument(
+        "--bus",
+        default=None,
+        help="consume bars from the market-data bus (nats://host:port, kafka://host:port, or embedded) "
+        "as the durable consumer named after the session id; the bars are published by pipelines.market_feed",
+    )
+    parser.add_argument(
+        "--feed", default=None, help="with --bus: the feed to consume (default: market_feed's)"
+    )
+    parser.add_argument(
+        "--bus-idle-timeout-s",
+        type=float,
+        default=None,
+        help="with --bus: end the session after this long without a bar (default: at the end-of-feed marker)",
+    )
     parser.add_argument("--kill", default=None, metavar="REASON", help="engage --session-id's kill switch")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -123,6 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.outage_grace_s is not None and not args.outage_grace_s >= 0:
         parser.error(f"--outage-grace-s must be a non-negative number of seconds, got {args.outage_grace_s}")
+    if args.bus and args.stream:
+        parser.error(
+            "--bus consumes the feed pipelines.market_feed publishes: run the stream there (--stream)"
+        )
+    if (args.feed or args.bus_idle_timeout_s is not None) and not args.bus:
+        parser.error("--feed and --bus-idle-timeout-s need --bus")
     if args.create_if_missing and not args.session_id:
         parser.error("--create-if-missing needs --session-id")
     created = args.new_session_id or (args.session_id if args.create_if_missing else None)
@@ -326,6 +347,7 @@ class Session:
     loop: Any
     events: Iterator
     monitor_url: str | None
+    feed: Any = None  # the bus consumer (--bus): acks each bar once the loop is done with it
 
 
 def open_store(url: str):
@@ -484,6 +506,42 @@ def bar_events(
     return history, replay(frame, start)
 
 
+def bus_feed(
+    args: argparse.Namespace, stack: ExitStack, models: Models, session_id: str
+) -> tuple[pd.DataFrame | None, Any]:
+    """(warm-up history or None, the session's bus consumer): the durable consumer is named after the session, so
+    a resumed session goes on after the last bar it acked.
+
+    ``--bars`` gives the warm-up history (the file's bars before ``--start``, as a replay has it: publish from the
+    same ``--start``); ``--bus embedded`` publishes the session's own replay into an in-process bus first.
+    """
+    from trading_core.live.bus import (
+        DEFAULT_FEED,
+        EMBEDDED_URL,
+        BusFeed,
+        BusSettings,
+        BusUnavailable,
+        bus_for,
+    )
+
+    settings = BusSettings(idle_timeout_s=args.bus_idle_timeout_s)
+    try:
+        bus = bus_for(args.bus, args.feed or DEFAULT_FEED, settings)
+    except (BusUnavailable, ValueError) as error:
+        raise SystemExit(f"--bus {error}") from None
+    stack.callback(bus.close)
+    history = None
+    if args.bus == EMBEDDED_URL:
+        history, events = bar_events(args, stack, models)
+        for event in events:
+            bus.publish(event)
+        bus.end_feed()
+    elif args.bars:
+        frame, start = recorded_bars(args, models.tickers, models.registry, args.model_name, models.version)
+        history = frame[frame["timestamp"] < start].rename(columns={"timestamp": "date"})
+    return history, BusFeed(bus, session_id)
+
+
 def alerting(args: argparse.Namespace, session_id: str, current_loop: Callable[[], Any]) -> tuple:
     """(evaluator, sink) of the session's alerts: to the log, and to ``--alert-webhook`` when given."""
     from trading_core.monitoring.alerts import (
@@ -492,21 +550,24 @@ def alerting(args: argparse.Namespace, session_id: str, current_loop: Callable[[
         FanOutAlertSink,
         LogAlertSink,
         WebhookAlertSink,
+        data_quality_rules,
         default_rules,
     )
 
+    # The bar feed's rules (late, missing, out-of-order bars, stale quotes) beside the standard ones.
+    rules = [*default_rules(), *data_quality_rules()]
     sinks = [LogAlertSink(logger)]
     if args.alert_webhook:
         sinks.append(BackgroundAlertSink(WebhookAlertSink(args.alert_webhook, session_id=session_id)))
     if args.stream:
-        evaluator = AlertEvaluator(default_rules())
+        evaluator = AlertEvaluator(rules)
     else:
         # Replays judge staleness on the replayed clock, live streams on the wall clock.
         def clock() -> float:
             bar_time = current_loop().last_bar_time
             return bar_time.timestamp() if bar_time is not None else 0.0
 
-        evaluator = AlertEvaluator(default_rules(), clock=clock)
+        evaluator = AlertEvaluator(rules, clock=clock)
     return evaluator, FanOutAlertSink(sinks)
 
 
@@ -519,7 +580,12 @@ def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, se
     from trading_core.monitoring.live_metrics import LiveMetrics
     from trading_core.monitoring.server import MonitoringServer
 
-    history, events = bar_events(args, stack, models)  # a bad --bars file stops here, before anything starts
+    # A bad --bars file stops here, before anything starts; so does a bus that does not answer.
+    if args.bus:
+        history, events = bus_feed(args, stack, models, session_id)
+    else:
+        history, events = bar_events(args, stack, models)
+    feed = events if args.bus else None
     market = fake_market(args, stack, models, store, session_id)
     broker = make_broker(args, models, market)
     if market is not None:
@@ -531,6 +597,8 @@ def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, se
         LiveConfig(
             session_id=session_id,
             model_name=args.model_name,
+            # Names the feed in the stored bar arrivals (data quality per feed and day).
+            feed=feed.bus.feed if feed is not None else "alpaca" if args.stream else "replay",
             # A live stream that stops is unready after as long as the stale-data alert waits.
             max_bar_age_s=default_of(default_rules, "max_bar_age_s") if args.stream else None,
             **({"calendar": None} if args.no_calendar else {}),
@@ -553,7 +621,9 @@ def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, se
         )
         monitor_url = server.url
         print(f"Monitoring: {monitor_url}/dashboard  {monitor_url}/metrics  {monitor_url}/healthz")
-    return Session(session_id, loop, events, monitor_url)
+    if feed is not None:
+        feed.metrics = metrics
+    return Session(session_id, loop, events, monitor_url, feed)
 
 
 def run(args: argparse.Namespace, session: Session, models: Models) -> None:
@@ -562,12 +632,21 @@ def run(args: argparse.Namespace, session: Session, models: Models) -> None:
         f"{args.broker} broker"
         + (f", challenger v{models.challenger_version} in shadow" if models.challenger_version else "")
     )
-    session.loop.run(session.events, max_bars=args.max_bars)
+    on_done = session.feed.done if session.feed is not None else None
+    session.loop.run(session.events, max_bars=args.max_bars, on_done=on_done)
 
 
 def report(args: argparse.Namespace, session: Session, store) -> str:
     resume = resume_command(args, session.session_id)
-    return summarize(session.loop, store, session.session_id, store.url, session.monitor_url, resume)
+    text = summarize(session.loop, store, session.session_id, store.url, session.monitor_url, resume)
+    if session.feed is None:
+        return text
+    counts, bus = session.feed.counts, session.feed.bus
+    consumed = (
+        f"Bus {bus.url} feed {bus.feed}: {counts.delivered} bars delivered ({counts.redelivered} redelivered), "
+        f"{session.loop.summary.duplicates} skipped as decided before, {counts.acked} acked"
+    )
+    return text.replace("\nState: ", f"\n{consumed}\nState: ", 1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 ``local`` (default): real sample data shipped with the dependencies, MLflow on sqlite under the state home.
 ``file``: bars from ``RL_TRADING_DATA_PATH`` (CSV/Parquet, long format), optional VIX from ``RL_TRADING_VIX_PATH``.
 ``alpaca``: Alpaca historical bars for ``RL_TRADING_TICKERS`` from ``RL_TRADING_START_DATE``.
+``local`` and ``file`` read intraday bars for the minute-bar jobs from ``RL_TRADING_INTRADAY_PATH`` when it is set.
 ``MLFLOW_TRACKING_URI`` points every set at another MLflow server or database.
 
 :func:`environment_problems` checks every variable the pipeline reads (these, ``RL_TRADING_HOME``,
@@ -39,6 +40,7 @@ MARKET_DATA_ENV: dict[str, str] = {
     "path": "RL_TRADING_DATA_PATH",
     "vix_path": "RL_TRADING_VIX_PATH",
     "alpaca_url_override": "RL_TRADING_ALPACA_DATA_URL",
+    "intraday_path": "RL_TRADING_INTRADAY_PATH",
 }
 _SOURCES = {"local": "sample", "file": "csv", "alpaca": "alpaca"}
 _MLFLOW_DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -83,6 +85,8 @@ def market_data_settings(env: str, environ: Mapping[str, str] | None = None) -> 
     }
     if env == "file":
         settings.update(path=value("path"), vix_path=value("vix_path"))
+    if env != "alpaca":  # Alpaca serves intraday bars itself
+        settings["intraday_path"] = value("intraday_path")
     if env == "alpaca":
         settings["alpaca_url_override"] = value("alpaca_url_override")
     return settings

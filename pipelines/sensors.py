@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from pipelines.jobs import full_pipeline_job
+from pipelines.jobs import full_pipeline_job, minute_bars_ingestion_job
 from resources.market_data import MarketDataResource
+from trading_assets.intraday import INTRADAY_SESSIONS, intraday_source_missing
+from trading_core.data.intraday import session_days
 
 CHAMPION_MONITORING_KEY = dg.AssetKey("champion_monitoring")
 
@@ -110,3 +112,25 @@ def build_champion_degradation_sensor(retrain_on_regime_change: bool = True) -> 
 
 
 champion_degradation_sensor = build_champion_degradation_sensor()
+
+
+@dg.sensor(
+    name="intraday_sessions_sensor",
+    job=minute_bars_ingestion_job,
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Hourly: adds each exchange session the intraday source holds as a partition of the minute bars "
+    "and asks for its ingestion run.",
+)
+def intraday_sessions_sensor(context: dg.SensorEvaluationContext, market_data: MarketDataResource):
+    reason = intraday_source_missing(market_data)
+    if reason is not None:
+        return dg.SkipReason(reason)
+    known = set(context.instance.get_dynamic_partitions(INTRADAY_SESSIONS.name))
+    new = [day for day in session_days(market_data.load_intraday_bars().frame) if day not in known]
+    if not new:
+        return dg.SkipReason(f"no session beyond the {len(known)} known")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"minute-bars-{day}", partition_key=day) for day in new],
+        dynamic_partitions_requests=[INTRADAY_SESSIONS.build_add_request(new)],
+    )

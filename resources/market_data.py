@@ -1,35 +1,58 @@
 """Market-data resource with three sources: shipped sample data, a local file, and Alpaca's historical API.
 
-Its settings are checked when it is built (dates, required settings, file formats, URL); :func:`market_data_problems`
-also checks what the source holds (the file is there and readable, the tickers exist, the window has bars), so a
-run can be refused before any work.
+Daily bars come from any of them; intraday bars (1, 5 or 15 minutes) and quotes (NBBO) from Alpaca or from files
+(``intraday_path``, ``quotes_path``): the sample package has none. Its settings are checked when it is built
+(dates, required settings, file formats, URL, timeframe); :func:`market_data_problems` also checks what the source
+holds (the files are there and readable with the right columns, the tickers exist, the window has bars), so a run
+can be refused before any work.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field, model_validator
 
+from trading_core.data.calendar import (
+    EXCHANGE_TIMEZONE,
+    INTRADAY_TIMEFRAMES,
+    MINUTE,
+    exchange_calendar,
+    infer_bar_length,
+)
 from trading_core.data.files import BARS_FILE_FORMATS, bars_file_format, read_bars_file
 from trading_core.data.sample import SAMPLE_SOURCE, SAMPLE_TICKERS, load_sample_daily_bars
 from trading_core.data.schema import REQUIRED_COLUMNS, select_window
+from trading_core.live.sources import (
+    QUOTE_COLUMNS,
+    read_bars,
+    read_quotes,
+    resample_bars,
+    session_dates,
+    timeframe_length,
+)
 
 ALPACA_KEY_ENV = ("ALPACA_API_KEY", "APCA_API_KEY_ID")
 ALPACA_SECRET_ENV = ("ALPACA_SECRET_KEY", "APCA_API_SECRET_KEY")
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 VIX_COLUMNS = ("date", "close")
 MAX_TICKERS_SHOWN = 40
+#: the shared intraday layout: exchange-time naive ``datetime`` labelled at the bar's end
+INTRADAY_COLUMNS = ("datetime", "tic", "open", "high", "low", "close", "volume")
+DEFAULT_INTRADAY_TIMEFRAME = "1Min"
+INTRADAY_FILE = f"{BARS_FILE_FORMATS} intraday bars file"
+QUOTES_FILE = f"{BARS_FILE_FORMATS} quotes file"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +105,15 @@ def _static_problems(settings: Mapping[str, Any]) -> list[SettingProblem]:
         problems.append(
             SettingProblem("vix_path", vix_path, "a .csv or .csv.gz file of daily VIX (date, close)")
         )
+    timeframe = settings.get("intraday_timeframe", DEFAULT_INTRADAY_TIMEFRAME)
+    if timeframe not in INTRADAY_TIMEFRAMES:
+        problems.append(
+            SettingProblem("intraday_timeframe", timeframe, f"one of {', '.join(INTRADAY_TIMEFRAMES)}")
+        )
+    for name, what in (("intraday_path", INTRADAY_FILE), ("quotes_path", QUOTES_FILE)):
+        value = settings.get(name)
+        if value and bars_file_format(value) is None:
+            problems.append(SettingProblem(name, value, f"a {what}"))
     if source == "alpaca":
         if not tickers:
             problems.append(
@@ -98,8 +130,10 @@ def _static_problems(settings: Mapping[str, Any]) -> list[SettingProblem]:
     return problems
 
 
-def _file_problems(field: str, path: str, columns: tuple[str, ...], what: str) -> list[SettingProblem]:
-    """Whether ``path`` is a readable file whose header holds ``columns``."""
+def _file_problems(
+    field: str, path: str, columns: tuple[str, ...], what: str, one_of: tuple[str, ...] = ()
+) -> list[SettingProblem]:
+    """Whether ``path`` is a readable file whose header holds ``columns`` and, if given, one of ``one_of``."""
     file = Path(path)
     if not file.exists():
         return [SettingProblem(field, path, f"an existing {what} (no such file)")]
@@ -118,6 +152,9 @@ def _file_problems(field: str, path: str, columns: tuple[str, ...], what: str) -
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return [SettingProblem(field, path, f"a readable {what} ({reason})")]
     missing = [c for c in columns if c not in header]
+    if one_of and not set(one_of) & set(header):
+        missing.append(" or ".join(one_of))
+        columns = (*columns, " or ".join(one_of))
     if missing:
         return [
             SettingProblem(
@@ -224,13 +261,29 @@ def market_data_problems(settings: Mapping[str, Any], check_sources: bool = True
         return problems
     source = settings.get("source", "sample")
     path, vix_path = settings.get("path"), settings.get("vix_path")
-    for field, file, columns, what in (
-        ("path", path if source == "csv" else None, REQUIRED_COLUMNS, f"{BARS_FILE_FORMATS} bars file"),
-        ("vix_path", vix_path, VIX_COLUMNS, "CSV file of daily VIX"),
+    # Alpaca gives intraday bars and quotes itself: the files are read only by the other sources.
+    from_file = source != "alpaca"
+    for field, file, columns, what, one_of in (
+        ("path", path if source == "csv" else None, REQUIRED_COLUMNS, f"{BARS_FILE_FORMATS} bars file", ()),
+        ("vix_path", vix_path, VIX_COLUMNS, "CSV file of daily VIX", ()),
+        (
+            "intraday_path",
+            settings.get("intraday_path") if from_file else None,
+            INTRADAY_COLUMNS,
+            INTRADAY_FILE,
+            (),
+        ),
+        (
+            "quotes_path",
+            settings.get("quotes_path") if from_file else None,
+            QUOTE_COLUMNS[1:],
+            QUOTES_FILE,
+            ("timestamp", "datetime"),
+        ),
     ):
         if not file:
             continue
-        found = _file_problems(field, file, columns, what)
+        found = _file_problems(field, file, columns, what, one_of)
         if found and not Path(file).is_file():
             # A missing file or a directory says more than its name's suffix does.
             problems = [p for p in problems if p.field != field]
@@ -254,12 +307,56 @@ def _first_env(names: tuple[str, ...]) -> str | None:
     return next((os.environ[n] for n in names if os.environ.get(n)), None)
 
 
+def _session_date(name: str, value: str | None) -> date | None:
+    """A session date argument (``YYYY-MM-DD``) as a date; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    parsed = _iso_date(value)
+    if parsed is None:
+        raise ValueError(f"{name}={value!r}: expected a session date YYYY-MM-DD")
+    return parsed
+
+
+def _in_window(days: pd.Series, first: date | None, last: date | None) -> pd.Series:
+    """Which exchange dates (naive midnights) lie within ``first .. last`` (inclusive; ``None`` is open)."""
+    keep = pd.Series(True, index=days.index)
+    if first is not None:
+        keep &= days >= pd.Timestamp(first)
+    if last is not None:
+        keep &= days <= pd.Timestamp(last)
+    return keep
+
+
+def _exchange_midnight(day: date) -> datetime:
+    """The start of ``day`` in exchange time, as an aware datetime (what Alpaca's requests take)."""
+    return pd.Timestamp(day).tz_localize(EXCHANGE_TIMEZONE).to_pydatetime()
+
+
+def _regular_session(timestamps: pd.Series, bar_length: pd.Timedelta) -> pd.Series:
+    """Which bars (UTC ends) lie inside their day's regular session, from the exchange calendar (half days
+    close early; a day that is no session has none)."""
+    schedule = exchange_calendar().schedule
+    days = session_dates(timestamps, bar_length).to_numpy()
+    # Naive UTC datetime64 arrays: NaT (no session that day) compares False both ways, so such bars are dropped.
+    opens = schedule["open"].dt.tz_convert(None).reindex(days).to_numpy()
+    closes = schedule["close"].dt.tz_convert(None).reindex(days).to_numpy()
+    ends = timestamps.dt.tz_convert("UTC").dt.tz_convert(None)
+    starts = (ends - bar_length).to_numpy()
+    return pd.Series((starts >= opens) & (ends.to_numpy() <= closes), index=timestamps.index)
+
+
+def _timeframe_name(length: pd.Timedelta) -> str:
+    """``15Min`` for 15 minutes: Alpaca's name of a bar length."""
+    return f"{length // MINUTE}Min" if length % MINUTE == pd.Timedelta(0) else str(length)
+
+
 class MarketDataResource(dg.ConfigurableResource):
     """Daily OHLCV bars in the long format ``date, tic, open, high, low, close, volume``.
 
     ``sample`` (default) reads real daily bars shipped in the ``bokeh-sampledata`` package; ``csv`` reads a CSV
     or Parquet file; ``alpaca`` calls Alpaca's historical bars API with keys from ``ALPACA_API_KEY`` and
-    ``ALPACA_SECRET_KEY``.
+    ``ALPACA_SECRET_KEY``. :meth:`load_intraday_bars` and :meth:`load_quotes` give intraday bars and quotes from
+    Alpaca, or from ``intraday_path`` / ``quotes_path`` for the other sources.
     """
 
     source: Literal["sample", "csv", "alpaca"] = Field(default="sample", description="where bars come from")
@@ -276,9 +373,33 @@ class MarketDataResource(dg.ConfigurableResource):
     vix_path: str | None = Field(
         default=None, description="optional CSV of daily VIX (date, close) joined as a feature"
     )
-    max_retries: int = Field(default=4, ge=0, description="retries of a failed Alpaca request")
+    max_retries: int = Field(default=4, ge=0, description="retries of a failed Alpaca request (each page)")
     retry_wait_seconds: float = Field(
         default=1.0, ge=0, description="first wait between retries; doubles each time"
+    )
+    intraday_path: str | None = Field(
+        default=None,
+        description="CSV or Parquet intraday bars (datetime,tic,open,high,low,close,volume; exchange time, "
+        "labelled at the bar's end) for the sample and csv sources",
+    )
+    intraday_timeframe: str = Field(
+        default=DEFAULT_INTRADAY_TIMEFRAME,
+        description=f"the intraday bar length loaded by default: {', '.join(INTRADAY_TIMEFRAMES)}",
+    )
+    intraday_adjustment: Literal["raw", "split", "dividend", "all"] = Field(
+        default="split",
+        description="Alpaca's price adjustment of intraday bars: split keeps days comparable across a split "
+        "and equals the live stream's raw prices since the last one",
+    )
+    regular_session_only: bool = Field(
+        default=True,
+        description="keep only Alpaca's intraday bars inside the exchange's regular session (its calendar's "
+        "open to close, half days included), as the intraday files hold",
+    )
+    quotes_path: str | None = Field(
+        default=None,
+        description="CSV or Parquet quotes (timestamp UTC or datetime exchange time, tic, bid, ask, bid_size, "
+        "ask_size) for the sample and csv sources",
     )
 
     @model_validator(mode="after")
@@ -290,7 +411,18 @@ class MarketDataResource(dg.ConfigurableResource):
 
     def settings(self) -> dict[str, Any]:
         """The fields :func:`market_data_problems` checks."""
-        names = ("source", "path", "tickers", "start_date", "end_date", "vix_path", "alpaca_url_override")
+        names = (
+            "source",
+            "path",
+            "tickers",
+            "start_date",
+            "end_date",
+            "vix_path",
+            "alpaca_url_override",
+            "intraday_path",
+            "intraday_timeframe",
+            "quotes_path",
+        )
         return {name: getattr(self, name) for name in names}
 
     def load_daily_bars(self) -> RawBars:
@@ -318,17 +450,108 @@ class MarketDataResource(dg.ConfigurableResource):
         vix = pd.read_csv(self.vix_path, usecols=["date", "close"], parse_dates=["date"])
         return vix.dropna().set_index("date")["close"].sort_index()
 
-    def _load_from_alpaca(self) -> RawBars:
+    def load_intraday_bars(
+        self, start: str | None = None, end: str | None = None, timeframe: str | None = None
+    ) -> RawBars:
+        """Intraday bars ``timestamp`` (UTC, the bar's END), ``tic``, ``open``, ``high``, ``low``, ``close``,
+        ``volume`` (and ``trade_count``, ``vwap`` where Alpaca gives them) of the sessions ``start .. end``.
+
+        Alpaca's bars (stamped by their start) come at the asked timeframe, adjusted by ``intraday_adjustment``,
+        inside the regular session when ``regular_session_only``. A file gives its own bar length or a coarser
+        multiple of it, resampled within each session (open first, high max, low min, close last, volume summed).
+
+        :param start: first session (exchange date) YYYY-MM-DD, inclusive; default ``start_date``
+        :param end: last session, inclusive; default ``end_date`` (none: up to the newest bar)
+        :param timeframe: ``1Min``, ``5Min`` or ``15Min``; default ``intraday_timeframe``
+        :raises ValueError: one line: a bad date or timeframe, no intraday source, a file at a coarser or
+            incompatible bar, tickers without bars, missing keys
+        """
+        timeframe = timeframe or self.intraday_timeframe
+        length = timeframe_length(timeframe)
+        first = _session_date("start", start or self.start_date)
+        last = _session_date("end", end or self.end_date)
+        if first is not None and last is not None and last < first:
+            raise ValueError(
+                f"end={last.isoformat()!r}: expected a session on or after start {first.isoformat()}"
+            )
+        if self.source == "alpaca":
+            return self._load_intraday_from_alpaca(first, last, timeframe)
+        if not self.intraday_path:
+            raise ValueError(
+                f"market data source {self.source!r} has no intraday bars: set intraday_path to an intraday file "
+                f"({','.join(INTRADAY_COLUMNS)}) or use source 'alpaca'"
+            )
+        path = self.intraday_path
+        frame = read_bars(path, self.tickers or None, validate=False)
+        try:
+            native = infer_bar_length(frame["timestamp"])
+        except ValueError:
+            raise ValueError(
+                f"intraday_path={path!r}: needs two bars inside one session to tell its bar length"
+            ) from None
+        if length < native or length % native != pd.Timedelta(0):
+            raise ValueError(
+                f"intraday_path={path!r} holds {_timeframe_name(native)} bars: it cannot give {timeframe} bars "
+                f"(only {_timeframe_name(native)} or a multiple of it)"
+            )
+        frame = frame[_in_window(session_dates(frame["timestamp"], native), first, last)]
+        source = f"file {path}"
+        if length != native:
+            frame = resample_bars(frame, length)
+            source += f" ({_timeframe_name(native)} bars resampled to {timeframe})"
+        return RawBars(frame.reset_index(drop=True), source, str(path))
+
+    def load_quotes(self, start: str | None = None, end: str | None = None) -> pd.DataFrame:
+        """Quotes (NBBO) ``timestamp`` (UTC), ``tic``, ``bid``, ``ask``, ``bid_size``, ``ask_size`` of the sessions
+        ``start .. end`` (by the quote's exchange date, extended hours included), sorted by time.
+
+        Alpaca's historical quotes for ``tickers``, or the ``quotes_path`` file for the other sources. Quotes
+        are as the source gave them: :func:`trading_core.live.sources.usable_quotes` tells which are a usable NBBO.
+
+        :param start: first session YYYY-MM-DD, inclusive; default ``start_date``
+        :param end: last session, inclusive; default ``end_date`` (none: up to the newest quote)
+        :raises ValueError: one line: a bad date, no quotes source, an unreadable file, missing keys
+        """
+        first = _session_date("start", start or self.start_date)
+        last = _session_date("end", end or self.end_date)
+        if self.source == "alpaca":
+            frame = self._load_quotes_from_alpaca(first, last)
+        elif not self.quotes_path:
+            raise ValueError(
+                f"market data source {self.source!r} has no quotes: set quotes_path to a quotes file "
+                f"(timestamp or datetime,{','.join(QUOTE_COLUMNS[1:])}) or use source 'alpaca'"
+            )
+        else:
+            frame = read_quotes(self.quotes_path, self.tickers or None)
+        days = session_dates(frame["timestamp"], pd.Timedelta(0))
+        return frame[_in_window(days, first, last)].reset_index(drop=True)
+
+    # ---------------------------------------------------------------------------------------------- Alpaca
+
+    def _with_retries(self, request: Callable[[], T]) -> T:
+        """``request()``, retried on throttling (429), server errors and dropped connections, ``max_retries``
+        times with waits doubling from ``retry_wait_seconds``; other errors (a bad request, bad keys) at once."""
         from alpaca.common.exceptions import APIError
-        from alpaca.data.enums import Adjustment, DataFeed
-        from alpaca.data.historical import StockHistoricalDataClient
-        from alpaca.data.requests import StockBarsRequest
-        from alpaca.data.timeframe import TimeFrame
         from requests.exceptions import ConnectionError as RequestsConnectionError
         from requests.exceptions import Timeout
 
-        if not self.tickers or not self.start_date:
-            raise ValueError("market data source 'alpaca' needs tickers and a start_date")
+        wait = self.retry_wait_seconds
+        for attempt in range(self.max_retries + 1):
+            try:
+                return request()
+            except (APIError, RequestsConnectionError, Timeout) as error:
+                status = getattr(error, "status_code", None)
+                retryable = status in RETRYABLE_STATUS or not isinstance(error, APIError)
+                if not retryable or attempt == self.max_retries:
+                    raise
+                time.sleep(wait)
+                wait *= 2
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _alpaca_client(self):
+        """alpaca-py's historical client with this resource's retry policy on every page it fetches."""
+        from alpaca.data.historical import StockHistoricalDataClient
+
         api_key, secret_key = _first_env(ALPACA_KEY_ENV), _first_env(ALPACA_SECRET_ENV)
         if not api_key or not secret_key:
             raise ValueError(
@@ -337,6 +560,28 @@ class MarketDataResource(dg.ConfigurableResource):
         client = StockHistoricalDataClient(api_key, secret_key, url_override=self.alpaca_url_override)
         # alpaca-py retries 429 itself, sleeping a fixed 3 s; this resource owns the retry policy instead.
         client._retry = 0
+        fetch_page = client.get
+        # alpaca-py follows next_page_token through client.get: retried there, a throttled page 40 is fetched
+        # again on its own instead of the 39 before it.
+        client.get = lambda *args, **kwargs: self._with_retries(lambda: fetch_page(*args, **kwargs))
+        return client
+
+    def _require_alpaca_symbols(self, frame: pd.DataFrame, first: object) -> None:
+        missing = sorted(set(self.tickers) - set(frame.get("symbol", ())))
+        if missing:
+            raise ValueError(
+                f"Alpaca returned no bars for {', '.join(missing)} from {first}: unknown ticker(s), or "
+                "none traded in the window"
+            )
+
+    def _load_from_alpaca(self) -> RawBars:
+        from alpaca.data.enums import Adjustment, DataFeed
+        from alpaca.data.requests import StockBarsRequest
+        from alpaca.data.timeframe import TimeFrame
+
+        if not self.tickers or not self.start_date:
+            raise ValueError("market data source 'alpaca' needs tickers and a start_date")
+        client = self._alpaca_client()
         request = StockBarsRequest(
             symbol_or_symbols=list(self.tickers),
             timeframe=TimeFrame.Day,
@@ -345,25 +590,8 @@ class MarketDataResource(dg.ConfigurableResource):
             adjustment=Adjustment.ALL,
             feed=DataFeed(self.alpaca_feed),
         )
-        wait = self.retry_wait_seconds
-        for attempt in range(self.max_retries + 1):
-            try:
-                bar_set = client.get_stock_bars(request)  # pages through next_page_token itself
-                break
-            except (APIError, RequestsConnectionError, Timeout) as error:
-                status = getattr(error, "status_code", None)
-                retryable = status in RETRYABLE_STATUS or not isinstance(error, APIError)
-                if not retryable or attempt == self.max_retries:
-                    raise
-                time.sleep(wait)
-                wait *= 2
-        frame = bar_set.df.reset_index()
-        missing = sorted(set(self.tickers) - set(frame.get("symbol", ())))
-        if missing:
-            raise ValueError(
-                f"Alpaca returned no bars for {', '.join(missing)} from {self.start_date}: unknown ticker(s), or "
-                "none traded in the window"
-            )
+        frame = client.get_stock_bars(request).df.reset_index()  # pages through next_page_token itself
+        self._require_alpaca_symbols(frame, self.start_date)
         frame = pd.DataFrame(
             {
                 "date": pd.to_datetime(frame["timestamp"])
@@ -380,3 +608,73 @@ class MarketDataResource(dg.ConfigurableResource):
         ).sort_values(["date", "tic"], ignore_index=True)
         url = self.alpaca_url_override or "Alpaca market data API"
         return RawBars(frame, f"Alpaca daily bars ({self.alpaca_feed} feed, all adjustments)", url)
+
+    def _alpaca_window(self, first: date | None, last: date | None) -> dict[str, datetime | None]:
+        """``start`` and ``end`` of a request for the sessions ``first .. last`` (whole exchange days)."""
+        if not self.tickers or first is None:
+            raise ValueError(
+                "market data source 'alpaca' needs tickers and a start date (start or start_date)"
+            )
+        end = _exchange_midnight(last + timedelta(days=1)) - timedelta(microseconds=1) if last else None
+        return {"start": _exchange_midnight(first), "end": end}
+
+    def _load_intraday_from_alpaca(self, first: date | None, last: date | None, timeframe: str) -> RawBars:
+        from alpaca.data.enums import Adjustment, DataFeed
+        from alpaca.data.requests import StockBarsRequest
+        from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
+
+        length = timeframe_length(timeframe)
+        window = self._alpaca_window(first, last)
+        request = StockBarsRequest(
+            symbol_or_symbols=list(self.tickers),
+            timeframe=TimeFrame(length // MINUTE, TimeFrameUnit.Minute),
+            adjustment=Adjustment(self.intraday_adjustment),
+            feed=DataFeed(self.alpaca_feed),
+            **window,
+        )
+        raw = self._alpaca_client().get_stock_bars(request).df.reset_index()
+        self._require_alpaca_symbols(raw, first)
+        # Alpaca stamps a bar with its start; the project labels bars by their end.
+        columns = {
+            "timestamp": pd.to_datetime(raw["timestamp"], utc=True) + length,
+            "tic": raw["symbol"].astype(str),
+        }
+        for name in ("open", "high", "low", "close", "volume", "trade_count", "vwap"):
+            if name in raw.columns:  # alpaca-py drops the columns Alpaca left null (trade_count, vwap)
+                columns[name] = raw[name].astype(float)
+        frame = pd.DataFrame(columns)
+        keep = _in_window(session_dates(frame["timestamp"], length), first, last)
+        if self.regular_session_only:
+            keep &= _regular_session(frame["timestamp"], length)
+        frame = frame[keep].sort_values(["timestamp", "tic"], ignore_index=True)
+        url = self.alpaca_url_override or "Alpaca market data API"
+        description = (
+            f"Alpaca {timeframe} bars ({self.alpaca_feed} feed, {self.intraday_adjustment} adjustment)"
+        )
+        return RawBars(frame, description, url)
+
+    def _load_quotes_from_alpaca(self, first: date | None, last: date | None) -> pd.DataFrame:
+        from alpaca.data.enums import DataFeed
+        from alpaca.data.requests import StockQuotesRequest
+
+        request = StockQuotesRequest(
+            symbol_or_symbols=list(self.tickers),
+            feed=DataFeed(self.alpaca_feed),
+            **self._alpaca_window(first, last),
+        )
+        raw = self._alpaca_client().get_stock_quotes(request).df.reset_index()
+        if raw.empty:
+            return pd.DataFrame({c: pd.Series(dtype=float) for c in QUOTE_COLUMNS}).astype(
+                {"timestamp": "datetime64[ns, UTC]", "tic": str}
+            )
+        frame = pd.DataFrame(
+            {
+                "timestamp": pd.to_datetime(raw["timestamp"], utc=True),
+                "tic": raw["symbol"].astype(str),
+                "bid": raw["bid_price"].astype(float),
+                "ask": raw["ask_price"].astype(float),
+                "bid_size": raw["bid_size"].astype(float),
+                "ask_size": raw["ask_size"].astype(float),
+            }
+        )
+        return frame.sort_values(["timestamp", "tic"], kind="stable", ignore_index=True)

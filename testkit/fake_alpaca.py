@@ -1,14 +1,18 @@
-"""A local fake of Alpaca: the trading REST API, the historical bars API and the bar stream.
+"""A local fake of Alpaca: the trading REST API, the historical bars and quotes API and the bar and quote stream.
 
 Tests point the real alpaca-py clients at it (``TradingClient``, ``StockHistoricalDataClient`` and
 ``StockDataStream`` all take ``url_override``), and a local paper session can run against it in the foreground:
 
     python -m testkit.fake_alpaca --bars ../shared/data/intraday_1min_us_equities_2019.csv.gz \\
-        --port 8765 --stream-port 8766 [--replay-speed 60]
+        --port 8765 --stream-port 8766 [--replay-speed 60] [--quotes recorded_quotes.csv]
 
 It prints the REST URL (trading and market data) and the stream URL; the keys are ``ALPACA_API_KEY`` /
 ``ALPACA_SECRET_KEY`` from the environment, else ``test-key`` / ``test-secret``. With ``--replay-speed`` the
 bars are streamed in time order once a client subscribes (60 plays a minute of market time per second).
+
+The historical bars API serves the bars it was given at any coarser timeframe Alpaca names (``5Min``, ``15Min``,
+``1Day``...), aggregated as Alpaca does, and stamps every bar with its START as Alpaca does: intraday bars given
+to the fake are labelled at their end, as in the project's files (naive exchange time), daily bars by their date.
 
 Orders fill like the project's simulator, on the next bar: a market order fills at the open of the next bar
 published for its symbol, a limit order when a later bar trades through its limit. Faults are injected per
@@ -27,6 +31,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import threading
 import time
 import uuid
@@ -50,6 +55,7 @@ DEFAULT_API_KEY = "test-key"
 DEFAULT_SECRET = "test-secret"
 MARKET_TIMEZONE = "America/New_York"
 BARS_ROUTE = "/v2/stocks/bars"
+QUOTES_ROUTE = "/v2/stocks/quotes"
 FAKE_BARS_ROUTE = "/_fake/bars"  # not Alpaca's: lets a replaying process advance the fake market
 STREAM_CHANNELS = (
     "trades",
@@ -69,6 +75,10 @@ JOURNAL_FORMAT = 1
 _INVALID = 40010001
 _FORBIDDEN = 40310000
 _NOT_FOUND = 40410000
+_UNPROCESSABLE = 42210000  # the market-data API's code for a query it cannot answer (an unknown timeframe...)
+QUOTE_FIELDS = ("tic", "bid", "ask", "bid_size", "ask_size")
+TIMEFRAME_UNITS = {"Min": pd.Timedelta(minutes=1), "Hour": pd.Timedelta(hours=1), "Day": pd.Timedelta(days=1)}
+DAY = pd.Timedelta(days=1)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -102,6 +112,76 @@ def normalise_bars(bars: pd.DataFrame | None) -> pd.DataFrame:
         dates = dates.dt.tz_convert(MARKET_TIMEZONE).dt.tz_localize(None)
     frame["date"] = dates
     return frame.sort_values(["tic", "date"]).reset_index(drop=True)
+
+
+def normalise_quotes(quotes: pd.DataFrame | None) -> pd.DataFrame:
+    """Quotes with a UTC ``timestamp``, sorted by symbol and time, whatever the input called its time column.
+
+    :param quotes: columns ``timestamp`` (UTC when naive) or ``datetime`` (exchange time when naive), ``tic``,
+        ``bid``, ``ask``, ``bid_size``, ``ask_size``
+    """
+    columns = ["timestamp", *QUOTE_FIELDS]
+    if quotes is None:
+        return pd.DataFrame(columns=columns)
+    time_column = "timestamp" if "timestamp" in quotes.columns else "datetime"
+    stamps = pd.to_datetime(quotes[time_column])
+    if stamps.dt.tz is None:
+        stamps = stamps.dt.tz_localize("UTC" if time_column == "timestamp" else MARKET_TIMEZONE)
+    frame = quotes[list(QUOTE_FIELDS)].assign(timestamp=stamps.dt.tz_convert("UTC"))[columns]
+    return frame.sort_values(["tic", "timestamp"], kind="stable", ignore_index=True)
+
+
+def parse_timeframe(timeframe: str) -> pd.Timedelta | None:
+    """The length Alpaca's timeframe name means (``15Min``, ``1Hour``, ``1Day``); ``None`` for one the fake
+    does not know (weeks, months) or Alpaca refuses (``60Min``, ``2Day``)."""
+    match = re.fullmatch(r"([1-9][0-9]*)(Min|Hour|Day)", timeframe)
+    if match is None:
+        return None
+    amount, unit = int(match[1]), match[2]
+    # Alpaca's own limits: minutes 1-59, hours 1-23, one day.
+    if amount > {"Min": 59, "Hour": 23, "Day": 1}[unit]:
+        return None
+    return amount * TIMEFRAME_UNITS[unit]
+
+
+def bars_at(bars: pd.DataFrame, timeframe: str) -> pd.DataFrame | str:
+    """``bars`` (from :func:`normalise_bars`) as Alpaca serves them at ``timeframe``: ``tic``, ``start`` (UTC, the
+    bar's start, as Alpaca stamps bars), ``day`` (naive exchange date of the session) and OHLCV, sorted by
+    symbol and time; or why the fake cannot serve that timeframe.
+
+    Daily bars (every time a midnight) are labelled by their date; intraday ones at their end, as in the
+    project's files. Coarser bars are aggregated as Alpaca does: open first, high max, low min, close last,
+    volume summed, minute intervals on the clock and days by session.
+
+    :param bars: the fake's bars
+    :param timeframe: Alpaca's timeframe name, e.g. ``1Min``, ``15Min``, ``1Day``
+    """
+    from trading_core.data.calendar import infer_bar_length
+    from trading_core.live.sources import resample_bars, session_dates
+
+    columns = ["tic", "start", "day", "open", "high", "low", "close", "volume"]
+    target = parse_timeframe(timeframe)
+    if target is None:
+        return f"invalid timeframe {timeframe!r}"
+    if bars.empty:
+        return pd.DataFrame(columns=columns)
+    daily = bool((bars["date"] == bars["date"].dt.normalize()).all())
+    ends = bars["date"].dt.tz_localize(MARKET_TIMEZONE).dt.tz_convert("UTC")
+    native = DAY if daily else infer_bar_length(ends)
+    if target == DAY:
+        day = bars["date"] if daily else session_dates(ends, native)
+        rules = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+        frame = bars.assign(day=day).groupby(["tic", "day"], sort=True).agg(rules).reset_index()
+        frame["start"] = frame["day"].dt.tz_localize(MARKET_TIMEZONE).dt.tz_convert("UTC")
+    elif daily or target % native != pd.Timedelta(0) or pd.Timedelta(hours=1) % target != pd.Timedelta(0):
+        return f"the fake holds {native} bars: it cannot serve timeframe {timeframe!r}"
+    else:
+        frame = bars.drop(columns="date").assign(timestamp=ends)
+        if target != native:
+            frame = resample_bars(frame, target)
+        frame["start"] = frame["timestamp"] - target
+        frame["day"] = session_dates(frame["timestamp"], target)
+    return frame[columns].sort_values(["tic", "start"], kind="stable", ignore_index=True)
 
 
 def _iso(timestamp: pd.Timestamp) -> str:
@@ -254,17 +334,21 @@ class AccountJournal:
 
 
 class FakeAlpacaDataServer:
-    """Alpaca's historical bars API (``GET /v2/stocks/bars``) on a loopback port, with fault injection.
+    """Alpaca's historical bars and quotes API (``GET /v2/stocks/bars``, ``GET /v2/stocks/quotes``) on a loopback
+    port, with fault injection.
 
-    Bars are served ``page_size`` at a time through ``next_page_token``. Requests without the right
-    ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers get 401.
+    Bars (at the ``timeframe`` asked, see :func:`bars_at`) and quotes are served ``min(limit, page_size)`` at a
+    time through ``page_token`` / ``next_page_token``, symbol by symbol in time order, between the request's
+    ``start`` and ``end`` (inclusive; intraday bars by their start in UTC, daily bars by their exchange date).
+    Requests without the right ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` headers get 401.
 
     :param bars: long-format bars (``date`` or ``datetime``, ``tic``, OHLCV)
-    :param page_size: bars per page
+    :param page_size: the most bars or quotes per page, whatever the request's ``limit``
     :param api_key: the accepted key id
     :param secret: the accepted secret key
     :param port: TCP port, 0 for any free one
     :param seed: seed of the draws of faults injected with a ``probability``
+    :param quotes: quotes for the historical API (see :func:`normalise_quotes`)
     """
 
     def __init__(
@@ -276,9 +360,13 @@ class FakeAlpacaDataServer:
         *,
         port: int = 0,
         seed: int = 0,
+        quotes: pd.DataFrame | None = None,
     ) -> None:
         self.bars = normalise_bars(bars)
+        self.quotes = normalise_quotes(quotes)
         self.page_size = page_size
+        # Keyed by the frame too: a test may replace `bars` after the server started.
+        self._bars_by_timeframe: dict[tuple[int, str], pd.DataFrame | str] = {}
         self.api_key, self.secret = api_key, secret
         #: statuses answered, in order, to the next requests whatever their route (shorthand for inject)
         self.injected_errors: deque[int] = deque()
@@ -387,7 +475,7 @@ class FakeAlpacaDataServer:
         path, query = parsed.path, parse_qs(parsed.query)
         with self._lock:
             self.route_counts[_route_name(method, path)] += 1
-            if path == BARS_ROUTE:
+            if path in (BARS_ROUTE, QUOTES_ROUTE):
                 self.requests.append(query)
             if (
                 headers.get("APCA-API-KEY-ID") != self.api_key
@@ -441,28 +529,59 @@ class FakeAlpacaDataServer:
     ) -> _Reply:
         """Route an authorised request (called with the lock held)."""
         if method == "GET" and path == BARS_ROUTE:
-            return _Reply(200, self._bars_page(query))
+            return self._bars_page(query)
+        if method == "GET" and path == QUOTES_ROUTE:
+            return self._quotes_page(query)
         return _Reply(404, _error(_NOT_FOUND, f"no route {method} {path}"))
 
-    def _bars_page(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        symbols = query["symbols"][0].split(",")
-        # Dates compare in exchange time, so a daily bar dated D is inside `end=D` as Alpaca users expect.
-        start = pd.Timestamp(query["start"][0]).tz_localize(None) if "start" in query else None
-        end = pd.Timestamp(query["end"][0]).tz_localize(None) if "end" in query else None
-        rows = self.bars[self.bars["tic"].isin(symbols)]
-        if start is not None:
-            rows = rows[rows["date"] >= start.normalize()]
-        if end is not None:
-            rows = rows[rows["date"] <= end]
-        offset = int(query.get("page_token", ["0"])[0] or 0)
-        page = rows.iloc[offset : offset + self.page_size]
+    def _page_bounds(self, query: dict[str, list[str]], size: int) -> tuple[int, int] | str:
+        """The rows ``[offset, stop)`` of this page (from ``page_token`` and ``limit``), or why not."""
+        try:
+            offset = int(query.get("page_token", ["0"])[0] or 0)
+            limit = int(query.get("limit", [str(self.page_size)])[0] or self.page_size)
+        except ValueError:
+            return "page_token and limit must be integers"
+        if offset < 0 or not 1 <= limit <= 10_000:
+            return "limit must be between 1 and 10000"
+        return offset, min(offset + min(limit, self.page_size), size)
+
+    @staticmethod
+    def _window(query: dict[str, list[str]]) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+        """The request's ``start`` and ``end`` in UTC (Alpaca reads a time without offset as UTC)."""
+
+        def utc(name: str) -> pd.Timestamp | None:
+            if name not in query:
+                return None
+            value = pd.Timestamp(query[name][0])
+            return value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
+
+        return utc("start"), utc("end")
+
+    def _bars_page(self, query: dict[str, list[str]]) -> _Reply:
+        timeframe = query.get("timeframe", ["1Day"])[0]
+        key = (id(self.bars), timeframe)
+        if key not in self._bars_by_timeframe:
+            self._bars_by_timeframe[key] = bars_at(self.bars, timeframe)
+        served = self._bars_by_timeframe[key]
+        if isinstance(served, str):
+            return _Reply(422, _error(_UNPROCESSABLE, served))
+        rows = served[served["tic"].isin(query["symbols"][0].split(","))]
+        start, end = self._window(query)
+        if parse_timeframe(timeframe) == DAY:
+            # Daily bars compare by their exchange date, so a bar dated D is inside `end=D` as Alpaca users expect.
+            first = start.tz_localize(None).normalize() if start is not None else None
+            rows = _between(rows, "day", first, end.tz_localize(None) if end is not None else None)
+        else:
+            rows = _between(rows, "start", start, end)
+        bounds = self._page_bounds(query, len(rows))
+        if isinstance(bounds, str):
+            return _Reply(422, _error(_UNPROCESSABLE, bounds))
         bars: dict[str, list[dict[str, Any]]] = {}
-        for row in page.itertuples(index=False):
-            timestamp = market_time(row.date)
+        for row in rows.iloc[bounds[0] : bounds[1]].itertuples(index=False):
             bars.setdefault(row.tic, []).append(
                 # The files hold no trade count or VWAP; null is Alpaca's "unknown".
                 {
-                    "t": timestamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "t": row.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
                     "o": float(row.open),
                     "h": float(row.high),
                     "l": float(row.low),
@@ -472,8 +591,45 @@ class FakeAlpacaDataServer:
                     "vw": None,
                 }
             )
-        next_offset = offset + self.page_size
-        return {"bars": bars, "next_page_token": str(next_offset) if next_offset < len(rows) else None}
+        more = bounds[1] < len(rows)
+        return _Reply(200, {"bars": bars, "next_page_token": str(bounds[1]) if more else None})
+
+    def _quotes_page(self, query: dict[str, list[str]]) -> _Reply:
+        rows = self.quotes[self.quotes["tic"].isin(query["symbols"][0].split(","))]
+        rows = _between(rows, "timestamp", *self._window(query))
+        bounds = self._page_bounds(query, len(rows))
+        if isinstance(bounds, str):
+            return _Reply(422, _error(_UNPROCESSABLE, bounds))
+        quotes: dict[str, list[dict[str, Any]]] = {}
+        for row in rows.iloc[bounds[0] : bounds[1]].itertuples(index=False):
+            quotes.setdefault(row.tic, []).append(
+                # IEX (exchange code V) is the default feed; the frames say nothing of conditions or tape.
+                {
+                    "t": _iso(row.timestamp),
+                    "bx": "V",
+                    "bp": float(row.bid),
+                    "bs": float(row.bid_size),
+                    "ax": "V",
+                    "ap": float(row.ask),
+                    "as": float(row.ask_size),
+                    "c": ["R"],
+                    "z": None,
+                }
+            )
+        more = bounds[1] < len(rows)
+        return _Reply(200, {"quotes": quotes, "next_page_token": str(bounds[1]) if more else None})
+
+
+def _between(
+    rows: pd.DataFrame, column: str, start: pd.Timestamp | None, end: pd.Timestamp | None
+) -> pd.DataFrame:
+    """The rows whose ``column`` lies in ``[start, end]``; an open side (``None``) bounds nothing."""
+    keep = pd.Series(True, index=rows.index)
+    if start is not None:
+        keep &= rows[column] >= start
+    if end is not None:
+        keep &= rows[column] <= end
+    return rows[keep]
 
 
 def _handler_class(server: FakeAlpacaDataServer) -> type[BaseHTTPRequestHandler]:
@@ -529,8 +685,11 @@ class _Subscriber:
         self.binary = binary
         self.channels: dict[str, set[str]] = {channel: set() for channel in STREAM_CHANNELS}
 
+    def wants(self, channel: str, symbol: str) -> bool:
+        return symbol in self.channels[channel] or "*" in self.channels[channel]
+
     def wants_bars(self, symbol: str) -> bool:
-        return symbol in self.channels["bars"] or "*" in self.channels["bars"]
+        return self.wants("bars", symbol)
 
     async def send(self, messages: list[dict[str, Any]]) -> None:
         if self.binary:
@@ -550,16 +709,18 @@ def _decode(raw: str | bytes) -> Any:
 
 
 class FakeAlpacaServer(FakeAlpacaDataServer):
-    """Alpaca's trading API, historical bars API and bar stream in one local process.
+    """Alpaca's trading API, historical bars and quotes API and bar and quote stream in one local process.
 
     REST routes (all need the API-key headers): ``GET /v2/account``, ``GET /v2/positions``,
     ``GET /v2/positions/{symbol}``, ``POST /v2/orders``, ``GET /v2/orders`` (``status=open|closed|all``),
     ``GET /v2/orders/{id}``, ``GET /v2/orders:by_client_order_id``, ``DELETE /v2/orders``,
-    ``DELETE /v2/positions``, ``GET /v2/clock`` and ``GET /v2/stocks/bars``. The account is a cash account
-    (no shorting, no margin). The stream speaks ``StockDataStream``'s protocol (connect, auth, subscribe) in
-    msgpack when the client sends ``Content-Type: application/msgpack``, else JSON; only bars carry data.
+    ``DELETE /v2/positions``, ``GET /v2/clock``, ``GET /v2/stocks/bars`` and ``GET /v2/stocks/quotes``. The
+    account is a cash account (no shorting, no margin). The stream speaks ``StockDataStream``'s protocol
+    (connect, auth, subscribe) in msgpack when the client sends ``Content-Type: application/msgpack``, else
+    JSON; bars (:meth:`publish_bar`) and quotes (:meth:`publish_quote`) carry data.
 
     :param bars: bars for the historical API and the default of :meth:`replay`
+    :param quotes: quotes for the historical API
     :param api_key: the accepted key id
     :param secret: the accepted secret key
     :param page_size: bars per page of the historical API
@@ -583,8 +744,9 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
         stream_port: int = 0,
         state_path: str | Path | None = None,
         seed: int = 0,
+        quotes: pd.DataFrame | None = None,
     ) -> None:
-        super().__init__(bars, page_size, api_key, secret, port=port, seed=seed)
+        super().__init__(bars, page_size, api_key, secret, port=port, seed=seed, quotes=quotes)
         self.initial_cash = float(initial_cash)
         self._cash = float(initial_cash)
         self._orders: dict[str, dict[str, Any]] = {}  # by order id, in submission order
@@ -759,6 +921,43 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             self._on_loop(self._broadcast(symbol, message))
         return fills
 
+    def publish_quote(
+        self,
+        symbol: str,
+        timestamp: pd.Timestamp | str,
+        bid: float,
+        ask: float,
+        bid_size: float = 100.0,
+        ask_size: float = 100.0,
+    ) -> None:
+        """Stream a quote (NBBO) to the subscribers of the symbol's quotes, as Alpaca's ``T="q"`` message.
+
+        Quotes move no orders: the fake fills on bars only, like the project's simulator.
+
+        :param symbol: ticker
+        :param timestamp: when the quote was set (naive: exchange time)
+        :param bid: best bid
+        :param ask: best ask
+        :param bid_size: shares bid
+        :param ask_size: shares offered
+        """
+        when = market_time(timestamp)
+        message = {
+            "T": "q",
+            "S": symbol,
+            "bx": "V",
+            "bp": float(bid),
+            "bs": float(bid_size),
+            "ax": "V",
+            "ap": float(ask),
+            "as": float(ask_size),
+            "t": msgpack.Timestamp.from_unix_nano(when.value),
+            "c": ["R"],
+            "z": "C",
+        }
+        if self._stream_thread.is_alive():
+            self._on_loop(self._broadcast(symbol, message, channel="quotes"))
+
     def replay(self, bars_frame: pd.DataFrame | None = None, speed: float | None = None) -> int:
         """Publish bars in time order (symbols in name order within a time).
 
@@ -779,25 +978,28 @@ class FakeAlpacaServer(FakeAlpacaDataServer):
             previous = when
         return published
 
-    def wait_for_subscription(self, symbols: Iterable[str], timeout_s: float = 10.0) -> bool:
-        """Block until some stream client subscribed to bars of every symbol; ``False`` on timeout.
+    def wait_for_subscription(
+        self, symbols: Iterable[str], timeout_s: float = 10.0, channel: str = "bars"
+    ) -> bool:
+        """Block until some stream client subscribed to ``channel`` of every symbol; ``False`` on timeout.
 
-        :param symbols: the symbols; none to wait for any bar subscription at all
+        :param symbols: the symbols; none to wait for any subscription to the channel at all
         :param timeout_s: longest wait
+        :param channel: one of Alpaca's stream channels (``bars``, ``quotes``...)
         """
         wanted = list(symbols)
 
         def subscribed() -> bool:
             if not wanted:
-                return any(s.channels["bars"] for s in self._subscribers)
-            return all(any(s.wants_bars(symbol) for s in self._subscribers) for symbol in wanted)
+                return any(s.channels[channel] for s in self._subscribers)
+            return all(any(s.wants(channel, symbol) for s in self._subscribers) for symbol in wanted)
 
         with self._subscription_changed:
             return self._subscription_changed.wait_for(subscribed, timeout=timeout_s)
 
-    async def _broadcast(self, symbol: str, message: dict[str, Any]) -> None:
+    async def _broadcast(self, symbol: str, message: dict[str, Any], channel: str = "bars") -> None:
         with self._subscription_changed:
-            receivers = [s for s in self._subscribers if s.wants_bars(symbol)]
+            receivers = [s for s in self._subscribers if s.wants(channel, symbol)]
         for subscriber in receivers:
             with contextlib.suppress(ConnectionClosed):  # its session ends and unregisters it
                 await subscriber.send([message])
@@ -1237,6 +1439,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m testkit.fake_alpaca", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--bars", help="long-format bars file (.csv or .csv.gz) to serve and replay")
+    parser.add_argument(
+        "--quotes", help="quotes file (.csv or .csv.gz: timestamp or datetime, tic, bid, ask, sizes) to serve"
+    )
     parser.add_argument("--port", type=int, default=8765, help="REST port (trading and market data)")
     parser.add_argument("--stream-port", type=int, default=8766, help="bar stream port")
     parser.add_argument("--initial-cash", type=float, default=100_000.0, help="the account's starting cash")
@@ -1253,6 +1458,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bars = pd.read_csv(args.bars) if args.bars else None
     server = FakeAlpacaServer(
         bars,
+        quotes=pd.read_csv(args.quotes) if args.quotes else None,
         api_key=_env_key(ALPACA_KEY_ENV, DEFAULT_API_KEY),
         secret=_env_key(ALPACA_SECRET_ENV, DEFAULT_SECRET),
         initial_cash=args.initial_cash,

@@ -23,6 +23,14 @@ def test_definitions_load_with_full_graph():
         "paper_trading_sessions",
         "fill_reconciliation",
         "ab_test",
+        "data_quality_history",
+        # Issue 13's minute-bar jobs (group intraday).
+        "raw_minute_bars",
+        "validated_minute_bars",
+        "minute_features",
+        "minute_dataset_splits",
+        "minute_agent",
+        "minute_backtest",
     }
     check_names = {key.name for key in graph.asset_check_keys}
     assert {"no_nulls", "completeness", "return_outliers", "min_sharpe", "beats_buy_and_hold"} <= check_names

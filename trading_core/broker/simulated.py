@@ -20,12 +20,14 @@ from trading_core.broker.base import (
     OrderRejected,
     OrderRequest,
     OrderState,
+    Quote,
     make_client_order_id,
     utc_timestamp,
 )
 from trading_core.market.costs import (
     corwin_schultz_half_spread,
     fixed_half_spread,
+    quote_half_spread,
     trailing_adv,
     trailing_volatility,
 )
@@ -87,6 +89,8 @@ class SimulatedBroker:
         self._history: dict[str, deque[tuple[pd.Timestamp, Bar]]] = {
             symbol: deque(maxlen=depth) for symbol in self.symbols
         }
+        # Quoted half-spreads at the last bar's end (NaN: no quote), pricing the next bar's fills (spread="auto").
+        self._quoted_half_spread = np.full(len(self.symbols), np.nan)
 
     def __repr__(self) -> str:
         return f"SimulatedBroker(symbols={list(self.symbols)}, cash={self._cash:.2f}, open_orders={len(self._pending)})"
@@ -187,13 +191,18 @@ class SimulatedBroker:
 
     # --------------------------------------------------------------------------------------------- the bars
 
-    def on_bar(self, timestamp: pd.Timestamp, bars: Mapping[str, Bar]) -> list[Fill]:
+    def on_bar(
+        self, timestamp: pd.Timestamp, bars: Mapping[str, Bar], quotes: Mapping[str, Quote] | None = None
+    ) -> list[Fill]:
         """Fill pending orders against this bar, then record it and mark equity at its closes.
 
-        Bars of symbols the broker does not trade are ignored.
+        Bars of symbols the broker does not trade are ignored. With ``spread="auto"``, orders filling on the
+        NEXT bar pay the half-spread of ``quotes`` (the ones in force when they were decided, as the simulator
+        charges the decision date's quotes); symbols without a quote here pay the Corwin–Schultz estimate.
 
         :param timestamp: the bar's time, timezone-aware and later than every bar seen before
         :param bars: this bar per symbol; symbols may be missing
+        :param quotes: each symbol's quote at this bar's end (a ``BarEvent``'s quotes), where known
         :return: the fills of this bar
         """
         now = utc_timestamp(timestamp)
@@ -206,6 +215,10 @@ class SimulatedBroker:
             self._history[symbol].append((now, bar))
             self._last_close[self._column[symbol]] = bar.close
         self._last_time = now
+        self._quoted_half_spread = np.full(len(self.symbols), np.nan)
+        for symbol, quote in (quotes or {}).items():
+            if symbol in self._column:
+                self._quoted_half_spread[self._column[symbol]] = quote_half_spread(quote.bid, quote.ask)
         return fills
 
     def _estimates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -224,10 +237,13 @@ class SimulatedBroker:
             half_spread = np.zeros(len(self.symbols))
         elif config.spread == "fixed":
             half_spread = fixed_half_spread((len(self.symbols),), config.spread_bps)
-        else:  # "corwin_schultz" or "auto": a bar stream has no quotes
+        else:  # "corwin_schultz" or "auto"
             half_spread = corwin_schultz_half_spread(
                 high, low, window=SPREAD_WINDOW, fallback_bps=config.spread_bps
             )[-1]
+            if config.spread == "auto":
+                quoted = self._quoted_half_spread
+                half_spread = np.where(np.isfinite(quoted), quoted, half_spread)
         adv = trailing_adv(volume, config.stats_window)[-1]
         sigma = trailing_volatility(close, config.stats_window)[-1]
         return half_spread, adv, sigma
@@ -369,6 +385,11 @@ class SimulatedBroker:
                 for cid, request in self._requests.items()
             ],
             "pending": list(self._pending),
+            "quoted_half_spread": {
+                s: float(h)
+                for s, h in zip(self.symbols, self._quoted_half_spread, strict=True)
+                if math.isfinite(h)
+            },
             "fills": [{**asdict(fill), "filled_at": _iso(fill.filled_at)} for fill in self._fills],
             "history": {
                 symbol: [[_iso(time), *asdict(bar).values()] for time, bar in rows]
@@ -401,6 +422,9 @@ class SimulatedBroker:
                 state.client_order_id, state.symbol, state.side, state.qty, order_type, limit_price
             )
         broker._pending = list(snapshot["pending"])
+        # Absent from snapshots taken before the broker took quotes.
+        for symbol, half in snapshot.get("quoted_half_spread", {}).items():
+            broker._quoted_half_spread[broker._column[symbol]] = half
         broker._fills = [
             Fill(**{**record, "filled_at": pd.Timestamp(record["filled_at"])}) for record in snapshot["fills"]
         ]

@@ -1,4 +1,5 @@
-"""Performance and risk metrics of an equity curve (daily bars, 252 periods a year, zero risk-free rate).
+"""Performance and risk metrics of an equity curve (daily bars, 252 periods a year, zero risk-free rate; the
+annualised figures take ``periods_per_year`` for intraday bars).
 
 Definitions follow empyrical's conventions so the test suite can cross-check each figure against it (and against
 quantstats where its conventions agree). Sharpe-based statistical tests (probabilistic and deflated Sharpe ratio)
@@ -53,14 +54,18 @@ def daily_returns(equity: pd.Series) -> pd.Series:
     return equity.pct_change().dropna()
 
 
-def sharpe_ratio(returns: pd.Series) -> float:
+def sharpe_ratio(returns: pd.Series, periods_per_year: float = PERIODS_PER_YEAR) -> float:
+    """Annualised Sharpe ratio of per-period returns (zero risk-free rate).
+
+    :param periods_per_year: bars a year (252 for daily bars; 252 x bars per session for intraday bars)
+    """
     std = returns.std(ddof=1)
-    return float(np.sqrt(PERIODS_PER_YEAR) * returns.mean() / std) if std > 0 else 0.0
+    return float(np.sqrt(periods_per_year) * returns.mean() / std) if std > 0 else 0.0
 
 
-def sortino_ratio(returns: pd.Series) -> float:
-    downside = np.sqrt(np.mean(np.minimum(returns.to_numpy(), 0.0) ** 2)) * np.sqrt(PERIODS_PER_YEAR)
-    return float(returns.mean() * PERIODS_PER_YEAR / downside) if downside > 0 else 0.0
+def sortino_ratio(returns: pd.Series, periods_per_year: float = PERIODS_PER_YEAR) -> float:
+    downside = np.sqrt(np.mean(np.minimum(returns.to_numpy(), 0.0) ** 2)) * np.sqrt(periods_per_year)
+    return float(returns.mean() * periods_per_year / downside) if downside > 0 else 0.0
 
 
 def max_drawdown(equity: pd.Series) -> float:
@@ -81,13 +86,13 @@ def max_drawdown_duration(equity: pd.Series) -> int:
     return measures.max_drawdown_duration(equity.to_numpy(dtype=float))
 
 
-def annual_return(equity: pd.Series) -> float:
-    """Compound annual growth rate over the curve's number of periods."""
+def annual_return(equity: pd.Series, periods_per_year: float = PERIODS_PER_YEAR) -> float:
+    """Compound annual growth rate over the curve's number of periods (``periods_per_year`` of them a year)."""
     periods = len(equity) - 1
     if periods <= 0:
         return 0.0
     growth = equity.iloc[-1] / equity.iloc[0]
-    return float(growth ** (PERIODS_PER_YEAR / periods) - 1.0)
+    return float(growth ** (periods_per_year / periods) - 1.0)
 
 
 def win_rate(returns: pd.Series) -> float:
@@ -123,7 +128,9 @@ def _aligned(flows: pd.Series, equity: pd.Series, name: str) -> np.ndarray:
     return flows.to_numpy(dtype=float) / equity.to_numpy(dtype=float)
 
 
-def turnover(traded_notional: pd.Series, equity: pd.Series) -> float:
+def turnover(
+    traded_notional: pd.Series, equity: pd.Series, periods_per_year: float = PERIODS_PER_YEAR
+) -> float:
     """Annualised turnover: the mean over periods of traded notional / equity of that period, times 252.
 
     ``traded_notional`` is the gross (unsigned, buys plus sells) value traded in each period, indexed like
@@ -132,10 +139,10 @@ def turnover(traded_notional: pd.Series, equity: pd.Series) -> float:
     """
     if len(equity) == 0:
         return 0.0
-    return float(np.nanmean(_aligned(traded_notional, equity, "traded_notional")) * PERIODS_PER_YEAR)
+    return float(np.nanmean(_aligned(traded_notional, equity, "traded_notional")) * periods_per_year)
 
 
-def cost_drag(costs: pd.Series, equity: pd.Series) -> float:
+def cost_drag(costs: pd.Series, equity: pd.Series, periods_per_year: float = PERIODS_PER_YEAR) -> float:
     """Annualised trading costs as a fraction of equity: mean over periods of costs / equity, times 252.
 
     ``costs`` are the per-period costs paid (commission, spread, impact) in currency, aligned like in
@@ -143,7 +150,7 @@ def cost_drag(costs: pd.Series, equity: pd.Series) -> float:
     """
     if len(equity) == 0:
         return 0.0
-    return float(np.nanmean(_aligned(costs, equity, "costs")) * PERIODS_PER_YEAR)
+    return float(np.nanmean(_aligned(costs, equity, "costs")) * periods_per_year)
 
 
 def probabilistic_sharpe_ratio(returns: pd.Series, benchmark_sharpe: float = 0.0) -> float:
@@ -211,21 +218,24 @@ def compute_metrics(
     equity: pd.Series,
     traded_notional: pd.Series | None = None,
     costs: pd.Series | None = None,
+    periods_per_year: float = PERIODS_PER_YEAR,
 ) -> PerformanceMetrics:
     """All headline metrics of an equity curve indexed by date.
 
     :param traded_notional: gross value traded per period (for ``turnover``; 0.0 when not given)
     :param costs: trading costs paid per period (for ``cost_drag``; 0.0 when not given)
+    :param periods_per_year: bars a year for every annualised figure (252 x bars per session for intraday
+        bars); VaR and CVaR stay per bar
     """
     returns = daily_returns(equity)
     drawdown = max_drawdown(equity)
-    cagr = annual_return(equity)
+    cagr = annual_return(equity, periods_per_year)
     return PerformanceMetrics(
         total_return=float(equity.iloc[-1] / equity.iloc[0] - 1.0),
         annual_return=cagr,
-        annual_volatility=float(returns.std(ddof=1) * np.sqrt(PERIODS_PER_YEAR)) if len(returns) > 1 else 0.0,
-        sharpe=sharpe_ratio(returns),
-        sortino=sortino_ratio(returns),
+        annual_volatility=float(returns.std(ddof=1) * np.sqrt(periods_per_year)) if len(returns) > 1 else 0.0,
+        sharpe=sharpe_ratio(returns, periods_per_year),
+        sortino=sortino_ratio(returns, periods_per_year),
         calmar=float(cagr / drawdown) if drawdown > 0 else 0.0,
         max_drawdown=drawdown,
         win_rate=win_rate(returns),
@@ -234,6 +244,6 @@ def compute_metrics(
         max_drawdown_duration=max_drawdown_duration(equity),
         cvar_95=conditional_value_at_risk(returns),
         probabilistic_sharpe=probabilistic_sharpe_ratio(returns),
-        turnover=turnover(traded_notional, equity) if traded_notional is not None else 0.0,
-        cost_drag=cost_drag(costs, equity) if costs is not None else 0.0,
+        turnover=turnover(traded_notional, equity, periods_per_year) if traded_notional is not None else 0.0,
+        cost_drag=cost_drag(costs, equity, periods_per_year) if costs is not None else 0.0,
     )

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-EXCHANGE = "XNYS"
+from trading_core.data.calendar import EXCHANGE, exchange_calendar, infer_bar_length
+
 PRICE_FIELDS = ("open", "high", "low", "close")
 
 
@@ -60,27 +61,6 @@ class IntradaySessions:
             self.bar_ends[:stop],
             *(getattr(self, name)[:stop] for name in (*PRICE_FIELDS, "volume", "present")),
         )
-
-
-def exchange_calendar():
-    """The exchange's calendar (``exchange_calendars`` builds it once per process and caches it)."""
-    import exchange_calendars as xcals
-
-    return xcals.get_calendar(EXCHANGE)
-
-
-def infer_bar_length(timestamps: pd.Series) -> pd.Timedelta:
-    """The most common step between consecutive bar ends of one session (the file's bar length).
-
-    :param timestamps: bar-end timestamps of any tickers
-    """
-    ends = pd.Series(pd.DatetimeIndex(timestamps.unique()).sort_values())
-    steps = ends.diff()
-    same_day = ends.dt.tz_convert("America/New_York").dt.date.diff().eq(pd.Timedelta(0))
-    steps = steps[same_day & steps.gt(pd.Timedelta(0))]
-    if steps.empty:
-        raise ValueError("timestamps: need two bars inside one session to infer the bar length")
-    return pd.Timedelta(steps.mode().iloc[0])
 
 
 def intraday_sessions(bars: pd.DataFrame, tickers: Sequence[str] | None = None) -> IntradaySessions:

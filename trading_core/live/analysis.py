@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from trading_core.data.calendar import EXCHANGE_TIMEZONE
 from trading_core.evaluation.metrics import sharpe_ratio
-
-EXCHANGE_TIMEZONE = "America/New_York"
 
 
 def slippage_table(fills: pd.DataFrame) -> pd.DataFrame:

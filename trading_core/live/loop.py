@@ -52,7 +52,9 @@ from trading_core.market.measures import drawdown_from_peak, var_of_returns
 from trading_core.market.risk import MIN_VAR_ROWS, RiskManager
 from trading_core.market.simulator import run_bar
 from trading_core.monitoring.alerts import Alert, AlertEvaluator, AlertSink, AlertSnapshot
+from trading_core.monitoring.data_quality import MARKET_CLOSED, PROCESSED, SKIPPED, DataQualityConfig
 from trading_core.monitoring.drift import LiveDriftScore
+from trading_core.monitoring.feed_watch import Arrival, FeedWatch
 from trading_core.monitoring.live_metrics import LiveMetrics
 from trading_core.runtime.stored_json import PickledStateError, StoredStateError, from_document, to_document
 
@@ -79,6 +81,8 @@ class LiveConfig:
     :param outage_grace_s: how long the broker may stay unreachable (timeouts, resets, 5xx or 429 after the
         retries) before the session stops, its state saved; until then bars go on without orders, marked with
         the last book the broker reported
+    :param feed: names the bar source in the stored bar arrivals (data quality per feed and day)
+    :param data_quality: the trailing window and thresholds the feed's alerts look at
     """
 
     session_id: str
@@ -90,6 +94,8 @@ class LiveConfig:
     drift_every: int = 50
     max_bar_age_s: float | None = None
     outage_grace_s: float = 60.0
+    feed: str = "replay"
+    data_quality: DataQualityConfig = field(default_factory=DataQualityConfig)
 
     def __post_init__(self) -> None:
         if not self.outage_grace_s >= 0:
@@ -124,6 +130,7 @@ class LiveSummary:
     latencies_ms: list[float] = field(default_factory=list)
     killed: bool = False
     outages: int = 0
+    duplicates: int = 0
     status: str = "running"
     stop_reason: str | None = None
 
@@ -283,6 +290,10 @@ class LiveTradingLoop:
         self._unsettled = (
             True  # whether the store may hold unanswered submits or unsent intents (asked at start)
         )
+        # Bar arrivals wait here for the next traded bar's transaction (a replay after a crash re-creates the
+        # ones lost with it); the feed watch is rebuilt from the stored ones on the first event.
+        self._arrivals: list[Arrival] = []
+        self._feed_watch: FeedWatch | None = None
 
     # -------------------------------------------------------------------------------- session and recovery
 
@@ -658,10 +669,20 @@ class LiveTradingLoop:
         minute = (bar_end - pd.Timedelta(minutes=1)).floor("min")
         return bool(self.calendar.is_open_on_minute(minute))
 
-    def run(self, events: Iterable[BarEvent], max_bars: int | None = None) -> LiveSummary:
+    def run(
+        self,
+        events: Iterable[BarEvent],
+        max_bars: int | None = None,
+        on_done: Callable[[BarEvent], None] | None = None,
+    ) -> LiveSummary:
         """Process bar events until the source ends (the session is then ``finished``) or ``max_bars`` were
         processed (``stopped``); a killed session stays ``killed``.
 
+        An event at or before the last committed bar (a bus's redelivery, a replay from the top after a restart)
+        is skipped and counted in ``duplicates``: each bar is decided once.
+
+        :param on_done: called with each event once the loop is done with it (its bar committed, or skipped),
+            never before: a bus acks the bar's delivery there, so a crash before it gets the bar again
         :raises SessionStopped: the broker stayed unreachable past ``outage_grace_s``, or the bar source failed:
             the session is ``stopped`` with the reason and its state saved, ready to resume
         """
@@ -669,8 +690,10 @@ class LiveTradingLoop:
         try:
             for event in events:
                 if self.last_bar_time is not None and event.timestamp <= self.last_bar_time:
-                    continue  # already processed before a restart
-                self.process(event)
+                    self.summary.duplicates += 1  # already processed before a restart
+                self.process(event)  # a duplicate is only recorded as an arrival there, never decided again
+                if on_done is not None:
+                    on_done(event)
                 if max_bars is not None and self.summary.bars >= max_bars:
                     self._end_session("stopped", f"max_bars={max_bars} bars processed")
                     break
@@ -708,19 +731,29 @@ class LiveTradingLoop:
         goes on without decisions or orders, its book the last one the broker reported; the outage ends after a
         bar whose every call was answered.
 
+        Every event's arrival is recorded (:meth:`_note_arrival`), with the bar's transaction: one outside market
+        hours, or one at or before the last traded bar (skipped; a replay's re-delivery after a restart is not an
+        arrival and is not recorded), as well as the traded bar.
+
         :raises SessionStopped: the broker has been unreachable for longer than ``outage_grace_s`` (checked
             before the bar, whose state is then the last bar's, and after the bar is saved)
         """
         if not self.market_open(event.timestamp):
+            self._note_arrival(event, MARKET_CLOSED)
             self.summary.skipped_closed += 1
             return
+        if self.last_bar_time is not None and event.timestamp <= self.last_bar_time:
+            if event.received_at is not None:
+                self._note_arrival(event, SKIPPED)
+            return
+        self._note_arrival(event, PROCESSED)
         session_id, bar_time = self.config.session_id, event.timestamp
         bars = {s: b for s, b in event.bars.items() if s in self.tickers}
         sync = _Sync()
         self._sync_broker(bar_time, sync)
         self._check_outage_grace()
         (broker_fills, mirror_fills), close, decisions = run_bar(
-            lambda: self._fill(bar_time, bars),
+            lambda: self._fill(bar_time, bars, event.quotes),
             lambda: self._close(bar_time, bars),
             lambda close: self._decide(bar_time, close),
         )
@@ -770,6 +803,7 @@ class LiveTradingLoop:
                     book.compact()
             # Drift and alerts belong to the bar: stored with it, or (killed before the commit) redone with it.
             self._update_drift(close.values)
+            self._store_arrivals()
             alerts = self._monitor(bar_time)
             payload = to_document(STATE_SCHEMA, STATE_VERSION, self._engine_state())
             self.store.save_broker_snapshot(session_id, bar_time, payload)
@@ -782,13 +816,15 @@ class LiveTradingLoop:
         self._end_outage()
         self._check_outage_grace()
 
-    def _fill(self, bar_time: pd.Timestamp, bars: dict) -> tuple[list[Fill], list[Fill]]:
+    def _fill(self, bar_time: pd.Timestamp, bars: dict, quotes: dict) -> tuple[list[Fill], list[Fill]]:
         """The open, the exchange's side of the bar: earlier orders fill (the local broker, the simulated
         mirror and the challenger's shadow book); the broker's and the mirror's fills."""
-        broker_fills = self.broker.on_bar(bar_time, bars) if isinstance(self.broker, SimulatedBroker) else []
-        mirror_fills = self.mirror.on_bar(bar_time, bars) if self.mirror is not None else broker_fills
+        broker_fills = (
+            self.broker.on_bar(bar_time, bars, quotes) if isinstance(self.broker, SimulatedBroker) else []
+        )
+        mirror_fills = self.mirror.on_bar(bar_time, bars, quotes) if self.mirror is not None else broker_fills
         if self.shadow is not None:
-            self.shadow.on_bar(bar_time, bars)
+            self.shadow.on_bar(bar_time, bars, quotes)
         return broker_fills, mirror_fills
 
     def _close(self, bar_time: pd.Timestamp, bars: dict) -> _BarClose:
@@ -1193,8 +1229,54 @@ class LiveTradingLoop:
             last_bar_time=bar_time.timestamp(),
             market_open=True,
             drift_score=self.drift.score if self.drift is not None else None,
+            feed=self._watch().health(),
         )
         return [self._record_alert(alert) for alert in self.alert_evaluator.evaluate(snapshot)]
+
+    # ------------------------------------------------------------------------------------ bar arrivals
+
+    def _watch(self) -> FeedWatch:
+        """The feed watch, rebuilt from the session's stored arrivals on first use (a resumed loop then watches
+        as the one before did)."""
+        if self._feed_watch is None:
+            quality = self.config.data_quality
+            stored = self.store.bar_arrivals(
+                self.config.session_id, last=quality.window_bars + 1, handlings=(PROCESSED, SKIPPED)
+            )
+            self._feed_watch = FeedWatch.from_arrivals(stored, quality, self.calendar)
+        return self._feed_watch
+
+    def _note_arrival(self, event: BarEvent, handling: str) -> None:
+        """Note how a bar event arrived: when (the source's stamp, else this process's wall clock at receipt,
+        which says nothing about a replay's feed), how many of the universe's symbols it held, its oldest quote
+        at the bar's end; stored with the next traded bar.
+
+        :param event: the bar event
+        :param handling: what the loop does with it (processed, skipped, closed)
+        """
+        bar_time = event.timestamp
+        ages = [
+            (bar_time - quote.timestamp).total_seconds()
+            for symbol, quote in event.quotes.items()
+            if symbol in self.tickers and quote.timestamp is not None
+        ]
+        arrival = Arrival(
+            bar_time=bar_time,
+            received_at=event.received_at if event.received_at is not None else pd.Timestamp.now(tz="UTC"),
+            source_clock=event.received_at is not None,
+            symbols=sum(symbol in event.bars for symbol in self.tickers),
+            expected_symbols=len(self.tickers),
+            max_quote_age_s=max(ages) if ages else None,
+            handling=handling,
+        )
+        self._watch().observe(arrival)
+        self._arrivals.append(arrival)
+
+    def _store_arrivals(self) -> None:
+        """Write the noted arrivals in the open (the bar's) transaction."""
+        rows = [{"feed": self.config.feed, **vars(arrival)} for arrival in self._arrivals]
+        self.store.record_bar_arrivals(self.config.session_id, rows)
+        self._arrivals.clear()
 
     def _observe(self, bar_time: pd.Timestamp) -> None:
         """Prometheus gauges of the bar (after its commit: the broker's positions may be a network call)."""

@@ -59,6 +59,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.schema import AddConstraint, CreateTable
 from sqlalchemy.sql.elements import Case
 
+from trading_core.monitoring.data_quality import ARRIVAL_HANDLINGS
+
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
@@ -308,6 +310,27 @@ alert_outbox_table = Table(
     Column("session_id", String(128), _session_fk(), nullable=False),
     Column("resolved", Boolean(), nullable=False),
     Index(None, "session_id"),
+)
+
+# Every bar event the loop received (traded, skipped, or outside market hours) with when it arrived: the
+# per-feed data quality (trading_core.monitoring.data_quality). A table of its own, which create_schema adds to
+# databases written before it existed; rows are written in the bar's transaction, in arrival order (``id``).
+bar_arrivals_table = Table(
+    "bar_arrivals",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("session_id", String(128), _session_fk(), nullable=False),
+    Column("feed", String(64), nullable=False),
+    Column("bar_time", UtcTimestamp(), nullable=False),
+    Column("received_at", UtcTimestamp(), nullable=False),
+    # Whether the feed stamped received_at itself (a live stream) or the loop's wall clock did (a replay).
+    Column("source_clock", Boolean(), nullable=False),
+    Column("symbols", Integer(), nullable=False),
+    Column("expected_symbols", Integer(), nullable=False),
+    Column("max_quote_age_s", Double()),
+    Column("handling", String(16), nullable=False),
+    _one_of("handling", ARRIVAL_HANDLINGS),
+    Index(None, "session_id", "id"),
 )
 
 
@@ -1083,6 +1106,62 @@ class TradingStateStore:
             .order_by(alerts_table.c.raised_at, alerts_table.c.id)
         )
         return self._frame(alerts_table, query)
+
+    # ------------------------------------------------------------------------------------------- bar arrivals
+
+    def record_bar_arrivals(self, session_id: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Store bar events as they reached the loop, in arrival order; write them in the bar's transaction.
+
+        :param rows: mappings with ``feed``, ``bar_time``, ``received_at``, ``source_clock``, ``symbols``,
+            ``expected_symbols``, ``max_quote_age_s`` (``None`` without quotes) and ``handling``
+            (:data:`~trading_core.monitoring.data_quality.ARRIVAL_HANDLINGS`)
+        :return: number of rows stored
+        """
+        records = [
+            {
+                "session_id": session_id,
+                "feed": str(row["feed"]),
+                "bar_time": to_utc(row["bar_time"]),
+                "received_at": to_utc(row["received_at"]),
+                "source_clock": bool(row["source_clock"]),
+                "symbols": int(row["symbols"]),
+                "expected_symbols": int(row["expected_symbols"]),
+                "max_quote_age_s": _optional_float(row.get("max_quote_age_s")),
+                "handling": _check_choice("handling", str(row["handling"]), ARRIVAL_HANDLINGS),
+            }
+            for row in rows
+        ]
+        if records:
+            with self.transaction() as connection:
+                connection.execute(insert(bar_arrivals_table), records)
+        return len(records)
+
+    def bar_arrivals(
+        self,
+        session_id: str | None = None,
+        *,
+        last: int | None = None,
+        handlings: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """Stored bar arrivals in arrival order: every session's, or one session's.
+
+        :param session_id: keep only this session; all when ``None``
+        :param last: keep only the newest ``last`` arrivals
+        :param handlings: keep only these handlings; all when ``None``
+        """
+        table = bar_arrivals_table
+        query = select(table)
+        if session_id is not None:
+            query = query.where(table.c.session_id == session_id)
+        if handlings is not None:
+            query = query.where(table.c.handling.in_(list(handlings)))
+        if last is not None:
+            newest = query.order_by(table.c.id.desc()).limit(last).subquery()
+            query = select(*newest.c).order_by(newest.c.id)
+        else:
+            query = query.order_by(table.c.id)
+        frame = self._frame(table, query)
+        return frame.astype({"source_clock": bool})
 
     # ------------------------------------------------------------------------------------------------ helpers
 

@@ -14,6 +14,11 @@ When an alert fires (see :class:`AlertEvaluator`):
 - on a transition to another bad state of the same rule (the breaker going from REDUCING to HALTED), which is a
   different kind of alert and has its own cooldown;
 - once on leaving a bad state that was alerted, as a ``resolved`` alert of severity ``info``.
+
+Beside the standard rules (:func:`default_rules`), :func:`data_quality_rules` watch the bar feed through the live
+loop's trailing window (:class:`~trading_core.monitoring.feed_watch.FeedWatch`): late bars (live feeds only: a
+replay's arrivals carry the loop's wall clock), missing bars, repeated or out-of-order bars, stale quotes. A gap or
+an out-of-order bar alerts once and clears when it has left the window.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from urllib.parse import urlsplit
 import requests
 
 from trading_core.market.limits import TradingState
+from trading_core.monitoring.data_quality import DataQualityConfig
+from trading_core.monitoring.feed_watch import FeedHealth
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -52,6 +59,8 @@ class AlertSnapshot:
         start instead to give the feed ``max_age_s`` to deliver its first bar)
     :param market_open: whether the market is open now (data can only be stale while it is)
     :param drift_score: latest model-drift score (e.g. the largest feature PSI); ``None`` when not measured
+    :param feed: the bar feed's trailing window (:class:`~trading_core.monitoring.feed_watch.FeedHealth`):
+        late, missing and out-of-order bars, stale quotes; ``None`` when not watched
     """
 
     drawdown: float = 0.0
@@ -59,6 +68,7 @@ class AlertSnapshot:
     last_bar_time: float | None = None
     market_open: bool = False
     drift_score: float | None = None
+    feed: FeedHealth | None = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,130 @@ def default_rules(
     :param drift_threshold: drift score that raises ``model_drift``
     """
     return AlertRulesConfig(drawdown_limit, max_bar_age_s, drift_threshold).rules()
+
+
+class LateBarsRule(AlertRule):
+    """The share of late bars in the feed's trailing window above ``max_share``, cleared once back at or below
+    ``max_share * (1 - hysteresis)``. Only feeds that stamp their arrivals are judged (a replay's arrivals carry
+    the loop's wall clock, against which every recorded bar is years late).
+
+    :param max_share: largest acceptable share of late bars
+    :param late_after_s: the late threshold, for the message
+    :param severity: severity of the alert
+    :param hysteresis: fraction of ``max_share`` the share must come back by to clear
+    """
+
+    name = "late_bars"
+
+    def __init__(
+        self,
+        max_share: float = DataQualityConfig.max_late_share,
+        late_after_s: float = DataQualityConfig.late_after_s,
+        severity: Severity = "warning",
+        hysteresis: float = AlertRulesConfig.hysteresis,
+    ) -> None:
+        self.max_share, self.late_after_s = max_share, late_after_s
+        self.severity, self.hysteresis = severity, _check_hysteresis(hysteresis)
+
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
+        feed = snapshot.feed
+        share = feed.late_bar_share if feed is not None else None
+        if not _breached(share, self.max_share, self.hysteresis, active):
+            return None
+        against = _against(share, self.max_share, self.hysteresis, "limit", ".0%")
+        return Breach(
+            f"{share:.0%} of the last {feed.window} bars arrived more than {self.late_after_s:g} s after their "
+            f"end, {against}",
+            self.severity,
+        )
+
+
+class BarGapRule(AlertRule):
+    """Expected bars missing in the feed's trailing window (on the calendar's market minutes); clears once the
+    window holds no gap, so a gap alerts once.
+
+    :param severity: severity of the alert
+    """
+
+    name = "bar_gap"
+
+    def __init__(self, severity: Severity = "warning") -> None:
+        self.severity = severity
+
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
+        feed = snapshot.feed
+        if feed is None or feed.missing_bars <= 0:
+            return None
+        return Breach(
+            f"{feed.missing_bars} expected bar(s) missing in the last {feed.window} bars", self.severity
+        )
+
+
+class OutOfOrderBarRule(AlertRule):
+    """Bars in the feed's trailing window that ended at or before a bar received earlier (repeated or out of
+    order; the loop skips them); clears once the window holds none.
+
+    :param severity: severity of the alert
+    """
+
+    name = "out_of_order_bar"
+
+    def __init__(self, severity: Severity = "warning") -> None:
+        self.severity = severity
+
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
+        feed = snapshot.feed
+        if feed is None or feed.out_of_order_bars <= 0:
+            return None
+        return Breach(
+            f"{feed.out_of_order_bars} of the last {feed.window} bars repeated or came out of order (skipped)",
+            self.severity,
+        )
+
+
+class StaleQuotesRule(AlertRule):
+    """The oldest quote at the newest bar's end older than ``max_age_s``, cleared once back at or below
+    ``max_age_s * (1 - hysteresis)``. Quote ages are on the data's own clock, so replays with quotes count.
+
+    :param max_age_s: largest acceptable quote age at a bar's end, in seconds
+    :param severity: severity of the alert
+    :param hysteresis: fraction of ``max_age_s`` the age must come back by to clear
+    """
+
+    name = "stale_quotes"
+
+    def __init__(
+        self,
+        max_age_s: float = DataQualityConfig.stale_quote_s,
+        severity: Severity = "warning",
+        hysteresis: float = AlertRulesConfig.hysteresis,
+    ) -> None:
+        self.max_age_s, self.severity, self.hysteresis = max_age_s, severity, _check_hysteresis(hysteresis)
+
+    def check(self, snapshot: AlertSnapshot, now: float, active: bool = False) -> Breach | None:
+        age = snapshot.feed.stale_quote_age_s if snapshot.feed is not None else None
+        if not _breached(age, self.max_age_s, self.hysteresis, active):
+            return None
+        against = _against(age, self.max_age_s, self.hysteresis, "limit", ".0f")
+        return Breach(f"oldest quote is {age:.0f} s old at the bar's end, {against} s", self.severity)
+
+
+def data_quality_rules(
+    config: DataQualityConfig | None = None, hysteresis: float = AlertRulesConfig.hysteresis
+) -> list[AlertRule]:
+    """The bar feed's rules (``late_bars``, ``bar_gap``, ``out_of_order_bar``, ``stale_quotes``) on the live
+    loop's trailing window; paper trading evaluates them beside :func:`default_rules`.
+
+    :param config: the late share, late threshold and stale-quote age
+    :param hysteresis: margin of the threshold rules
+    """
+    config = config or DataQualityConfig()
+    return [
+        LateBarsRule(config.max_late_share, config.late_after_s, hysteresis=hysteresis),
+        BarGapRule(),
+        OutOfOrderBarRule(),
+        StaleQuotesRule(config.stale_quote_s, hysteresis=hysteresis),
+    ]
 
 
 class AlertEvaluator:

@@ -6,6 +6,7 @@ one process keep separate figures, and the exposition shows only trading metrics
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from threading import Lock
@@ -100,6 +101,19 @@ class LiveMetrics:
         )
         self.positions = Gauge("positions", "Signed position in shares, by symbol.", ["symbol"], **common)
         self.kill_switch = Gauge("kill_switch", "1 while the kill switch is engaged.", **common)
+        self.bus_consumer_lag = Gauge(
+            "bus_consumer_lag",
+            "Bars on the market-data bus the session's durable consumer has not been handed yet.",
+            **common,
+        )
+        self.bus_consumed_bar_age = Gauge(
+            "bus_consumed_bar_age_seconds",
+            "Seconds from the end of the last bar consumed from the bus to the scrape (NaN before the first).",
+            **common,
+        )
+        self._last_consumed_bar: float | None = None
+        # Computed at scrape time: the age grows while no bar arrives, which is what a stalled consumer looks like.
+        self.bus_consumed_bar_age.set_function(self._consumed_bar_age)
         self._held_symbols: set[str] = set()
         self._positions_lock = Lock()
 
@@ -126,6 +140,21 @@ class LiveMetrics:
         """
         self.bars.inc()
         self.last_bar_timestamp.set(timestamp_seconds(timestamp))
+
+    def observe_consumed(self, lag: int | None, bar_time: float | datetime) -> None:
+        """Note a bar consumed (acked) from the market-data bus.
+
+        :param lag: bars still waiting for the durable consumer, as the broker said (``None``: not known)
+        :param bar_time: the bar's end, epoch seconds or a datetime (naive = UTC)
+        """
+        if lag is not None:
+            self.bus_consumer_lag.set(lag)
+        self._last_consumed_bar = timestamp_seconds(bar_time)
+
+    def _consumed_bar_age(self) -> float:
+        if self._last_consumed_bar is None:
+            return float("nan")
+        return time.time() - self._last_consumed_bar
 
     def observe_alert(self, rule: str) -> None:
         """Count one alert.
