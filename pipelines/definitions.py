@@ -21,6 +21,7 @@ from pipelines.schedules import (
 )
 from pipelines.sensors import champion_degradation_sensor, intraday_sessions_sensor, new_market_data_sensor
 from trading_assets import (
+    comparison,
     data_quality,
     evaluation,
     execution_quality,
@@ -51,6 +52,7 @@ all_assets = dg.load_assets_from_modules(
         selection,
         sizing,
         evaluation,
+        comparison,
         execution_quality,
         tuning,
         monitoring,

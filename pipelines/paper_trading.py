@@ -11,6 +11,12 @@ session, ``--new-session-id ID`` names a new one. ``--kill REASON`` engages a se
 
 A session ends ``finished`` when its bars run out and ``stopped`` otherwise (``--max-bars``, an interrupt, or a
 broker unreachable for longer than its outage grace, which exits with status 3 and one line saying why).
+
+The dashboard names the traded version (``<model> v<k> (<alias>)``: ``champion`` only when that version holds it)
+and the shadow challenger, or why none runs. When the session ends, its dashboard stays up with the final state
+(status ``finished`` or ``stopped``, final equity, positions and alerts) until Ctrl-C: by default when stdin and
+stdout are terminals (a person is watching), never in scripts, CI or a container; ``--keep-dashboard`` and
+``--no-keep-dashboard`` decide it either way.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import re
 import shlex
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -105,6 +112,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_MONITOR_PORT,
         help="monitoring server port, -1 disables the server (default %(default)s)",
     )
+    parser.add_argument(
+        "--keep-dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the dashboard up with the final state after the session ends, until Ctrl-C "
+        "(default: when stdin and stdout are terminals)",
+    )
     parser.add_argument("--alert-webhook", default=os.environ.get("RL_TRADING_ALERT_WEBHOOK_URL"))
     parser.add_argument("--max-bars", type=int, default=None)
     parser.add_argument(
@@ -132,6 +146,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kill", default=None, metavar="REASON", help="engage --session-id's kill switch")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.keep_dashboard is None:
+        args.keep_dashboard = watched_in_a_terminal()
     if args.fake_alpaca and (args.stream or args.publish_to_fake or args.alpaca_url):
         parser.error(
             "--fake-alpaca starts its own fake market: drop --stream, --publish-to-fake and --alpaca-url"
@@ -152,8 +168,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def resolve_versions(registry, args) -> tuple[str, str, str | None]:
-    """(trading version, the alias it holds, shadow challenger version or None)."""
+def watched_in_a_terminal() -> bool:
+    """Whether a person runs the command at a terminal (who can look at the final state, then press Ctrl-C)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def resolve_versions(registry, args) -> tuple[str, str]:
+    """(trading version, the alias it holds): ``--alias``'s, else ``--fallback-alias``'s."""
     version, alias = registry.version_for_alias(args.alias, args.model_name), args.alias
     if version is None and args.fallback_alias:
         version, alias = registry.version_for_alias(args.fallback_alias, args.model_name), args.fallback_alias
@@ -164,10 +185,19 @@ def resolve_versions(registry, args) -> tuple[str, str, str | None]:
             )
     if version is None:
         raise SystemExit(f"no version of {args.model_name} holds '{args.alias}': run `make run` first")
-    challenger = (
-        registry.version_for_alias(args.challenger_alias, args.model_name) if args.challenger_alias else None
-    )
-    return version, alias, (challenger if challenger != version else None)
+    return version, alias
+
+
+def shadow_version(registry, args, version: str) -> tuple[str | None, str]:
+    """(the shadow challenger's version, or None and why no shadow runs)."""
+    if not args.challenger_alias:
+        return None, "--challenger-alias is empty"
+    challenger = registry.version_for_alias(args.challenger_alias, args.model_name)
+    if challenger is None:
+        return None, f"no version of {args.model_name} holds '{args.challenger_alias}'"
+    if challenger == version:
+        return None, f"v{version}, which holds '{args.challenger_alias}', is the one trading"
+    return challenger, ""
 
 
 def load_engine(registry, model_name: str, version: str):
@@ -235,12 +265,23 @@ def publishing(events: Iterator, publish) -> Iterator:
         yield event
 
 
-def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | None, resume: str) -> str:
-    """The session's report: bars, orders, equity, alerts, how it ended and the command that resumes it."""
+def summarize(
+    loop,
+    store,
+    session_id: str,
+    state_url: str,
+    monitor_url: str | None,
+    resume: str,
+    models: Models,
+    dashboard_kept: bool = False,
+) -> str:
+    """The session's report: the versions, bars, orders, equity, alerts, how it ended and the command that
+    resumes it."""
     from trading_core.live.state import CHALLENGER, CHAMPION
 
     summary = loop.summary
     lines = ["", "=" * 78, f"Paper-trading session {session_id}", "=" * 78]
+    lines.append(f"Traded: {models.traded}; {models.shadow}")
     lines.append(
         f"Bars {summary.bars} (skipped outside market hours: {summary.skipped_closed}), decisions "
         f"{summary.decisions}, orders sent {summary.orders_sent}, broker fills {summary.fills}"
@@ -250,12 +291,17 @@ def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | N
         lines.append(
             f"Decision latency: p50 {np.percentile(latencies, 50):.2f} ms, p99 {np.percentile(latencies, 99):.2f} ms"
         )
-    for role in (CHAMPION, CHALLENGER):
+    # The loop's roles are "champion" (traded) and "challenger" (shadow), whichever alias each version holds.
+    labels = {CHAMPION: f"traded v{models.version} ({models.alias})"}
+    if models.challenger_version is not None:
+        labels[CHALLENGER] = f"shadow v{models.challenger_version} ({models.challenger_alias})"
+    width = max(len(label) for label in labels.values())
+    for role, label in labels.items():
         curve = store.equity_curve(session_id, role)
         if len(curve) >= 2:
             equity = curve["equity"]
             lines.append(
-                f"{role:<11}: equity {equity.iloc[0]:,.0f} -> {equity.iloc[-1]:,.0f} "
+                f"{label:<{width}}: equity {equity.iloc[0]:,.0f} -> {equity.iloc[-1]:,.0f} "
                 f"({equity.iloc[-1] / equity.iloc[0] - 1:+.2%}), max drawdown {curve['drawdown'].max():.1%}"
             )
     fills = store.fills(session_id)
@@ -264,10 +310,7 @@ def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | N
             f"Fills recorded: {int((fills['source'] == 'broker').sum())} broker, "
             f"{int((fills['source'] == 'simulated').sum())} simulated (for reconciliation)"
         )
-    alerts = store.alerts(session_id)
-    lines.append(
-        f"Alerts: {len(alerts)}" + (f" ({', '.join(sorted(set(alerts['rule'])))})" if len(alerts) else "")
-    )
+    lines.append(alert_counts(store.alerts(session_id)))
     if summary.killed:
         lines.append("Kill switch: engaged — orders canceled, positions closed")
     session = store.get_session(session_id)
@@ -277,10 +320,27 @@ def summarize(loop, store, session_id: str, state_url: str, monitor_url: str | N
         )
     lines.append(f"State: {state_url}")
     if monitor_url:
-        lines.append(f"Dashboard: {monitor_url}/dashboard (served while the session runs)")
+        served = (
+            "kept up with the final state until Ctrl-C" if dashboard_kept else "served while the session ran"
+        )
+        lines.append(f"Dashboard: {monitor_url}/dashboard ({served})")
     lines.append(f"Resume this session: {resume}")
     lines.append("=" * 78)
     return "\n".join(lines)
+
+
+def alert_counts(alerts: pd.DataFrame) -> str:
+    """``Alerts: N (rule raised[, k resolved], ...)``: how often each rule alerted and how often it cleared."""
+    from trading_core.monitoring.alerts import RESOLVED_PREFIX
+
+    if alerts.empty:
+        return "Alerts: 0"
+    resolved = alerts["message"].str.startswith(RESOLVED_PREFIX)
+    parts = []
+    for rule, rows in alerts.groupby("rule", sort=True):
+        cleared = int(resolved[rows.index].sum())
+        parts.append(f"{rule} {len(rows) - cleared}" + (f" ({cleared} resolved)" if cleared else ""))
+    return f"Alerts: {len(alerts)}: " + ", ".join(parts)
 
 
 def resume_command(args: argparse.Namespace, session_id: str) -> str:
@@ -325,7 +385,12 @@ def session_to_run(store, args: argparse.Namespace) -> str:
 
 @dataclass(frozen=True)
 class Models:
-    """The registered versions a session trades: the champion's engine and the shadow challenger's, if any."""
+    """The registered versions a session runs: the traded one's engine (the loop's ``champion`` role, whichever
+    alias the version holds) and the shadow challenger's, if any.
+
+    :param alias: the alias the traded version holds (``challenger`` when nothing was promoted)
+    :param no_shadow: why no shadow challenger runs (empty when one does)
+    """
 
     registry: Any
     version: str
@@ -333,10 +398,25 @@ class Models:
     champion: Any
     challenger: Any = None
     challenger_version: str | None = None
+    model_name: str = ""
+    challenger_alias: str = ""
+    no_shadow: str = ""
 
     @property
     def tickers(self) -> list[str]:
         return list(self.champion.spec.tickers)
+
+    @property
+    def traded(self) -> str:
+        """The traded version as ``<model> v<k> (<alias>)``."""
+        return f"{self.model_name} v{self.version} ({self.alias})"
+
+    @property
+    def shadow(self) -> str:
+        """``shadow: <model> v<k> (<alias>)``, or ``no shadow: <why>``."""
+        if self.challenger_version is None:
+            return f"no shadow: {self.no_shadow}"
+        return f"shadow: {self.model_name} v{self.challenger_version} ({self.challenger_alias})"
 
 
 @dataclass(frozen=True)
@@ -378,13 +458,25 @@ def load_models(args: argparse.Namespace) -> Models:
     from pipelines.resources_by_env import resources_for
 
     registry = resources_for()["model_registry"]
-    version, alias, challenger_version = resolve_versions(registry, args)
+    version, alias = resolve_versions(registry, args)
+    challenger_version, no_shadow = shadow_version(registry, args, version)
     champion = load_engine(registry, args.model_name, version)
     challenger = load_engine(registry, args.model_name, challenger_version) if challenger_version else None
     if challenger is not None and list(challenger.spec.tickers) != list(champion.spec.tickers):
         print(f"NOTE: challenger v{challenger_version} trades other tickers; no shadow A/B this session")
+        no_shadow = f"v{challenger_version}, which holds '{args.challenger_alias}', trades other tickers"
         challenger, challenger_version = None, None
-    return Models(registry, version, alias, champion, challenger, challenger_version)
+    return Models(
+        registry,
+        version,
+        alias,
+        champion,
+        challenger,
+        challenger_version,
+        model_name=args.model_name,
+        challenger_alias=args.challenger_alias,
+        no_shadow=no_shadow,
+    )
 
 
 def new_session_id() -> str:
@@ -571,6 +663,28 @@ def alerting(args: argparse.Namespace, session_id: str, current_loop: Callable[[
     return evaluator, FanOutAlertSink(sinks)
 
 
+def dashboard_status(loop, models: Models) -> Callable[[], dict[str, Any]]:
+    """``/api/status``: the loop's status, the traded version and the shadow by name, and the session's status
+    (``running``, then ``finished``, ``stopped`` or ``killed``) with why it ended."""
+    versions = {
+        "model_name": models.model_name,
+        "model_alias": models.alias,
+        "model": models.traded,
+        "shadow": models.shadow,
+    }
+
+    def status() -> dict[str, Any]:
+        summary = loop.summary
+        return {
+            **loop.status(),
+            **versions,
+            "session_status": summary.status,
+            "stop_reason": summary.stop_reason,
+        }
+
+    return status
+
+
 def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, session_id: str) -> Session:
     """The fake market, broker, bars, alerts, loop and monitoring server of a session, closed by ``stack``."""
     from trading_assets.config_defaults import default_of
@@ -617,10 +731,18 @@ def set_up(args: argparse.Namespace, stack: ExitStack, store, models: Models, se
     monitor_url = None
     if args.monitor_port >= 0:
         server = stack.enter_context(
-            MonitoringServer(loop.status, metrics, loop.ready, host=args.monitor_host, port=args.monitor_port)
+            MonitoringServer(
+                dashboard_status(loop, models),
+                metrics,
+                loop.ready,
+                host=args.monitor_host,
+                port=args.monitor_port,
+            )
         )
         monitor_url = server.url
-        print(f"Monitoring: {monitor_url}/dashboard  {monitor_url}/metrics  {monitor_url}/healthz")
+        print(
+            f"Monitoring: {monitor_url}/dashboard  {monitor_url}/metrics  {monitor_url}/healthz", flush=True
+        )
     if feed is not None:
         feed.metrics = metrics
     return Session(session_id, loop, events, monitor_url, feed)
@@ -630,15 +752,45 @@ def run(args: argparse.Namespace, session: Session, models: Models) -> None:
     print(
         f"Session {session.session_id}: {args.model_name} v{models.version} ('{models.alias}') on the "
         f"{args.broker} broker"
-        + (f", challenger v{models.challenger_version} in shadow" if models.challenger_version else "")
+        + (
+            f", challenger v{models.challenger_version} in shadow"
+            if models.challenger_version
+            else f"; {models.shadow}"
+        )
     )
     on_done = session.feed.done if session.feed is not None else None
     session.loop.run(session.events, max_bars=args.max_bars, on_done=on_done)
 
 
-def report(args: argparse.Namespace, session: Session, store) -> str:
+def keeps_dashboard(args: argparse.Namespace, session: Session) -> bool:
+    """Whether the dashboard stays up after the session ended (``--keep-dashboard``, with a server running)."""
+    return bool(args.keep_dashboard) and session.monitor_url is not None
+
+
+def hold_dashboard(url: str) -> None:
+    """Keep serving the ended session's dashboard until Ctrl-C (the caller's stack then closes the server)."""
+    print(
+        f"The dashboard stays up at {url}/dashboard with the final state: press Ctrl-C to stop.", flush=True
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("dashboard stopped", flush=True)
+
+
+def report(args: argparse.Namespace, session: Session, store, models: Models) -> str:
     resume = resume_command(args, session.session_id)
-    text = summarize(session.loop, store, session.session_id, store.url, session.monitor_url, resume)
+    text = summarize(
+        session.loop,
+        store,
+        session.session_id,
+        store.url,
+        session.monitor_url,
+        resume,
+        models,
+        keeps_dashboard(args, session),
+    )
     if session.feed is None:
         return text
     counts, bus = session.feed.counts, session.feed.bus
@@ -651,9 +803,6 @@ def report(args: argparse.Namespace, session: Session, store) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``make paper``: 0 when the session ran, 3 when it stopped early (one line on stderr says why)."""
-    from trading_core.live.loop import SessionStopped
-    from trading_core.runtime.stored_json import StoredStateError
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     home = StateHome.from_env().prepare()
@@ -664,19 +813,32 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(args)
     with ExitStack() as stack:
         session = set_up(args, stack, store, models, session_id)
-        try:
-            run(args, session, models)
-        except StoredStateError as error:
-            raise SystemExit(str(error)) from None
-        except SessionStopped as stopped:
-            print(report(args, session, store))
-            print(f"{stopped}; resume: {resume_command(args, session_id)}", file=sys.stderr)
-            return EXIT_STOPPED
-        except KeyboardInterrupt:
-            print(report(args, session, store))
-            print(f"interrupted; resume: {resume_command(args, session_id)}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        print(report(args, session, store))
+        code = run_and_report(args, session, models, store)
+        # Ctrl-C during the session ends it all; otherwise its final state stays up for whoever watches.
+        if code != EXIT_INTERRUPTED and keeps_dashboard(args, session):
+            hold_dashboard(session.monitor_url)
+    return code
+
+
+def run_and_report(args: argparse.Namespace, session: Session, models: Models, store) -> int:
+    """Run the session, print its report; the exit status (0, or 3 stopped early, or 130 interrupted)."""
+    from trading_core.live.loop import SessionStopped
+    from trading_core.runtime.stored_json import StoredStateError
+
+    resume = resume_command(args, session.session_id)
+    try:
+        run(args, session, models)
+    except StoredStateError as error:
+        raise SystemExit(str(error)) from None
+    except SessionStopped as stopped:
+        print(report(args, session, store, models))
+        print(f"{stopped}; resume: {resume}", file=sys.stderr)
+        return EXIT_STOPPED
+    except KeyboardInterrupt:
+        print(report(args, session, store, models))
+        print(f"interrupted; resume: {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(report(args, session, store, models), flush=True)
     return 0
 
 

@@ -13,13 +13,25 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from resources.state_home import STATE_HOME_ENV, StateHome
+# Imported where used: importing the resources package imports Dagster's MLflow integration, whose beta notice
+# the quiet console silences first.
+if TYPE_CHECKING:
+    from resources.state_home import StateHome
 
 RULE = "=" * 78
+DEBUG_FLAG = "--debug"
 DATA_ASSET = "validated_daily_bars"
 GATE_ASSETS = ("backtest", "stress_tests", "seed_sweep")
+
+
+def _stored_value(result, asset: str) -> Any:
+    """An asset's value from an in-process run, ``None`` when its step did not run (or failed)."""
+    try:
+        return result.asset_value(asset)
+    except Exception:  # noqa: BLE001 - a step that did not run has no output
+        return None
 
 
 @dataclass(frozen=True)
@@ -50,13 +62,7 @@ class RunOutputs:
 
     @classmethod
     def of(cls, result) -> RunOutputs:
-        def output(name: str):
-            try:
-                return result.asset_value(name)
-            except Exception:  # noqa: BLE001 - a step that did not run has no output
-                return None
-
-        return cls(**{f.name: output(f.name) for f in fields(cls)})
+        return cls(**{f.name: _stored_value(result, f.name) for f in fields(cls)})
 
     def gates(self) -> tuple:
         """Every gate result of the run: the backtest's, then the stress tests' and the seed sweep's."""
@@ -147,12 +153,17 @@ def _training_lines(agent) -> list[str]:
     ]
 
 
+def _promoted(decision) -> bool:
+    """Whether ``champion_model`` ran and moved alias champion (a rejection completes it as not promoted)."""
+    return decision is not None and bool(decision["promoted"])
+
+
 def _model_lines(version, champion) -> list[str]:
     from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
     if version is None:
         return []
-    aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if champion is not None else [])
+    aliases = [CHALLENGER_ALIAS] + ([CHAMPION_ALIAS] if _promoted(champion) else [])
     return [
         f"Model       : {version.name} version {version.version} = {version.candidate} seed {version.seed} "
         f"(validation's pick from the leaderboard), aliases: {', '.join(aliases)}"
@@ -247,7 +258,8 @@ def _gate_lines(out: RunOutputs, evaluations) -> list[str]:
     lines += [
         f"  [{'PASS' if gate.passed else 'FAIL'}] {gate.name}: {gate.description}" for gate in out.gates()
     ]
-    if out.champion_model is not None:
+    decision = out.champion_model
+    if _promoted(decision):
         lines.append(
             f"Verdict     : PROMOTED — version {out.registered_model.version} now holds alias '{CHAMPION_ALIAS}'"
         )
@@ -256,6 +268,10 @@ def _gate_lines(out: RunOutputs, evaluations) -> list[str]:
             f"Verdict     : NOT PROMOTED — version {report.version} keeps alias '{CHALLENGER_ALIAS}' only; "
             f"'{CHAMPION_ALIAS}' is unchanged"
         )
+    if decision is not None and not decision["promoted"]:
+        holder = decision["champion"]
+        lines += [f"  because {reason}" for reason in decision["reasons"]]
+        lines.append(f"  '{CHAMPION_ALIAS}' stays with {f'version {holder}' if holder else 'no version'}")
     return lines
 
 
@@ -303,8 +319,12 @@ def _candidate_lines(out: RunOutputs) -> list[str]:
         failed = [g.name for g in out.gates() if not g.passed]
         lines.append(
             f"    {'registered ' + (registered.candidate if registered else ''):<20} v{report.version}: "
-            + ("pass (promoted)" if out.champion_model is not None else "fail: " + ", ".join(failed))
+            + ("pass (promoted)" if _promoted(out.champion_model) else "fail: " + ", ".join(failed))
         )
+    passing = [row for row in verdicts.table().to_dict(orient="records") if row["verdict"] == "pass"]
+    if passing:
+        lines.append("    Passing candidates: only validation's pick is registered and gated for promotion")
+        lines += [f"      {row['candidate']}: {row.get('promotion') or 'not registered'}" for row in passing]
     return lines
 
 
@@ -427,6 +447,14 @@ def failed_steps(result) -> list:
     return [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and not _is_gate_failure(e)]
 
 
+def step_failure_line(event) -> str:
+    """A failed step's console line: the gate's verdict, or the failure's cause in one line (no traceback)."""
+    if _is_gate_failure(event):
+        return "rejected by the promotion gate (a verdict, not an error: the summary says why)"
+    info = event.event_specific_data.error
+    return f"FAILED: {failure_cause(info) if info is not None else 'no error recorded'}"
+
+
 def _validation_error_text(text: str) -> str:
     """A pydantic ValidationError's errors as one line: pydantic writes each as a line naming the field (none for a
     model-level error), then its ``Value error, message [type=...]`` line."""
@@ -473,6 +501,8 @@ def _failure_lines(failures) -> list[str]:
 
 
 def _ui_lines(home: StateHome, tracking_uri: str) -> list[str]:
+    from resources.state_home import STATE_HOME_ENV
+
     home_export = f"{STATE_HOME_ENV}={home.root}"
     return [
         "",
@@ -518,7 +548,7 @@ def summarize(result, home: StateHome, tracking_uri: str) -> tuple[str, bool]:
         RULE,
     ]
     # Only the gate may fail (a rejected candidate), or nothing at all (a promoted one).
-    ok = out.backtest is not None and (not failures or out.champion_model is not None)
+    ok = out.backtest is not None and (not failures or _promoted(out.champion_model))
     return "\n".join(lines), ok
 
 
@@ -598,6 +628,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="CSV",
         help="CSV file (columns tic, date) of real corporate events or crashes the unadjusted-split rule lets pass",
+    )
+    parser.add_argument(
+        DEBUG_FLAG,
+        action="store_true",
+        help="print Dagster's full DEBUG event log and the libraries' own output instead of one line per step",
     )
     return parser.parse_args(argv)
 
@@ -739,32 +774,81 @@ def run_config_for(args: argparse.Namespace) -> dict:
     return run_config
 
 
+def record_retraining_weeks(instance, raw) -> str | None:
+    """Add the weeks of the bars this run read as partitions of ``weekly_retraining`` (what new_market_data_sensor
+    does each hour), so the Partitions tab lists them after the first run; one line saying what it holds."""
+    from zoneinfo import ZoneInfo
+
+    from pipelines.jobs import (
+        RETRAINING_TIMEZONE,
+        RETRAINING_WEEKS,
+        apply_partition_requests,
+        retraining_week_requests,
+    )
+
+    if raw is None:
+        return None
+    today = datetime.now(ZoneInfo(RETRAINING_TIMEZONE)).date()
+    apply_partition_requests(instance, retraining_week_requests(instance, raw.frame["date"], today))
+    weeks = sorted(instance.get_dynamic_partitions(RETRAINING_WEEKS.name))
+    if not weeks:
+        return None
+    return (
+        f"weekly_retraining: {len(weeks)} week partitions ({RETRAINING_WEEKS.name}), "
+        f"{weeks[0]} .. {weeks[-1]}, each cut at its week's last trading day"
+    )
+
+
+def _wants_debug(argv: list[str] | None) -> bool:
+    """Whether ``--debug`` is given, known before the imports that warn (argparse would import them first)."""
+    return DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    debug = _wants_debug(argv)
+    if not debug:
+        from pipelines.console import quiet_console
+
+        quiet_console()
     args = parse_args(argv)
     # Every bad flag or variable is refused here, before the state home, Dagster or MLflow is touched.
     problems = argument_problems(args)
     if problems:
         print("\n".join(f"make run: {problem}" for problem in problems), file=sys.stderr)
         return 2
+    from resources.state_home import StateHome
+
     home = StateHome.from_env()
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
     home.prepare()  # after DAGSTER_HOME: the instance's schema is created under the home's lock too
 
     from dagster import DagsterInstance
 
+    from pipelines.console import CONSOLE_LOGGERS, DEBUG_LOGGERS, console_job
     from pipelines.definitions import defs
 
     instance = DagsterInstance.get()
     job = defs.resolve_job_def("full_pipeline")
+    run_config = {**run_config_for(args), **(DEBUG_LOGGERS if debug else CONSOLE_LOGGERS)}
+    if not debug:
+        job = console_job(job, step_failure_line)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or home.mlflow_tracking_uri
     # One retraining run at a time on this home; the summary reads the stored values, so it is written
     # before another run may replace them.
     with home.retraining_run(instance) as run_tags:
+        print(
+            f"make run: {job.name}, {len(job.nodes_in_topological_order)} steps, state home {home.root} "
+            f"(every event in the Dagster UI; {DEBUG_FLAG} prints them here)",
+            flush=True,
+        )
         result = job.execute_in_process(
-            instance=instance, run_config=run_config_for(args), raise_on_error=False, tags=run_tags
+            instance=instance, run_config=run_config, raise_on_error=False, tags=run_tags
         )
         summary, ok = summarize(result, home, tracking_uri)
+        weeks = record_retraining_weeks(instance, _stored_value(result, "raw_daily_bars"))
+    if weeks:
+        print(weeks)
     print(summary)
     return 0 if ok else 1
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import dagster as dg
 
 from pipelines.jobs import (
     RETRAINING_TIMEZONE,
+    RETRAINING_WEEKS,
     champion_monitoring_job,
     paper_trading_review_job,
     weekly_data_cutoff,
@@ -27,24 +30,31 @@ def weekly_retraining_run_config(partition_key: str) -> dict:
     return {**run_config, "ops": {**ops, "trained_agent": trained}}
 
 
-# The partitioned config's weeks run Monday 06:00 to Monday 06:00 New York, so the schedule fires Mondays at 06:00
-# for the week that just ended.
+def newest_retraining_week(instance: dg.DagsterInstance, before: date) -> str | None:
+    """The newest week partition whose last trading day is before ``before``, ``None`` when there is none."""
+    keys = [key for key in instance.get_dynamic_partitions(RETRAINING_WEEKS.name) if key < before.isoformat()]
+    return max(keys, default=None)
+
+
+# Weeks become partitions once they end (new_market_data_sensor adds them), so the schedule fires Mondays at 06:00
+# for the newest one: the week just ended when the source has its bars, else the last week the source holds.
 @dg.schedule(
     job=weekly_retraining_job,
     cron_schedule="0 6 * * 1",
     execution_timezone=RETRAINING_TIMEZONE,
     name="weekly_retraining_schedule",
-    description="Mondays 06:00 New York: retrain on the data up to the week just ended (warm-started from the "
-    "champion when the walk-forward verdict says so) and gate promotion.",
+    description="Mondays 06:00 New York: retrain on the data up to the newest week the source holds (warm-started "
+    "from the champion when the walk-forward verdict says so) and gate promotion; each week once.",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-    """The run of the week that ended at this tick, with the ``auto`` start mode."""
-    partitions = weekly_data_cutoff.partitions_def
-    week = partitions.get_prev_partition_window(context.scheduled_execution_time)
-    if week is None:
-        return dg.SkipReason("no weekly partition has ended yet")
-    key = partitions.get_partition_key(week.start)
+    """The run of the newest week partition, with the ``auto`` start mode; its key is the run key, so a week
+    the source has not moved past is not retrained twice."""
+    key = newest_retraining_week(context.instance, context.scheduled_execution_time.date())
+    if key is None:
+        return dg.SkipReason(
+            f"no week partition of {RETRAINING_WEEKS.name} yet: new_market_data_sensor adds each ended week of bars"
+        )
     return dg.RunRequest(run_key=key, partition_key=key, run_config=weekly_retraining_run_config(key))
 
 

@@ -1,13 +1,21 @@
-"""Sensors: retrain when the data source has new bars, or when champion monitoring recommends it (feature drift,
-performance decay, or a market regime change that lasted)."""
+"""Sensors: add each ended week of bars as a retraining partition; retrain when the data source has new bars, or
+when champion monitoring recommends it (feature drift, performance decay, or a market regime change that lasted)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
+import pandas as pd
 
-from pipelines.jobs import full_pipeline_job, minute_bars_ingestion_job
+from pipelines.jobs import (
+    RETRAINING_TIMEZONE,
+    full_pipeline_job,
+    minute_bars_ingestion_job,
+    retraining_week_requests,
+)
 from resources.market_data import MarketDataResource
 from trading_assets.intraday import INTRADAY_SESSIONS, intraday_source_missing
 from trading_core.data.intraday import session_days
@@ -20,23 +28,34 @@ CHAMPION_MONITORING_KEY = dg.AssetKey("champion_monitoring")
     job=full_pipeline_job,
     minimum_interval_seconds=3600,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Hourly: when the market-data source holds a bar newer than the last one seen, retrain on it.",
+    description="Hourly: adds each ended week of bars as a partition of weekly_retraining, and when the "
+    "market-data source holds a bar newer than the last one seen, retrains on it.",
 )
 def new_market_data_sensor(context: dg.SensorEvaluationContext, market_data: MarketDataResource):
-    latest = market_data.latest_bar_date()
-    if latest is None:
+    dates = pd.to_datetime(market_data.load_daily_bars().frame["date"], errors="coerce").dropna()
+    if dates.empty:
         return dg.SkipReason("the market-data source holds no bars")
+    today = datetime.now(ZoneInfo(RETRAINING_TIMEZONE)).date()
+    weeks = retraining_week_requests(context.instance, dates, today)
+    request = _new_bar_request(context, pd.Timestamp(dates.max()).date())
+    if isinstance(request, dg.SkipReason):
+        added = sum(len(r.partition_keys) for r in weeks if isinstance(r, dg.AddDynamicPartitionsRequest))
+        note = f"; {added} week partition(s) added" if added else ""
+        return dg.SensorResult(skip_reason=f"{request.skip_message}{note}", dynamic_partitions_requests=weeks)
+    return dg.SensorResult(run_requests=[request], dynamic_partitions_requests=weeks)
+
+
+def _new_bar_request(context: dg.SensorEvaluationContext, latest: date) -> dg.RunRequest | dg.SkipReason:
+    """A retraining run when ``latest`` is newer than the bar the cursor last saw (the cursor moves to it)."""
     seen = context.cursor
-    context.update_cursor(latest.date().isoformat())
+    context.update_cursor(latest.isoformat())
     if seen is None:
-        return dg.SkipReason(
-            f"first look: newest bar {latest.date()} recorded; the next new bar triggers a run"
-        )
-    if latest.date().isoformat() <= seen:
+        return dg.SkipReason(f"first look: newest bar {latest} recorded; the next new bar triggers a run")
+    if latest.isoformat() <= seen:
         return dg.SkipReason(f"no bar newer than {seen}")
     return dg.RunRequest(
-        run_key=f"new-data-through-{latest.date()}",
-        tags={"trigger": "new_market_data", "data_through": latest.date().isoformat()},
+        run_key=f"new-data-through-{latest}",
+        tags={"trigger": "new_market_data", "data_through": latest.isoformat()},
     )
 
 

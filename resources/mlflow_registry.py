@@ -7,15 +7,17 @@ import re
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
 
 import dagster as dg
 from dagster_mlflow.resources import CONFIG_SCHEMA as DAGSTER_MLFLOW_CONFIG_SCHEMA
 from dagster_mlflow.resources import MlFlow
 from pydantic import Field
 
-from trading_core.evaluation.promotion import GateRecord, promotion_refusal
+from trading_core.evaluation.model_card import GateCheck, model_card_markdown, version_description
+from trading_core.evaluation.promotion import GateRecord, GateResult, promotion_refusal
 
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
@@ -28,6 +30,36 @@ START_MODE_VERDICT_TAG = "retraining.start_mode_verdict"
 START_MODE_REASON_TAG = "retraining.start_mode_verdict_reason"
 # When the verdict was recorded, in nanoseconds since the epoch (fixed width, so its text sorts as its number).
 START_MODE_RECORDED_TAG = "retraining.start_mode_verdict_recorded_ns"
+# The experiment tag MLflow 3's UI reads to open an experiment as model training (not as GenAI traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# The agent-version tag naming the forecaster ("name/version") whose outputs the agent observes.
+FORECASTER_TAG = "cnn_lstm_model"
+# Version tags holding each gate check's figures: ``gate_check.<step>.<check>`` (apart from ``gate.<step>``,
+# the records promotion trusts).
+GATE_CHECK_TAG_PREFIX = "gate_check."
+EVALUATION_FOLDER = "evaluation"
+GATE_FILE = "promotion_gate.json"
+MODEL_CARD_FILE = "model_card.md"
+# Facts of a version's model card (data, periods, features, costs, risk limits, gate steps), in its run's
+# ``evaluation`` folder, recorded by the backtest.
+MODEL_CARD_FACTS_FILE = "model_card_facts.json"
+# Passes over the gate records while other steps may write theirs (see :meth:`_publish_gate`).
+_PUBLISH_PASSES = 5
+AGENT_MODEL_DESCRIPTION = (
+    "Trading agents trained, backtested and gated by the rl_trading Dagster pipeline. Aliases: `champion` trades "
+    "(paper or live), `challenger` is the latest candidate registered, `previous` is the rollback target. Each "
+    "version's description holds its gate verdict and key test metrics; its run holds `model_card.md`, "
+    "`evaluation/promotion_gate.json` and the tearsheet."
+)
+FORECASTER_MODEL_DESCRIPTION = (
+    "CNN+LSTM forecasts of next-day returns (mean, log-variance, embedding) that the trading agents observe. Its "
+    "aliases follow the agent versions observing it: the forecaster of the `champion` agent holds `champion`, "
+    "of the `challenger` holds `challenger`."
+)
+OTHER_MODEL_DESCRIPTION = "Registered by the rl_trading Dagster pipeline."
+# What older code wrote as every model's description: replaced by the descriptions above.
+_PLACEHOLDER_DESCRIPTION = "trained by the rl_trading Dagster pipeline"
 
 
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: str) -> str:
@@ -36,9 +68,15 @@ def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_root: st
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(experiment_name, artifact_location=f"{artifact_root}/{experiment_name}")
+    if experiment is None:
+        return client.create_experiment(
+            experiment_name,
+            artifact_location=f"{artifact_root}/{experiment_name}",
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by older code: the UI would guess GenAI
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
 
 
 @dg.resource(
@@ -76,6 +114,15 @@ class RegisteredVersion:
 
 
 @dataclass(frozen=True)
+class ArtifactLinks:
+    """A run artifact's run page and raw file in the MLflow UI, and its location in the artifact store."""
+
+    run_page: str
+    file: str
+    location: str
+
+
+@dataclass(frozen=True)
 class StartModeVerdict:
     """The latest walk-forward verdict between warm starts and training from scratch.
 
@@ -103,6 +150,16 @@ class ChampionAgent:
     def label(self) -> str:
         """``name/version``, as a ``warm_started_from`` tag names it."""
         return f"{self.version.name}/{self.version.version}"
+
+
+def _gate_checks(tags: dict[str, str]) -> list[GateCheck]:
+    """The gate checks among a version's tags, by step then check."""
+    checks = []
+    for key, value in sorted(tags.items()):
+        if key.startswith(GATE_CHECK_TAG_PREFIX):
+            step = key.removeprefix(GATE_CHECK_TAG_PREFIX).split(".")[0]
+            checks.append(GateCheck(step, GateResult(**json.loads(value))))
+    return checks
 
 
 _METRIC_NAME_REFUSED = re.compile(r"[^0-9A-Za-z_\-. :/]")
@@ -138,10 +195,13 @@ class MlflowRegistryResource(dg.ConfigurableResource):
 
         name = model_name or self.model_name
         client = self._client()
+        description = AGENT_MODEL_DESCRIPTION if name == self.model_name else OTHER_MODEL_DESCRIPTION
         try:
-            client.get_registered_model(name)
+            registered = client.get_registered_model(name)
+            if registered.description in (None, "", _PLACEHOLDER_DESCRIPTION):
+                client.update_registered_model(name, description=description)
         except MlflowException:
-            client.create_registered_model(name, description="trained by the rl_trading Dagster pipeline")
+            client.create_registered_model(name, description=description)
         version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags)
         return RegisteredVersion(name, str(version.version), run_id, model_uri)
 
@@ -150,7 +210,33 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         return ensure_experiment(self.tracking_uri, self.experiment_name, self.artifact_root)
 
     def set_alias(self, version: str, alias: str, model_name: str | None = None) -> None:
-        self._client().set_registered_model_alias(model_name or self.model_name, alias, version)
+        """Give ``alias`` to ``version``; the forecaster the version observes (its ``cnn_lstm_model`` tag) gets
+        the same alias, so the pair reads the same in both models, and a new champion is named in the registered
+        model's description."""
+        name = model_name or self.model_name
+        client = self._client()
+        client.set_registered_model_alias(name, alias, version)
+        paired = client.get_model_version(name, version).tags.get(FORECASTER_TAG, "")
+        if paired.count("/") == 1:
+            self._alias_forecaster(paired, alias)
+        if alias == CHAMPION_ALIAS:
+            self._describe_champion(version, name)
+
+    def _alias_forecaster(self, forecaster: str, alias: str) -> None:
+        """Set ``alias`` on the forecaster ``name/version`` when the registry holds it (a tag of a version
+        registered elsewhere may name a forecaster this registry never saw)."""
+        from mlflow.exceptions import MlflowException
+
+        name, version = forecaster.split("/")
+        client = self._client()
+        try:
+            registered = client.get_registered_model(name)
+            client.get_model_version(name, version)
+        except MlflowException:
+            return
+        client.set_registered_model_alias(name, alias, version)
+        if registered.description in (None, "", _PLACEHOLDER_DESCRIPTION, OTHER_MODEL_DESCRIPTION):
+            client.update_registered_model(name, description=FORECASTER_MODEL_DESCRIPTION)
 
     def version_for_alias(self, alias: str, model_name: str | None = None) -> str | None:
         """The version holding ``alias``, or ``None`` when no version holds it."""
@@ -217,9 +303,85 @@ class MlflowRegistryResource(dg.ConfigurableResource):
         """The tags of a registered version (not of its run): registration provenance and gate records."""
         return dict(self._client().get_model_version(model_name or self.model_name, version).tags)
 
-    def record_gate(self, record: GateRecord, model_name: str | None = None) -> None:
-        """Store a gate step's verdict on the version it judged, so that promotion can read it back."""
-        self.set_version_tags(record.version, {record.tag_key: record.tag_value()}, model_name)
+    def record_gate(
+        self, record: GateRecord, model_name: str | None = None, checks: Sequence[GateResult] = ()
+    ) -> None:
+        """Store a gate step's verdict on the version it judged, so that promotion can read it back.
+
+        :param checks: the step's checks with their figures: with them the version's full gate record
+            (``evaluation/promotion_gate.json``), model card and description are written again
+        """
+        tags = {record.tag_key: record.tag_value()}
+        tags |= {
+            f"{GATE_CHECK_TAG_PREFIX}{record.step}.{check.name}": json.dumps(asdict(check))
+            for check in checks
+        }
+        self.set_version_tags(record.version, tags, model_name)
+        if checks:
+            self._publish_gate(record.version, model_name or self.model_name)
+
+    def gate_checks(self, version: str, model_name: str | None = None) -> list[GateCheck]:
+        """Every gate check recorded on a version, by step then check."""
+        return _gate_checks(self.version_tags(version, model_name))
+
+    def _publish_gate(self, version: str, name: str) -> None:
+        """Write the version's gate record, model card and description from every check recorded so far.
+
+        Gate steps run in parallel, each publishing after recording its checks: a step reads the records again
+        after writing and writes once more when another step recorded meanwhile, so the last file written holds
+        every step's checks.
+        """
+        client = self._client()
+        run_id = client.get_model_version(name, version).run_id
+        checks = self.gate_checks(version, name)
+        for _ in range(_PUBLISH_PASSES):
+            facts = self._model_card_facts(run_id)
+            metrics = dict(client.get_run(run_id).data.metrics)
+            steps = list(facts.get("gate_steps", []))
+            gate = {
+                "model": f"{name} v{version}",
+                "verdict": version_description(checks, metrics, steps).splitlines()[0].strip("*"),
+                "checks": [check.row() for check in checks],
+            }
+            self.log_evaluation(run_id, metrics={}, files={}, tables={GATE_FILE: gate})
+            card = model_card_markdown({"model": f"{name} v{version}", **facts}, checks, metrics, steps)
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / MODEL_CARD_FILE
+                path.write_text(card)
+                client.log_artifact(run_id, str(path))
+            client.update_model_version(
+                name, version, description=version_description(checks, metrics, steps)
+            )
+            again = self.gate_checks(version, name)
+            if [c.row() for c in again] == [c.row() for c in checks]:
+                return
+            checks = again
+
+    def _model_card_facts(self, run_id: str) -> dict:
+        """The model card facts the backtest recorded on a run; empty before it has."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                local = client.download_artifacts(
+                    run_id, f"{EVALUATION_FOLDER}/{MODEL_CARD_FACTS_FILE}", folder
+                )
+            except (MlflowException, OSError):
+                return {}
+            return json.loads(Path(local).read_text())
+
+    def artifact_links(self, run_id: str, artifact_path: str, ui_url: str) -> ArtifactLinks:
+        """Where a run's artifact is: its run page and raw file in the MLflow UI at ``ui_url``, and its location
+        in the artifact store (a local path for a ``file:`` store)."""
+        info = self._client().get_run(run_id).info
+        base = ui_url.rstrip("/")
+        location = f"{info.artifact_uri.rstrip('/')}/{artifact_path}"
+        return ArtifactLinks(
+            run_page=f"{base}/#/experiments/{info.experiment_id}/runs/{run_id}/artifactPath/{artifact_path}",
+            file=f"{base}/get-artifact?path={quote(artifact_path)}&run_uuid={run_id}",
+            location=unquote(urlparse(location).path) if location.startswith("file:") else location,
+        )
 
     def promote(
         self, version: str, run_id: str, required: Sequence[str], model_name: str | None = None
@@ -242,6 +404,13 @@ class MlflowRegistryResource(dg.ConfigurableResource):
             self.set_alias(former, PREVIOUS_ALIAS, model_name)
         self.set_alias(version, CHAMPION_ALIAS, model_name)
         return former
+
+    def _describe_champion(self, version: str, name: str) -> None:
+        """The registered model's description, naming its champion and the champion's verdict and figures."""
+        client = self._client()
+        summary = client.get_model_version(name, version).description or "no gate record"
+        base = AGENT_MODEL_DESCRIPTION if name == self.model_name else OTHER_MODEL_DESCRIPTION
+        client.update_registered_model(name, description=f"{base}\n\n## Champion: v{version}\n\n{summary}")
 
     def load_policy(self, version: str, model_name: str | None = None):
         """Load a registered agent (or ensemble) through its pyfunc flavour and return the policy inside."""

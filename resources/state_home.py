@@ -29,6 +29,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Runs of the retraining graph carry this tag; the instance config lets one such run be in progress at a time.
 RETRAINING_TAG_KEY = "rl_trading/run_group"
 RETRAINING_TAGS = {RETRAINING_TAG_KEY: "retraining"}
+# The domain's loggers (trading_core.*): the instance captures them into each run's event log.
+DOMAIN_LOGGER = "trading_core"
 # Set on a run executed in-process (``make run``) to its process, ``pid@host``.
 IN_PROCESS_TAG_KEY = "rl_trading/in_process"
 
@@ -55,6 +57,11 @@ concurrency:
       - key: {tag_key}
         value: {tag_value}
         limit: 1
+python_logs:
+  # Progress lines of the domain code (e.g. each finished Ray task of a fan-out) join the run's event log.
+  managed_python_loggers:
+    - {domain_logger}
+  python_log_level: INFO
 telemetry:
   enabled: false
 """
@@ -99,6 +106,7 @@ class StateHome:
             artifacts=self.dagster_home,
             tag_key=RETRAINING_TAG_KEY,
             tag_value=RETRAINING_TAGS[RETRAINING_TAG_KEY],
+            domain_logger=DOMAIN_LOGGER,
         )
 
     def prepare(self) -> StateHome:

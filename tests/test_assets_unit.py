@@ -429,20 +429,39 @@ def test_champion_model_moves_the_alias_only_when_every_gate_passed():
     assert out.value == {
         "model_name": "rl_trading_agent",
         "version": "2",
+        "promoted": True,
+        "verdict": "promoted",
+        "reasons": [],
+        "champion": "2",
         "previous": "1",
         "dagster_run_id": DIRECT_RUN,
     }
     assert registry.aliases == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}
+    assert out.metadata["verdict"].value == "promoted" and out.metadata["promoted"].value is True
 
+
+def test_a_rejected_candidate_completes_as_not_promoted_with_its_reasons():
+    registry = FakeRegistry({CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"})
     reports = record_evidence(registry, evaluation_reports("3", passed=False))
-    with pytest.raises(dg.Failure, match="rl_trading_agent v3 not promoted: backtest failed min_sharpe$"):
-        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    out = champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    decision = out.value
+    assert (decision["promoted"], decision["verdict"]) == (False, "not promoted")
+    # Each failed criterion with the figure and threshold its step measured.
+    assert decision["reasons"] == ["backtest min_sharpe: min_sharpe missed"]
+    assert (decision["champion"], decision["previous"]) == ("2", None)
+    assert registry.aliases == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}  # a refused promotion moves nothing
+    metadata = out.metadata
+    assert metadata["verdict"].value == "not promoted" and metadata["promoted"].value is False
+    assert metadata["reasons"].value == "- backtest min_sharpe: min_sharpe missed"
+    assert metadata["champion"].value == "v2"
+    assert "validation picks it" in metadata["other_candidates"].value
+    assert metadata["mlflow_model_version"].value.endswith("/#/models/rl_trading_agent/versions/3")
+    assert metadata["mlflow_champion_version"].value.endswith("/#/models/rl_trading_agent/versions/2")
+
     reports = record_evidence(registry, evaluation_reports("3", passed=True, stress_version="2"))
-    with pytest.raises(
-        dg.Failure, match="v3 not promoted: the stress_tests gate record is of version 2, not 3$"
-    ):
-        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
-    assert registry.aliases == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}  # refused promotions move nothing
+    out = champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    assert out.value["reasons"] == ["the stress_tests gate record is of version 2, not 3"]
+    assert registry.aliases == {CHAMPION_ALIAS: "2", PREVIOUS_ALIAS: "1"}
 
 
 def test_champion_model_first_promotion_has_no_previous():
@@ -452,35 +471,38 @@ def test_champion_model_first_promotion_has_no_previous():
     assert out.value["previous"] is None and registry.aliases == {CHAMPION_ALIAS: "1"}
 
 
+def _refusal(registry: FakeRegistry, reports: dict) -> list[str]:
+    """The reasons ``champion_model`` gives for not promoting, after checking that it moved nothing."""
+    aliases = dict(registry.aliases)
+    decision = champion_model(dg.build_asset_context(), model_registry=registry, **reports).value
+    assert decision["promoted"] is False and registry.aliases == aliases
+    return decision["reasons"]
+
+
 def test_champion_model_refuses_evidence_of_another_run():
     registry = FakeRegistry({CHAMPION_ALIAS: "1"})
     # Outputs of another run (read from the shared store while that run overwrote them): nothing moves.
     foreign = record_evidence(registry, evaluation_reports("2", passed=True, run_id="other-run"))
-    with pytest.raises(
-        dg.Failure,
-        match="v2 not promoted: version 2 was registered by run other-run, not this run EPHEMERAL; the backtest "
-        "gate record of version 2 is from run other-run, not this run EPHEMERAL; the stress_tests gate record",
-    ):
-        champion_model(dg.build_asset_context(), model_registry=registry, **foreign)
+    assert _refusal(registry, foreign)[:3] == [
+        "version 2 was registered by run other-run, not this run EPHEMERAL",
+        "the backtest gate record of version 2 is from run other-run, not this run EPHEMERAL",
+        "the stress_tests gate record of version 2 is from run other-run, not this run EPHEMERAL",
+    ]
 
     # This run's outputs agree, but the registry's backtest record of the version comes from another run.
     registry = FakeRegistry({CHAMPION_ALIAS: "1"})
     reports = record_evidence(registry, evaluation_reports("2", passed=True))
     registry.record_gate(evaluation_reports("2", passed=True, run_id="other-run")["backtest"].gate_record())
-    with pytest.raises(
-        dg.Failure,
-        match="the registry's records refuse it: rl_trading_agent v2: the backtest gate record of version 2 "
-        "is from run other-run, not this run EPHEMERAL$",
-    ):
-        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    assert _refusal(registry, reports) == [
+        "the registry's records refuse it: rl_trading_agent v2: the backtest gate record of version 2 "
+        "is from run other-run, not this run EPHEMERAL"
+    ]
 
     # Outputs without any record in the registry (their gate steps never reached it): refused.
     registry = FakeRegistry({CHAMPION_ALIAS: "1"})
-    reports = evaluation_reports("2", passed=True)
-    with pytest.raises(
-        dg.Failure, match="no backtest gate record for version 2; no stress_tests gate record"
-    ):
-        champion_model(dg.build_asset_context(), model_registry=registry, **reports)
+    reasons = _refusal(registry, evaluation_reports("2", passed=True))
+    assert reasons[0].startswith("the registry's records refuse it:")
+    assert "no backtest gate record for version 2; no stress_tests gate record" in reasons[0]
     assert registry.aliases == {CHAMPION_ALIAS: "1"}
 
 
@@ -585,3 +607,8 @@ def test_candidate_verdicts_table_on_hand_made_reports(year_features):
     }
     assert out.metadata["trials"].value == 5
     assert "steady" in out.metadata["passing"].value and "losing" not in out.metadata["passing"].value
+    # Why each candidate was or was not the one gated for promotion: validation picked "steady".
+    assert steady["promotion"].startswith("registered as validation's pick")
+    assert losing["promotion"].startswith("not registered: validation picked steady")
+    assert table.loc["weighted_ensemble", "promotion"].startswith("not registrable: fit on validation")
+    assert "validation picks it" in out.metadata["promotion_rule"].value

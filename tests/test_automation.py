@@ -1,14 +1,24 @@
-"""Weekly partitions cut the data at their week's end; sensors ask for retraining on new data or degradation."""
+"""Weekly partitions: one per week of data, cut at its last trading day; sensors add them and ask for retraining
+on new data or degradation."""
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pandas as pd
 
 from pipelines.definitions import defs
-from pipelines.jobs import weekly_data_cutoff
+from pipelines.jobs import (
+    RETRAINING_WEEKS,
+    apply_partition_requests,
+    retraining_week_keys,
+    week_partition_changes,
+    weekly_data_cutoff,
+)
+from pipelines.schedules import weekly_retraining_schedule
 from pipelines.sensors import (
     build_champion_degradation_sensor,
     champion_degradation_sensor,
@@ -27,12 +37,38 @@ def test_weekly_schedule_runs_mondays_before_the_open_on_the_partitioned_job():
     assert schedule.job_name == "weekly_retraining"
 
 
-def test_partition_config_cuts_data_at_the_weeks_end():
-    partitions = weekly_data_cutoff.partitions_def
-    key = "2010-06-07"  # a Monday: the week 2010-06-07 06:00 .. 2010-06-14 06:00
-    assert partitions.has_partition_key(key)
-    config = weekly_data_cutoff.get_run_config_for_partition_key(key)
-    assert config["ops"]["raw_daily_bars"]["config"]["as_of"] == "2010-06-13"
+def test_week_partitions_end_at_the_sources_last_bar_and_cut_distinct_data():
+    bars = MarketDataResource().load_daily_bars().frame  # the sample data: 2000-03-01 .. 2013-03-01
+    keys = retraining_week_keys(bars["date"], today=date(2030, 1, 1))
+    weeks = pd.to_datetime(bars["date"]).dt.to_period("W-SUN").nunique()
+    assert len(keys) == len(set(keys)) == weeks  # one partition per week that holds a bar, none beyond
+    assert (keys[0], keys[-1]) == ("2000-03-03", "2013-03-01")
+    # A holiday week ends on its last trading day: Thursday before Good Friday 2012.
+    assert "2012-04-05" in keys and "2012-04-06" not in keys
+    # A week still in progress is no partition yet: on Saturday 2013-03-02 the week ends tomorrow.
+    assert retraining_week_keys(bars["date"], today=date(2013, 3, 2))[-1] == "2013-02-22"
+    cutoffs = [weekly_data_cutoff.get_run_config_for_partition_key(key) for key in keys[-2:]]
+    assert [c["ops"]["raw_daily_bars"]["config"]["as_of"] for c in cutoffs] == ["2013-02-22", "2013-03-01"]
+
+
+def test_a_week_whose_bars_arrive_late_moves_to_its_new_last_day():
+    add, delete = week_partition_changes(
+        ["2019-12-20", "2019-12-30"], ["2019-12-20", "2019-12-31", "2020-01-10"]
+    )
+    assert (add, delete) == (["2019-12-31", "2020-01-10"], ["2019-12-30"])
+    assert week_partition_changes(["2019-12-20"], ["2019-12-20"]) == ([], [])
+
+
+def test_the_weekly_schedule_requests_the_newest_existing_week():
+    monday = datetime(2013, 3, 4, 6, 0, tzinfo=ZoneInfo("America/New_York"))
+    with dg.instance_for_test() as instance:
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=monday) as context:
+            assert isinstance(weekly_retraining_schedule(context), dg.SkipReason)  # no partition yet
+            instance.add_dynamic_partitions(RETRAINING_WEEKS.name, ["2013-02-22", "2013-03-01"])
+            request = weekly_retraining_schedule(context)
+        assert request.partition_key == request.run_key == "2013-03-01"
+        assert request.partition_key in instance.get_dynamic_partitions(RETRAINING_WEEKS.name)
+    assert request.run_config["ops"]["raw_daily_bars"]["config"]["as_of"] == "2013-03-01"
 
 
 def test_raw_bars_respect_as_of(slice_csv):
@@ -54,10 +90,11 @@ def test_raw_bars_respect_as_of(slice_csv):
     assert not too_early.success
 
 
-def test_new_data_sensor_triggers_once_per_new_bar(tmp_path: Path, slice_bars: pd.DataFrame):
+def test_new_data_sensor_adds_each_new_week_and_triggers_once_per_new_bar(
+    tmp_path: Path, slice_bars: pd.DataFrame
+):
     path = tmp_path / "bars.csv"
-    dates = sorted(slice_bars["date"].unique())
-    slice_bars[slice_bars["date"] <= dates[-2]].to_csv(path, index=False)
+    slice_bars[slice_bars["date"] <= "2019-12-27"].to_csv(path, index=False)  # through a Friday
     resource = MarketDataResource(source="csv", path=str(path))
     instance = dg.DagsterInstance.ephemeral()
 
@@ -65,17 +102,21 @@ def test_new_data_sensor_triggers_once_per_new_bar(tmp_path: Path, slice_bars: p
         context = dg.build_sensor_context(
             instance=instance, cursor=cursor, resources={"market_data": resource}
         )
-        return new_market_data_sensor(context), context.cursor
+        result = new_market_data_sensor(context)
+        apply_partition_requests(instance, result.dynamic_partitions_requests or [])
+        return result, context.cursor, instance.get_dynamic_partitions(RETRAINING_WEEKS.name)
 
-    first, cursor = evaluate(None)
-    assert isinstance(first, dg.SkipReason) and cursor == pd.Timestamp(dates[-2]).date().isoformat()
-    unchanged, cursor = evaluate(cursor)
-    assert isinstance(unchanged, dg.SkipReason)
-    slice_bars.to_csv(path, index=False)  # one more session arrives
-    request, cursor = evaluate(cursor)
-    assert isinstance(request, dg.RunRequest)
-    assert request.run_key == f"new-data-through-{pd.Timestamp(dates[-1]).date()}"
-    assert cursor == pd.Timestamp(dates[-1]).date().isoformat()
+    first, cursor, weeks = evaluate(None)
+    assert not first.run_requests and cursor == "2019-12-27"
+    assert "first look" in first.skip_reason.skip_message
+    assert weeks == retraining_week_keys(slice_bars["date"][slice_bars["date"] <= "2019-12-27"], date.today())
+    assert (weeks[0], weeks[-1]) == ("2015-01-02", "2019-12-27")  # seeded: every week of the file
+    unchanged, cursor, same_weeks = evaluate(cursor)
+    assert not unchanged.run_requests and same_weeks == weeks
+    slice_bars.to_csv(path, index=False)  # the next week's two sessions arrive: 2019-12-30 and 12-31
+    request, cursor, new_weeks = evaluate(cursor)
+    assert [r.run_key for r in request.run_requests] == ["new-data-through-2019-12-31"]
+    assert cursor == "2019-12-31" and new_weeks == [*weeks, "2019-12-31"]
 
 
 def _monitoring_materialization(instance: dg.DagsterInstance, retrain: bool) -> None:

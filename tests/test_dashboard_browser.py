@@ -52,7 +52,11 @@ def synthetic_status(seed: int = 7) -> dict[str, Any]:
     return {
         "loop_alive": True,
         "session_id": "synthetic-demo",
-        "model_version": "ppo-synthetic-v1",
+        "model_version": "3",
+        "model": "rl_trading_agent v3 (champion)",
+        "shadow": "shadow: rl_trading_agent v4 (challenger)",
+        "session_status": "running",
+        "stop_reason": None,
         "broker": "alpaca-paper",
         "trading_state": TradingState.REDUCING,
         "kill_switch": False,
@@ -132,3 +136,36 @@ def test_rendered_dom_has_the_equity_path_and_position_rows(dashboard_url: str, 
     assert 'class="alert-row"' in dom and "circuit breaker tripped" in dom
     assert "weight 0.31 &gt; 0.25" in dom
     assert 'id="connection" class="ok"' in dom
+    assert 'id="model">rl_trading_agent v3 (champion)<' in dom
+    assert 'id="shadow">shadow: rl_trading_agent v4 (challenger)<' in dom
+    assert 'id="session-status" class="status-running">running<' in dom
+    assert '<div id="ended" hidden=""></div>' in dom  # no banner while the session runs
+
+
+def finished_status() -> dict[str, Any]:
+    """The synthetic session after its replay ended: the loop is gone, its final state stays."""
+    return {
+        **synthetic_status(),
+        "loop_alive": False,
+        "trading_state": TradingState.ACTIVE,
+        "session_status": "finished",
+        "stop_reason": "the bars ran out",
+        "model": "rl_trading_agent v1 (challenger)",
+        "shadow": "no shadow: v1, which holds 'challenger', is the one trading",
+    }
+
+
+def test_an_ended_session_shows_its_final_state_and_says_it_ended(tmp_path: Path) -> None:
+    status = finished_status()
+    with MonitoringServer(lambda: status, LiveMetrics(), lambda: False) as server:
+        dom = run_chromium(tmp_path, "--dump-dom", server.url + "/dashboard").stdout
+    assert 'id="session-status" class="status-finished">finished<' in dom
+    assert (
+        '<div id="ended">Session finished (the bars ran out): the final state, kept up until the command is '
+        "stopped (Ctrl-C).</div>"
+    ) in dom
+    assert 'id="model">rl_trading_agent v1 (challenger)<' in dom
+    assert "no shadow: v1, which holds 'challenger', is the one trading" in dom
+    assert f'id="equity">{"$" + format(round(status["equity"]), ",")}<' in dom  # the final equity
+    assert sorted(re.findall(r'<tr class="position-row" data-symbol="([A-Z]+)">', dom)) == sorted(POSITIONS)
+    assert "circuit breaker tripped" in dom  # the alerts of the session stay listed

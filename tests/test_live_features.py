@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from trading_core.features.batch import balanced_panel, build_features
-from trading_core.features.streaming import BAR_FIELDS, StreamingFeatures
+from trading_core.features.streaming import BAR_FIELDS, FeatureWindow, StreamingFeatures
 from trading_core.models.cnn_lstm import CNNLSTMConfig, learned_features, train_cnn_lstm
 from trading_core.runtime import stored_json
 
@@ -293,6 +293,57 @@ def test_latest_frame_holds_the_last_emitted_dates(daily_bars, daily_features):
     pd.testing.assert_index_equal(
         pd.DatetimeIndex(young.latest_frame(21)["date"].unique()), pd.DatetimeIndex(first_dates[29:])
     )
+
+
+def test_latest_window_holds_the_latest_frame_as_read_only_arrays(daily_bars):
+    history, rest = _history_and_rest(daily_bars, HISTORY_DATES)
+    features = StreamingFeatures(DAILY_TICKERS, history=history, keep_dates=40)
+    for date, bar_map in list(_updates(rest))[:90]:  # past the buffer's compaction (twice keep_dates)
+        features.update(date, bar_map)
+        frame, window = features.latest_frame(21), features.latest_window(21)
+        assert window.tickers == features.tickers and window.columns == features.value_columns
+        # The frame is built from the window's very arrays: equal bit for bit, dates included.
+        np.testing.assert_array_equal(
+            window.rows.reshape(-1, len(window.columns)), frame.iloc[:, 2:].to_numpy()
+        )
+        np.testing.assert_array_equal(
+            window.dates_ns, frame["date"].unique().astype("datetime64[ns]").view("i8")
+        )
+    with pytest.raises(ValueError, match="read-only"):
+        window.rows[0, 0, 0] = 0.0
+    with pytest.raises(ValueError, match="keep_dates"):
+        features.latest_window(41)
+    assert window.last(5).n_dates == 5 and window.last(50).n_dates == 21
+    np.testing.assert_array_equal(window.last(5).rows, window.rows[-5:])
+
+
+def test_a_window_from_a_frame_equals_the_stream_window_and_marks_missing_rows(daily_bars):
+    history, _ = _history_and_rest(daily_bars, HISTORY_DATES)
+    features = StreamingFeatures(DAILY_TICKERS, history=history)
+    window = features.latest_window(10)
+    frame = features.latest_frame(10)
+    columns = ["close", "macd", "turbulence"]
+    positions = [window.columns.index(c) for c in columns]
+    shuffled = frame.sample(frac=1.0, random_state=0)  # row order does not matter
+    from_frame = FeatureWindow.from_frame(shuffled, columns, features.tickers)
+    np.testing.assert_array_equal(from_frame.dates_ns, window.dates_ns)
+    np.testing.assert_array_equal(from_frame.rows, window.rows[:, :, positions])
+    # Timezone-aware dates are instants: their nanoseconds since the epoch (UTC).
+    aware = frame.assign(date=frame["date"].dt.tz_localize("America/New_York"))
+    expected = pd.DatetimeIndex(aware["date"].unique()).asi8
+    np.testing.assert_array_equal(FeatureWindow.from_frame(aware, columns).dates_ns, expected)
+    # A missing (date, tic) row is NaN; another ticker's rows are ignored; a duplicate is refused.
+    gap = frame[~((frame["tic"] == "KO") & (frame["date"] == frame["date"].max()))]
+    ragged = FeatureWindow.from_frame(
+        gap.assign(tic=gap["tic"].replace("CVX", "XOM")), columns, features.tickers
+    )
+    ko, cvx = features.tickers.index("KO"), features.tickers.index("CVX")
+    assert np.isnan(ragged.rows[-1, ko]).all() and np.isnan(ragged.rows[:, cvx]).all()
+    assert np.isfinite(np.delete(ragged.rows[:-1], cvx, axis=1)).all()
+    with pytest.raises(ValueError, match="more than one row"):
+        FeatureWindow.from_frame(pd.concat([frame, frame.tail(1)]), columns)
+    with pytest.raises(ValueError, match="lacks columns"):
+        FeatureWindow.from_frame(frame, ["vix"])
 
 
 def test_latest_frame_gives_the_forecaster_its_batch_output(daily_features, daily_bars):

@@ -1,4 +1,5 @@
-"""The forecaster's live fast path (last date only) equals the batch learned features on real data."""
+"""The forecaster's live fast path (last date only, from the stream's arrays) equals the batch learned features on
+real data, and a restarted process decides on the same bits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from trading_core.agents.decision_spec import DecisionSpec
 from trading_core.data.schema import feature_columns_of
 from trading_core.envs.spec import EnvSpec
 from trading_core.features.batch import build_features
+from trading_core.features.streaming import BAR_FIELDS, StreamingFeatures
 from trading_core.live.engine import DecisionEngine
 from trading_core.models.cnn_lstm import (
     TrainedForecaster,
@@ -19,6 +21,7 @@ from trading_core.models.cnn_lstm import (
     learned_features,
     train_cnn_lstm,
 )
+from trading_core.runtime import stored_json
 
 ATOL = 1e-6
 
@@ -129,3 +132,54 @@ def test_feature_rows_on_timezone_aware_dates_and_ragged_or_short_history(engine
     assert _batch_feature_rows(engine, ragged) is None and engine.feature_rows(ragged) is None
     short = _trailing(features, dates, 1100, engine.history_dates - 1)
     assert _batch_feature_rows(engine, short) is None and engine.feature_rows(short) is None
+
+
+def _stream_until(engine: DecisionEngine, bars: pd.DataFrame, date) -> StreamingFeatures:
+    """The live loop's stream after the bars of every date up to ``date``."""
+    return StreamingFeatures(engine.spec.tickers, history=bars[bars["date"] <= date])
+
+
+def _bar_maps(bars: pd.DataFrame, dates: np.ndarray):
+    for date in dates:
+        rows = bars.loc[bars["date"] == date, ["tic", *BAR_FIELDS]].itertuples(index=False)
+        yield pd.Timestamp(date), {tic: tuple(values) for tic, *values in rows}
+
+
+@pytest.mark.parametrize("end", [300, 800, -1])
+def test_the_stream_window_gives_the_frame_matrix_bit_for_bit_and_the_batch_one(
+    engine, slice_bars, features, dates, end
+):
+    end = end % len(dates)
+    stream = _stream_until(engine, slice_bars, dates[end])
+    matrix, columns = engine.feature_matrix(stream.latest_window(engine.history_dates))
+    from_frame, frame_columns = engine.feature_matrix(stream.latest_frame(engine.history_dates))
+    assert columns == frame_columns == tuple(engine.spec.observation_columns[2:])
+    np.testing.assert_array_equal(matrix, from_frame)
+    expected = _batch_feature_rows(engine, _trailing(features, dates, end, engine.history_dates))
+    # The stream's features equal the batch ones within 1e-9 relative, the forecast within 1e-6.
+    batch = expected.sort_values("tic")[list(columns)].to_numpy(np.float64)
+    np.testing.assert_allclose(matrix, batch, atol=ATOL, rtol=1e-9)
+
+
+def test_the_forecast_from_arrays_equals_the_frame_forecast_bit_for_bit(engine, slice_bars, dates):
+    stream = _stream_until(engine, slice_bars, dates[900])
+    window = stream.latest_window(engine.history_dates)
+    latest = latest_learned_features(engine.forecaster, stream.latest_frame(engine.history_dates))
+    np.testing.assert_array_equal(engine.learned_values(window), latest.values)
+    assert engine.learned_values(window.last(engine.history_dates - 1)) is None  # warming up
+
+
+def test_a_restarted_process_decides_on_the_same_bits(engine, slice_bars, dates):
+    running = _stream_until(engine, slice_bars, dates[700])
+    # A restart: the stream comes back from its stored JSON snapshot, the engine is a fresh one.
+    text = stored_json.dumps("features", 1, running.snapshot())
+    restarted = StreamingFeatures.from_snapshot(stored_json.loads(text, "features", 1, "test"))
+    fresh = DecisionEngine(
+        None, engine.spec, TrainedForecaster.from_state(*engine.forecaster.state_for_saving())
+    )
+    for date, bar_map in _bar_maps(slice_bars, dates[701:712]):
+        running.update(date, bar_map)
+        restarted.update(date, bar_map)
+        expected, _ = engine.feature_matrix(running.latest_window(engine.history_dates))
+        matrix, _ = fresh.feature_matrix(restarted.latest_window(fresh.history_dates))
+        np.testing.assert_array_equal(matrix, expected)

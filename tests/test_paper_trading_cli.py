@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from pipelines import paper_trading
-from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistryResource
+from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistryResource
 from resources.state_home import StateHome
 from resources.trading_state import TradingStateResource
 from testkit.fake_alpaca import DEFAULT_API_KEY, DEFAULT_SECRET, FakeAlpacaServer
@@ -22,6 +29,9 @@ from trading_assets.paper_trading import ab_test, fill_reconciliation, paper_tra
 from trading_core.data.schema import select_window
 from trading_core.live.sources import read_bars
 from trading_core.live.state import CHAMPION, TradingStateStore
+from trading_core.monitoring.alerts import AlertSnapshot
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -52,6 +62,7 @@ def test_paper_session_against_fake_alpaca_then_review(registered_home, capsys):
         "60",
         "--monitor-port",
         "0",
+        "--no-keep-dashboard",  # a `pytest -s` at a terminal must not wait for Ctrl-C
     ]
     seen: dict[str, object] = {}
     printed: list[str] = []
@@ -74,6 +85,7 @@ def test_paper_session_against_fake_alpaca_then_review(registered_home, capsys):
                 try:
                     seen["health"] = json.loads(urllib.request.urlopen(f"{url}/healthz", timeout=2).read())
                     seen["metrics"] = urllib.request.urlopen(f"{url}/metrics", timeout=2).read().decode()
+                    seen["status"] = json.loads(urllib.request.urlopen(f"{url}/api/status", timeout=2).read())
                 except OSError:
                     pass
             time.sleep(0.05)
@@ -86,6 +98,16 @@ def test_paper_session_against_fake_alpaca_then_review(registered_home, capsys):
     assert "rl_trading_agent v1 ('champion') on the alpaca broker, challenger v2 in shadow" in output
     assert seen.get("health") == {"status": "ok"}
     assert "rl_trading_decisions_total" in seen["metrics"]
+    status = seen["status"]
+    assert (status["model"], status["shadow"], status["session_status"]) == (
+        "rl_trading_agent v1 (champion)",
+        "shadow: rl_trading_agent v2 (challenger)",
+        "running",
+    )
+    assert "Traded: rl_trading_agent v1 (champion); shadow: rl_trading_agent v2 (challenger)" in output
+    assert "traded v1 (champion)  : equity 100,000 -> " in output  # aligned with the shadow's line
+    assert "shadow v2 (challenger): equity 100,000 -> " in output
+    assert "(served while the session ran)" in output
 
     resources = {"trading_state": TradingStateResource(url=home.trading_state_url)}
     result = dg.materialize([paper_trading_sessions, fill_reconciliation, ab_test], resources=resources)
@@ -228,3 +250,174 @@ def test_a_broker_outage_past_the_grace_exits_3_with_one_line_and_the_session_st
         assert session.status == "stopped" and "grace" in session.stop_reason
         assert store.orders("down").empty
         assert {"broker_outage", "session_stopped"} <= set(store.alerts("down")["rule"])
+
+
+# ------------------------------------------------------------------------------ names, shadow and dashboard
+
+
+class AliasRegistry:
+    """A registry that only answers which version holds an alias."""
+
+    def __init__(self, aliases: dict[str, str]) -> None:
+        self.aliases = aliases
+
+    def version_for_alias(self, alias: str, model_name: str) -> str | None:
+        return self.aliases.get(alias)
+
+
+def named_versions(aliases: dict[str, str], *argv: str) -> paper_trading.Models:
+    """The Models a session would run with ``aliases`` in the registry (no engines loaded)."""
+    args = paper_trading.parse_args(["--no-keep-dashboard", *argv])
+    registry = AliasRegistry(aliases)
+    version, alias = paper_trading.resolve_versions(registry, args)
+    shadow, no_shadow = paper_trading.shadow_version(registry, args, version)
+    return paper_trading.Models(
+        registry,
+        version,
+        alias,
+        None,
+        challenger_version=shadow,
+        model_name=args.model_name,
+        challenger_alias=args.challenger_alias,
+        no_shadow=no_shadow,
+    )
+
+
+def test_the_traded_version_is_named_by_the_alias_it_holds_and_the_shadow_or_its_absence_is_said(capsys):
+    both = named_versions({"champion": "3", "challenger": "4"})
+    assert (both.traded, both.shadow) == (
+        "rl_trading_agent v3 (champion)",
+        "shadow: rl_trading_agent v4 (challenger)",
+    )
+    # Nothing promoted: the challenger trades, called challenger, and it cannot shadow itself.
+    unpromoted = named_versions({"challenger": "1"})
+    assert (unpromoted.traded, unpromoted.shadow) == (
+        "rl_trading_agent v1 (challenger)",
+        "no shadow: v1, which holds 'challenger', is the one trading",
+    )
+    assert "no version of rl_trading_agent holds 'champion'" in capsys.readouterr().out
+    alone = named_versions({"champion": "2"})
+    assert alone.shadow == "no shadow: no version of rl_trading_agent holds 'challenger'"
+    refused = named_versions({"champion": "2", "challenger": "5"}, "--challenger-alias", "")
+    assert refused.shadow == "no shadow: --challenger-alias is empty"
+
+
+def test_the_dashboard_is_kept_only_when_asked_or_watched_at_a_terminal(monkeypatch):
+    assert paper_trading.parse_args(["--keep-dashboard"]).keep_dashboard is True
+    assert paper_trading.parse_args(["--no-keep-dashboard"]).keep_dashboard is False
+    for terminal in (True, False):
+        monkeypatch.setattr(paper_trading, "watched_in_a_terminal", lambda terminal=terminal: terminal)
+        assert paper_trading.parse_args([]).keep_dashboard is terminal
+
+
+def test_alert_counts_tell_raised_from_resolved():
+    alerts = pd.DataFrame(
+        {
+            "rule": ["model_drift", "drawdown_breach", "drawdown_breach", "model_drift"],
+            "message": ["model drift score 0.400", "drawdown 11%", "resolved: drawdown 11%", "x"],
+        }
+    )
+    assert paper_trading.alert_counts(alerts) == ("Alerts: 4: drawdown_breach 1 (1 resolved), model_drift 2")
+    assert paper_trading.alert_counts(alerts.iloc[:0]) == "Alerts: 0"
+
+
+@pytest.fixture()
+def unpromoted_home(one_model_home):
+    """As ``make run`` leaves a home whose gate promoted nothing: v1 holds only 'challenger'."""
+    home, bars = one_model_home
+    registry = MlflowRegistryResource(
+        tracking_uri=home.mlflow_tracking_uri, artifact_root=home.mlflow_artifact_root
+    )
+    registry.set_alias("1", CHALLENGER_ALIAS)
+    MlflowClient(home.mlflow_tracking_uri).delete_registered_model_alias(registry.model_name, CHAMPION_ALIAS)
+    return home, bars
+
+
+def read_until(process: subprocess.Popen, marker: str, timeout_s: float) -> list[str]:
+    """The process's output lines up to the one holding ``marker`` (fails past ``timeout_s``)."""
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert seen.wait(timeout_s), "".join(lines)[-3000:]
+    return lines
+
+
+def test_a_finished_replay_keeps_its_dashboard_with_the_final_state_until_ctrl_c(unpromoted_home):
+    home, bars = unpromoted_home
+    command = [sys.executable, "-m", "pipelines.paper_trading", "--bars", str(bars), "--start", "2019-06-03"]
+    command += ["--monitor-port", "0", "--keep-dashboard", "--new-session-id", "kept"]
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = read_until(process, "The dashboard stays up at", timeout_s=240)
+        [url] = [
+            line.split()[1].removesuffix("/dashboard") for line in lines if line.startswith("Monitoring: ")
+        ]
+        time.sleep(0.5)
+        assert process.poll() is None, "the command exited instead of keeping the dashboard up"
+        status = json.loads(urllib.request.urlopen(f"{url}/api/status", timeout=5).read())
+        page = urllib.request.urlopen(f"{url}/dashboard", timeout=5).read().decode()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(lines) + process.stdout.read()
+    trading_days = 17  # 2019-06-03 .. 2019-06-25
+    assert (status["session_status"], status["stop_reason"], status["loop_alive"]) == (
+        "finished",
+        "the bars ran out",
+        False,
+    )
+    assert (status["model"], status["shadow"]) == (
+        "rl_trading_agent v1 (challenger)",
+        "no shadow: v1, which holds 'challenger', is the one trading",
+    )
+    assert len(status["equity_curve"]) == trading_days and status["positions"]
+    assert status["equity"] == status["equity_curve"][-1]["equity"]
+    assert 'id="session-status"' in page and 'id="ended"' in page
+    assert "Traded: rl_trading_agent v1 (challenger); no shadow: v1, which holds 'challenger'" in output
+    summary = output[output.index("Paper-trading session kept") :]
+    assert "traded v1 (challenger): equity 100,000 -> " in summary and "champion" not in summary
+    assert "(kept up with the final state until Ctrl-C)" in output
+    assert output.rstrip().endswith("dashboard stopped")
+    with TradingStateStore(home.trading_state_url) as store:
+        assert store.get_session("kept").status == "finished"
+
+
+def test_the_sessions_alerts_come_once_per_episode_on_a_replay_clock():
+    """The command's own evaluator, clocked by replayed daily bars (a day apart: past any cooldown): a constant
+    drift score and a drawdown hovering at its limit alert once each, and again only after clearing by the margin."""
+
+    class ReplayLoop:
+        last_bar_time = pd.Timestamp("2019-06-03 20:00", tz="UTC")
+
+    args = paper_trading.parse_args(["--no-keep-dashboard"])
+    evaluator, _ = paper_trading.alerting(args, "episodes", lambda: ReplayLoop)
+    raised = []
+    drawdowns = [0.101, 0.099, 0.104, 0.097, 0.1005, 0.09] * 10  # hovering at the 10% limit for 60 bars
+    drawdowns += [0.05, 0.11]  # back under the 8% clearing level, then a new breach
+    for bar, drawdown in enumerate(drawdowns):
+        ReplayLoop.last_bar_time += pd.Timedelta(days=1)
+        snapshot = AlertSnapshot(drawdown=drawdown, drift_score=0.4, market_open=False)
+        raised += [(bar, alert.rule, alert.resolved) for alert in evaluator.evaluate(snapshot)]
+    assert raised == [
+        (0, "drawdown_breach", False),
+        (0, "model_drift", False),
+        (60, "drawdown_breach", True),
+        (61, "drawdown_breach", False),
+    ]

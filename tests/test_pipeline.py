@@ -42,6 +42,7 @@ ALL_ASSET_NAMES = {
     "sector_map",
     "sized_candidates",
     "execution_comparison",
+    "champion_vs_challenger",
 }
 TINY_TRAINING = {"total_timesteps": 256, "n_steps": 128, "batch_size": 64, "seed": 11}
 LENIENT_GATE = {"min_sharpe": -100.0, "max_drawdown": 1.0, "max_var_95": 1.0, "must_beat_buy_and_hold": False}
@@ -208,7 +209,13 @@ def test_whole_graph_materializes_registers_and_promotes(tmp_path, slice_csv, vi
     assert health.version == "1" and set(health.drift.columns) >= {"psi", "ks_pvalue", "drifted"}
     assert {"rsi_30", "cci_30", "dx_30"} == set(health.drift.index) and health.decay.recent_periods > 10
     checks = {e.check_name for e in monitored.get_asset_check_evaluations()}
-    assert checks == {"feature_drift", "performance_decay"}
+    assert checks == {
+        "feature_drift",
+        "performance_decay",
+        "feed_completeness",
+        "feed_latency",
+        "feed_freshness",
+    }
 
     # The optional hyperparameter search runs on demand from the stored upstream values.
     trials_before = registry.trial_count()
@@ -256,12 +263,15 @@ def test_failed_gate_blocks_promotion_and_keeps_champion(tmp_path, slice_csv):
         run_config=run_config(impossible),
         raise_on_error=False,
     )
-    assert not result.success
-    # The attribution comes from the backtest step, so it is stored even though the gate failed.
-    assert {"backtest", "performance_attribution"} <= materialized(result)
-    assert "champion_model" not in materialized(result)
+    # A rejection is a verdict: the run succeeds, the failed check is red, the promotion step says why.
+    assert result.success
+    assert {"backtest", "performance_attribution", "champion_model"} <= materialized(result)
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"min_sharpe"}
+    decision = result.asset_value("champion_model")
+    assert (decision["promoted"], decision["verdict"], decision["champion"]) == (False, "not promoted", None)
+    assert len(decision["reasons"]) == 1 and decision["reasons"][0].startswith("backtest min_sharpe: Sharpe ")
+    assert "vs required >= 100.00" in decision["reasons"][0]
     assert registry.version_for_alias(CHAMPION_ALIAS) is None
     assert registry.version_for_alias(CHALLENGER_ALIAS) == "1"
     with pytest.raises(ValueError, match="rollback needs"):
@@ -278,9 +288,11 @@ def test_failed_stress_limit_blocks_promotion(tmp_path, slice_csv):
         run_config=run_config(LENIENT_GATE, stress_limit=0.0),
         raise_on_error=False,
     )
-    assert "stress_tests" in materialized(result) and "champion_model" not in materialized(result)
+    assert result.success and {"stress_tests", "champion_model"} <= materialized(result)
     failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
     assert failed == {"stress_drawdown_limit"}
+    reasons = result.asset_value("champion_model")["reasons"]
+    assert reasons[0].startswith("stress_tests stress_drawdown_limit: ")
     assert registry.version_for_alias(CHAMPION_ALIAS) is None
 
 

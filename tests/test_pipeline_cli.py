@@ -105,7 +105,7 @@ def test_a_rejected_candidate_is_a_verdict_not_a_failure():
 
 
 def test_a_promoted_candidate_names_its_alias_and_still_lists_broken_steps():
-    outputs = {**evaluated_outputs("2", passed=True), "champion_model": {"version": "2"}}
+    outputs = {**evaluated_outputs("2", passed=True), "champion_model": {"version": "2", "promoted": True}}
     result = FakeResult(
         outputs,
         checks=GATE_CHECKS,
@@ -452,3 +452,91 @@ def test_the_summary_names_the_innermost_cause_of_a_failed_step():
         "  step 'validated_daily_bars' failed: ValidationError: ValidationConfig.split_confirm_bars=0: expected a "
         "whole number >= 1"
     ]
+
+
+# ------------------------------------------------------------------- the console: one line per step, no plumbing
+
+
+def test_the_console_prints_one_line_per_step_its_messages_and_no_plumbing_or_traceback(capsys):
+    from pipelines.console import CONSOLE_LOGGERS, console_job
+
+    @dg.asset
+    def bars(context) -> int:
+        context.log.info("loaded 3 bars\nsecond line of a table")
+        context.log.debug("plumbing nobody reads")
+        for epoch in range(1, 9):
+            context.log.info(f"epoch {epoch}/8: loss {1 / epoch:.2f}")
+        return 3
+
+    @dg.asset
+    def features(bars: int) -> int:
+        raise ValueError("no close column")
+
+    @dg.asset
+    def model(features: int) -> int:
+        return features
+
+    job = dg.Definitions(
+        assets=[bars, features, model], jobs=[dg.define_asset_job("toy", selection="*")]
+    ).resolve_job_def("toy")
+    console = console_job(job, run_pipeline.step_failure_line)
+    result = console.execute_in_process(run_config=CONSOLE_LOGGERS, raise_on_error=False)
+    assert not result.success
+    lines = capsys.readouterr().out.splitlines()
+    assert [line[:14] for line in lines if line.startswith("[")] == [
+        "[1/3 00:00] ba",
+        "[2/3 00:00] fe",
+        "[3/3 00:00] mo",
+    ]
+    assert lines[0] == "             bars: loaded 3 bars …"  # a message's first line, under its step's number
+    # A progress count shows as it starts, half way and at its end.
+    assert [line.split(":")[1].strip() for line in lines[1:4]] == [f"epoch {n}/8" for n in (1, 4, 8)]
+    assert lines[4].startswith("[1/3 00:00] bars done in ") and lines[4].endswith(" s")
+    assert lines[5] == "[2/3 00:00] features FAILED: ValueError: no close column"
+    assert lines[6] == "[3/3 00:00] model not run: it needs features, which failed"
+    assert len(lines) == 7  # no DEBUG event, no traceback, no run start or end
+
+
+def test_a_gate_rejection_is_a_verdict_line_not_a_failure():
+    rejected = step_failure("backtest", "DagsterAssetCheckFailedError", "blocking check min_sharpe failed")
+    broken = step_failure("backtest", "ValueError", "ValueError: empty test period")
+    assert run_pipeline.step_failure_line(rejected) == (
+        "rejected by the promotion gate (a verdict, not an error: the summary says why)"
+    )
+    assert run_pipeline.step_failure_line(broken) == "FAILED: ValueError: empty test period"
+
+
+def test_debug_is_a_flag_and_changes_no_asset_config():
+    assert run_pipeline.parse_args([run_pipeline.DEBUG_FLAG]).debug
+    assert not run_pipeline.parse_args([]).debug
+    assert run_pipeline.run_config_for(run_pipeline.parse_args([run_pipeline.DEBUG_FLAG])) == {"ops": {}}
+    assert run_pipeline._wants_debug(["--seed", "3", "--debug"]) and not run_pipeline._wants_debug(
+        ["--seed", "3"]
+    )
+
+
+def test_each_finished_fan_out_task_logs_one_progress_line(caplog):
+    from trading_core.runtime.distributed import fan_out
+
+    with caplog.at_level("INFO", logger="trading_core.runtime.distributed"):
+        assert fan_out(abs, [-1, -2, 3], use_ray=False, label="zoo") == [1, 2, 3]
+    assert [message.split(" after ")[0] for message in caplog.messages] == [
+        "zoo: 1/3 tasks done",
+        "zoo: 2/3 tasks done",
+        "zoo: 3/3 tasks done",
+    ]
+
+
+def test_make_run_adds_the_weeks_of_its_bars_as_retraining_partitions():
+    from pipelines.jobs import RETRAINING_WEEKS
+
+    raw = SimpleNamespace(frame=pd.DataFrame({"date": pd.bdate_range("2013-02-18", "2013-03-01")}))
+    with dg.instance_for_test() as instance:
+        line = run_pipeline.record_retraining_weeks(instance, raw)
+        assert instance.get_dynamic_partitions(RETRAINING_WEEKS.name) == ["2013-02-22", "2013-03-01"]
+        assert run_pipeline.record_retraining_weeks(instance, raw) == line  # a second run adds nothing
+        assert run_pipeline.record_retraining_weeks(instance, None) is None
+    assert line == (
+        "weekly_retraining: 2 week partitions (retraining_weeks), 2013-02-22 .. 2013-03-01, each cut at its week's "
+        "last trading day"
+    )

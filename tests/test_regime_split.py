@@ -241,8 +241,13 @@ class EvaluationRegistry:
 
     model_name = "rl_trading_agent"
 
-    def record_gate(self, record, model_name: str | None = None) -> None:
+    def record_gate(self, record, model_name: str | None = None, checks=()) -> None:
         self.set_version_tags(record.version, {record.tag_key: record.tag_value()}, model_name)
+
+    def artifact_links(self, run_id: str, artifact_path: str, ui_url: str):
+        from resources.mlflow_registry import ArtifactLinks
+
+        return ArtifactLinks(f"mlflow/{run_id}/{artifact_path}", f"file/{artifact_path}", f"/{artifact_path}")
 
     def __init__(self, policy: FixedActionPolicy) -> None:
         self.policy = policy

@@ -207,12 +207,14 @@ def test_the_start_mode_decision():
 
 def test_the_weekly_schedule_asks_for_auto_on_the_weeks_partition():
     monday = dt.datetime(2021, 6, 14, 6, 0, tzinfo=ZoneInfo("America/New_York"))
-    with dg.build_schedule_context(scheduled_execution_time=monday) as context:
-        request = weekly_retraining_schedule(context)
-    assert request.partition_key == "2021-06-07"  # the week that just ended
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("retraining_weeks", ["2021-06-04", "2021-06-11"])
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=monday) as context:
+            request = weekly_retraining_schedule(context)
+    assert request.partition_key == "2021-06-11"  # the week that just ended, keyed by its last trading day
     config = request.run_config
     assert config["ops"]["trained_agent"]["config"] == {"start_mode": "auto"}
-    partition = weekly_data_cutoff.get_run_config_for_partition_key("2021-06-07")
+    partition = weekly_data_cutoff.get_run_config_for_partition_key("2021-06-11")
     assert config["ops"]["raw_daily_bars"] == partition["ops"]["raw_daily_bars"]
     assert TrainingSettings(**config["ops"]["trained_agent"]["config"]).start_mode == "auto"
     assert (weekly_retraining_schedule.cron_schedule, weekly_retraining_schedule.execution_timezone) == (

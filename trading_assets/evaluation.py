@@ -1,21 +1,38 @@
 """Stage 5: out-of-sample judgement of candidates — the backtest of the registered version and the promotion
 gate on it, stress tests, walk-forward retraining, the seed sweep, and the gate's verdict on every zoo candidate.
 
-The gate criteria are blocking asset checks: when one fails, ``champion_model`` does not run and the version
-keeps only its ``challenger`` alias.
+The gate criteria are asset checks that fail (red, with their figures) without failing the run: a rejection is
+the system working as designed. ``champion_model`` always completes with a verdict, promoted or not promoted
+with every reason; the gate still gates, since it moves ``champion`` only when every gate step of this run
+passed, and a rejected version keeps only its ``challenger`` alias.
 """
 
-from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Literal, TypedDict
 
 import dagster as dg
 import pandas as pd
 
-from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource, PromotionRefused
+from resources.mlflow_registry import (
+    CHAMPION_ALIAS,
+    MODEL_CARD_FACTS_FILE,
+    MlflowRegistryResource,
+    PromotionRefused,
+)
 from trading_assets.config_defaults import DomainCheckedConfig, default_of
 from trading_assets.learning import RegisteredForecaster
-from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.metadata import (
+    markdown_cell,
+    markdown_table,
+    mlflow_plot,
+    mlflow_run_link,
+    mlflow_version_link,
+    number,
+    png_metadata,
+    readable,
+)
 from trading_assets.regimes import MarketRegimes
+from trading_assets.reporting import log_tearsheet, model_card_facts
 from trading_assets.selection import LeaderboardReport, RegisteredCandidate
 from trading_assets.training import (
     ENSEMBLE_MODEL_NAME,
@@ -36,16 +53,19 @@ from trading_core.evaluation.metrics import (
     PerformanceMetrics,
     deflated_sharpe_ratio,
 )
-from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png
+from trading_core.evaluation.plots import equity_curve_png, grouped_bars_png, scenario_panels_png
 from trading_core.evaluation.promotion import (
+    SELECTION_RULE,
     CandidateThresholds,
     CandidateVerdict,
     GateRecord,
     GateResult,
     PromotionThresholds,
+    binding_problems,
     evaluate_gate,
+    failed_criteria,
     judge_figures,
-    promotion_refusal,
+    promotion_note,
     yardstick_gate,
 )
 from trading_core.evaluation.regime_split import compare_by_regime
@@ -66,6 +86,7 @@ from trading_core.regimes.model import RegimeModel
 
 # The gate steps whose passing records, of the registered version and from the promoting run, promotion needs.
 GATE_STEPS = ("backtest", "stress_tests", "seed_sweep")
+BUY_AND_HOLD = "equal-weight buy and hold"  # the benchmark's label in every plot
 
 GATE_CHECKS = {
     "min_sharpe": "out-of-sample Sharpe after costs at least the configured minimum",
@@ -103,7 +124,8 @@ class StressReport:
 
 
 def _check_results(record: GateRecord, gate: tuple[GateResult, ...]):
-    """The blocking asset checks of a gate step, each naming the version it judged and the run."""
+    """The gate checks of a gate step, each naming the version it judged and the run. They are not blocking:
+    ``champion_model`` reads the verdict itself and reports it, so a rejection completes the run."""
     for result in gate:
         yield dg.AssetCheckResult(
             check_name=result.name,
@@ -111,8 +133,8 @@ def _check_results(record: GateRecord, gate: tuple[GateResult, ...]):
             severity=dg.AssetCheckSeverity.ERROR,
             description=result.description,
             metadata={
-                "value": float(result.value),
-                "threshold": float(result.threshold),
+                "value": number(result.value),
+                "threshold": number(result.threshold),
                 **_bound_to(record),
             },
         )
@@ -124,7 +146,27 @@ def _bound_to(record: GateRecord) -> dict[str, str]:
 
 
 def _normalized(curve: pd.Series) -> pd.Series:
-    return (curve / curve.iloc[0]).reset_index(drop=True)
+    """The curve as growth of 1, on its own dates."""
+    return curve / curve.iloc[0]
+
+
+def _run_links(
+    run_id: str, model_name: str | None = None, version: str | None = None
+) -> dict[str, dg.MetadataValue]:
+    """Links to the MLflow run the step logged to and, when it judged one, the registry version."""
+    links = {"mlflow_run": mlflow_run_link(run_id)}
+    if model_name is not None and version is not None:
+        links["mlflow_model_version"] = mlflow_version_link(model_name, version)
+    return links
+
+
+def _plots(name: str, png: bytes, run_id: str, artifact: str, title: str) -> dict[str, dg.MetadataValue]:
+    """A plot twice: inline from the MLflow run it was logged to, and embedded (shown on expanding) for when the
+    MLflow UI is not running."""
+    return {
+        name: mlflow_plot(run_id, f"evaluation/{artifact}", title),
+        f"{name}_embedded": png_metadata(png),
+    }
 
 
 @dg.asset(
@@ -135,7 +177,6 @@ def _normalized(curve: pd.Series) -> pd.Series:
             name="stress_drawdown_limit",
             asset="stress_tests",
             description="max drawdown of the agent in every stress scenario within the configured limit",
-            blocking=True,
         )
     ],
 )
@@ -188,11 +229,17 @@ def stress_tests(
     )
     report = StressReport(registered_model.version, context.op_execution_context.run_id, tuple(results), gate)
     record = report.gate_record()
-    model_registry.record_gate(record)
-    png = equity_curve_png(
-        {r.name: _normalized(r.equity) for r in results},
-        "Agent equity through each stress scenario",
-        "growth of 1",
+    model_registry.record_gate(record, checks=gate)
+    png = scenario_panels_png(
+        {
+            f"{r.name} ({r.start.date()} .. {r.end.date()})": {
+                "agent": _normalized(r.equity),
+                BUY_AND_HOLD: _normalized(r.benchmark_equity),
+            }
+            for r in results
+        },
+        f"{registered_model.name} v{registered_model.version} through each stress scenario",
+        benchmark=BUY_AND_HOLD,
     )
     model_registry.log_evaluation(
         registered_model.run_id,
@@ -206,13 +253,18 @@ def stress_tests(
     )
     yield dg.Output(
         report,
-        metadata={
-            "scenarios": markdown_table(report.table().to_dict(orient="records")),
-            "worst_max_drawdown": dg.MetadataValue.float(worst.max_drawdown),
-            "worst_scenario": worst.name,
-            "equity_curves": png_metadata(png),
-            **_bound_to(record),
-        },
+        metadata=readable(
+            {
+                "scenarios": markdown_table(report.table().to_dict(orient="records")),
+                "worst_max_drawdown": worst.max_drawdown,
+                "worst_scenario": worst.name,
+                **_plots(
+                    "equity_curves", png, registered_model.run_id, "stress_tests.png", "stress scenarios"
+                ),
+                **_bound_to(record),
+                **_run_links(registered_model.run_id, registered_model.name, registered_model.version),
+            }
+        ),
     )
     yield from _check_results(record, gate)
 
@@ -274,8 +326,9 @@ def walk_forward(
             "start_mode_reason": comparison.reason,
         }
     png = equity_curve_png(
-        {"walk-forward agent": result.equity, "equal-weight buy and hold": result.benchmark_equity},
+        {"walk-forward agent": result.equity, BUY_AND_HOLD: result.benchmark_equity},
         "Stitched out-of-sample walk-forward equity",
+        benchmark=BUY_AND_HOLD,
     )
     table = result.table()
     model_registry.log_evaluation(
@@ -300,14 +353,19 @@ def walk_forward(
     )
     return dg.Output(
         result,
-        metadata={
-            "windows": markdown_table(table.to_dict(orient="records")),
-            "sharpe": dg.MetadataValue.float(result.metrics.sharpe),
-            "buy_and_hold_sharpe": dg.MetadataValue.float(result.benchmark_metrics.sharpe),
-            "total_return": dg.MetadataValue.float(result.metrics.total_return),
-            "equity_curve": png_metadata(png),
-            **start_mode_metadata,
-        },
+        metadata=readable(
+            {
+                "windows": markdown_table(table.to_dict(orient="records")),
+                "sharpe": result.metrics.sharpe,
+                "buy_and_hold_sharpe": result.benchmark_metrics.sharpe,
+                "total_return": result.metrics.total_return,
+                **_plots(
+                    "equity_curve", png, trained_agent.run_id, "walk_forward.png", "walk-forward equity"
+                ),
+                **start_mode_metadata,
+                **_run_links(trained_agent.run_id),
+            }
+        ),
     )
 
 
@@ -358,7 +416,7 @@ SEED_GATE_CHECKS = {
     group_name="evaluation",
     compute_kind="ray",
     check_specs=[
-        dg.AssetCheckSpec(name=name, asset="seed_sweep", description=text, blocking=True)
+        dg.AssetCheckSpec(name=name, asset="seed_sweep", description=text)
         for name, text in SEED_GATE_CHECKS.items()
     ],
 )
@@ -441,7 +499,7 @@ def seed_sweep(
         registered_model.version, context.op_execution_context.run_id, table, stats, n_trials, deflated, gate
     )
     record = report.gate_record()
-    model_registry.record_gate(record)
+    model_registry.record_gate(record, checks=gate)
     png = grouped_bars_png(
         table.set_index("seed")[["validation_sharpe", "test_sharpe"]], "Sharpe ratio per seed", "Sharpe"
     )
@@ -462,14 +520,17 @@ def seed_sweep(
     )
     yield dg.Output(
         report,
-        metadata={
-            "seeds": markdown_table(table.to_dict(orient="records")),
-            "distribution": dg.MetadataValue.md(stats.to_markdown(floatfmt=".3f")),
-            "deflated_sharpe": dg.MetadataValue.float(deflated),
-            "trials": n_trials,
-            "sharpe_per_seed": png_metadata(png),
-            **_bound_to(record),
-        },
+        metadata=readable(
+            {
+                "seeds": markdown_table(table.to_dict(orient="records")),
+                "distribution": dg.MetadataValue.md(stats.to_markdown(floatfmt=".3f")),
+                "deflated_sharpe": deflated,
+                "trials": n_trials,
+                **_plots("sharpe_per_seed", png, trained_agent.run_id, "seed_sweep.png", "Sharpe per seed"),
+                **_bound_to(record),
+                **_run_links(trained_agent.run_id, registered_model.name, registered_model.version),
+            }
+        ),
     )
     yield from _check_results(record, gate)
     checked = {result.name for result in gate}
@@ -539,8 +600,7 @@ class BacktestReport:
     },
     compute_kind="backtest",
     check_specs=[
-        dg.AssetCheckSpec(name=name, asset="backtest", description=text, blocking=True)
-        for name, text in GATE_CHECKS.items()
+        dg.AssetCheckSpec(name=name, asset="backtest", description=text) for name, text in GATE_CHECKS.items()
     ],
 )
 def backtest(
@@ -578,9 +638,10 @@ def backtest(
     png = equity_curve_png(
         {
             f"{registered_model.name} v{registered_model.version}": result.equity,
-            "equal-weight buy and hold": result.benchmark_equity,
+            BUY_AND_HOLD: result.benchmark_equity,
         },
         f"Out-of-sample test {learned_features.split.test_start.date()} .. {learned_features.split.test_end.date()}",
+        benchmark=BUY_AND_HOLD,
     )
     comparison = [
         {"metric": key, "agent": value, "buy_and_hold": result.benchmark_metrics.as_dict()[key]}
@@ -608,9 +669,27 @@ def backtest(
         },
         files={"test_equity_curve.png": png},
         tables={
-            "promotion_gate.json": {r.name: r.__dict__ for r in gate},
             "test_by_regime.json": by_regime,
+            MODEL_CARD_FACTS_FILE: model_card_facts(
+                registered_model.candidate,
+                registered_model.algorithm,
+                registered_model.seed,
+                env_spec,
+                learned_features,
+                trained_agent.feature_columns,
+                trained_agent.forecaster,
+                trained_agent.data_sha256,
+                GATE_STEPS,
+            ),
         },
+    )
+    # Tearsheet and trade log in the version's run; the gate record, model card and description follow below.
+    tearsheet = log_tearsheet(
+        result,
+        test,
+        f"{registered_model.name} v{registered_model.version} · test {test.dates[0].date()}..{test.dates[-1].date()}",
+        registered_model.run_id,
+        model_registry,
     )
     verdict = (
         "promotable"
@@ -619,7 +698,7 @@ def backtest(
     )
     model_registry.set_version_tags(registered_model.version, {"promotion_gate": verdict})
     record = report.gate_record()
-    model_registry.record_gate(record)
+    model_registry.record_gate(record, checks=gate)
     context.log.info(f"{registered_model.name} v{registered_model.version}: {verdict}")
 
     yield dg.Output(
@@ -627,15 +706,19 @@ def backtest(
         output_name="backtest",
         metadata={
             "model": f"{registered_model.name} v{registered_model.version}",
-            "sharpe": dg.MetadataValue.float(result.metrics.sharpe),
-            "max_drawdown": dg.MetadataValue.float(result.metrics.max_drawdown),
-            "buy_and_hold_sharpe": dg.MetadataValue.float(result.benchmark_metrics.sharpe),
-            "total_cost": dg.MetadataValue.float(result.total_cost),
+            "sharpe": number(result.metrics.sharpe),
+            "max_drawdown": number(result.metrics.max_drawdown),
+            "buy_and_hold_sharpe": number(result.benchmark_metrics.sharpe),
+            "total_cost": number(result.total_cost),
             "trades": result.trades,
             "metrics": markdown_table(comparison),
             "by_regime": markdown_table(by_regime),
-            "equity_curve": png_metadata(png),
+            **_plots(
+                "equity_curve", png, registered_model.run_id, "test_equity_curve.png", "out-of-sample equity"
+            ),
+            **tearsheet,
             **_bound_to(record),
+            **_run_links(registered_model.run_id, registered_model.name, registered_model.version),
         },
     )
     if result.record is not None:
@@ -650,6 +733,42 @@ def backtest(
         )
 
 
+class PromotionDecision(TypedDict):
+    """What ``champion_model`` decided on the version this run registered.
+
+    :param promoted: whether it moved alias ``champion`` to the version
+    :param verdict: ``promoted`` or ``not promoted``
+    :param reasons: why not: each failed criterion with its figure and threshold, or the evidence that does not
+        bind the version to this run; empty when promoted
+    :param champion: the version holding ``champion`` after the step (``None``: no version holds it)
+    :param previous: the champion this promotion replaced (``None``: it replaced none, or nothing moved)
+    """
+
+    model_name: str
+    version: str
+    promoted: bool
+    verdict: str
+    reasons: list[str]
+    champion: str | None
+    previous: str | None
+    dagster_run_id: str
+
+
+PROMOTED, NOT_PROMOTED = "promoted", "not promoted"
+
+
+def _refusal_reasons(
+    reports: tuple[BacktestReport, StressReport, SeedSweepReport],
+    registered: RegisteredCandidate,
+    run_id: str,
+) -> list[str]:
+    """Why the gate steps' outputs refuse the promotion. Evidence of another version or run comes first and
+    alone, since its figures are not this version's; else each criterion a step failed, with its figures."""
+    evidence = [report.gate_record() for report in reports]
+    problems = binding_problems(registered.version, run_id, registered.dagster_run_id, evidence, GATE_STEPS)
+    return problems or [line for report in reports for line in failed_criteria(report.step, report.gate)]
+
+
 @dg.asset(group_name="evaluation", compute_kind="mlflow")
 def champion_model(
     context: dg.AssetExecutionContext,
@@ -658,28 +777,65 @@ def champion_model(
     seed_sweep: SeedSweepReport,
     registered_model: RegisteredCandidate,
     model_registry: MlflowRegistryResource,
-) -> dg.Output[dict]:
-    """The registry version holding alias ``champion``, moved here only to the version this run registered and
-    every gate step of this run passed: both the steps' outputs and their records in the registry must say so."""
-    run_id, version = context.op_execution_context.run_id, registered_model.version
-    # The outputs first: they also guard materializations that run without the blocking checks upstream.
-    evidence = [report.gate_record() for report in (backtest, stress_tests, seed_sweep)]
-    refusal = promotion_refusal(version, run_id, registered_model.dagster_run_id, evidence, GATE_STEPS)
-    if refusal is None:
+) -> dg.Output[dict]:  # a PromotionDecision: Dagster's type check cannot test a TypedDict
+    """This run's promotion verdict on the version it registered, and the version holding alias ``champion``
+    after it. The alias moves only when every gate step of this run passed: both the steps' outputs and their
+    records in the registry must say so. A rejection completes the step as ``not promoted`` with every reason."""
+    run_id, name, version = (
+        context.op_execution_context.run_id,
+        registered_model.name,
+        registered_model.version,
+    )
+    # The outputs first: they guard a materialization that reads stored outputs of another run too.
+    reasons = _refusal_reasons((backtest, stress_tests, seed_sweep), registered_model, run_id)
+    previous = None
+    if not reasons:
         try:
-            former = model_registry.promote(version, run_id, GATE_STEPS)
+            previous = model_registry.promote(version, run_id, GATE_STEPS)
         except PromotionRefused as refused:
-            refusal = f"the registry's records refuse it: {refused}"
-    if refusal is not None:
-        raise dg.Failure(description=f"{registered_model.name} v{version} not promoted: {refusal}")
-    context.log.info(f"{registered_model.name} v{version} is now {CHAMPION_ALIAS} (was v{former})")
-    champion = {
-        "model_name": registered_model.name,
-        "version": version,
-        "previous": former,
-        "dagster_run_id": run_id,
+            reasons = [f"the registry's records refuse it: {refused}"]
+    decision = PromotionDecision(
+        model_name=name,
+        version=version,
+        promoted=not reasons,
+        verdict=NOT_PROMOTED if reasons else PROMOTED,
+        reasons=reasons,
+        champion=model_registry.version_for_alias(CHAMPION_ALIAS),
+        previous=previous,
+        dagster_run_id=run_id,
+    )
+    if reasons:
+        context.log.info(
+            f"{name} v{version} {NOT_PROMOTED}; {CHAMPION_ALIAS} stays {_version_text(decision['champion'])}: "
+            + "; ".join(reasons)
+        )
+    else:
+        context.log.info(f"{name} v{version} is now {CHAMPION_ALIAS} (was {_version_text(previous)})")
+    return dg.Output(decision, metadata=_decision_metadata(decision))
+
+
+def _version_text(version: str | None) -> str:
+    return f"v{version}" if version is not None else "none"
+
+
+def _decision_metadata(decision: PromotionDecision) -> dict[str, object]:
+    """The verdict as the Dagster UI shows it: the outcome first, the reasons as a list, links to the versions."""
+    name, champion = decision["model_name"], decision["champion"]
+    reasons = "\n".join(f"- {markdown_cell(reason)}" for reason in decision["reasons"])
+    metadata: dict[str, object] = {
+        "verdict": dg.MetadataValue.text(decision["verdict"]),
+        "promoted": dg.MetadataValue.bool(decision["promoted"]),
+        "model": dg.MetadataValue.text(f"{name} v{decision['version']}"),
+        "reasons": dg.MetadataValue.md(reasons or "every gate check of this run passed"),
+        "champion": dg.MetadataValue.text(_version_text(champion)),
+        "previous": dg.MetadataValue.text(_version_text(decision["previous"])),
+        "other_candidates": dg.MetadataValue.text(SELECTION_RULE),
+        "dagster_run_id": decision["dagster_run_id"],
+        "mlflow_model_version": mlflow_version_link(name, decision["version"]),
     }
-    return dg.Output(champion, metadata={k: str(v) for k, v in champion.items()})
+    if champion is not None:
+        metadata["mlflow_champion_version"] = mlflow_version_link(name, champion)
+    return metadata
 
 
 def _attribution_output(
@@ -727,14 +883,35 @@ class CandidateGateSettings(dg.Config):
 
 @dataclass(frozen=True)
 class CandidateVerdicts:
-    """The gate's verdict on every zoo agent and ensemble."""
+    """The gate's verdict on every zoo agent and ensemble.
+
+    :param promotion: per candidate, why it was or was not the version gated for promotion (:func:`promotion_note`)
+    """
 
     verdicts: tuple[CandidateVerdict, ...]
     benchmark_sharpe: float
     n_trials: int
+    promotion: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame([v.row() for v in self.verdicts])
+        return pd.DataFrame([{**v.row(), "promotion": self.promotion.get(v.name, "")} for v in self.verdicts])
+
+
+def _promotion_notes(names: list[str], leaderboard: LeaderboardReport) -> dict[str, str]:
+    """Why each candidate was or was not the one registered and gated for promotion."""
+    figures = leaderboard.table.set_index("candidate")
+    pick = leaderboard.pick
+    pick_p25 = float(figures.loc[pick, "validation_sharpe_p25"]) if pick is not None else float("nan")
+    return {
+        name: promotion_note(
+            name,
+            str(figures.loc[name, "kind"]),
+            pick,
+            float(figures.loc[name, "validation_sharpe_p25"]),
+            pick_p25,
+        )
+        for name in names
+    }
 
 
 @dg.asset(group_name="evaluation", compute_kind="pandas")
@@ -774,7 +951,9 @@ def candidate_verdicts(
                 thresholds=thresholds,
             )
         )
-    result = CandidateVerdicts(tuple(verdicts), benchmark_sharpe, n_trials)
+    result = CandidateVerdicts(
+        tuple(verdicts), benchmark_sharpe, n_trials, _promotion_notes(names, candidate_leaderboard)
+    )
     table = result.table()
     model_registry.set_version_tags(
         agent_ensemble.version.version,
@@ -785,10 +964,13 @@ def candidate_verdicts(
     context.log.info(f"candidates passing the gate: {passing or 'none'}")
     return dg.Output(
         result,
-        metadata={
-            "verdicts": markdown_table(table.to_dict(orient="records")),
-            "buy_and_hold_sharpe": dg.MetadataValue.float(benchmark_sharpe),
-            "trials": n_trials,
-            "passing": dg.MetadataValue.text(", ".join(passing) or "none"),
-        },
+        metadata=readable(
+            {
+                "verdicts": markdown_table(table.to_dict(orient="records")),
+                "buy_and_hold_sharpe": benchmark_sharpe,
+                "trials": n_trials,
+                "passing": dg.MetadataValue.text(", ".join(passing) or "none"),
+                "promotion_rule": dg.MetadataValue.text(SELECTION_RULE),
+            }
+        ),
     )

@@ -19,7 +19,7 @@ import pandas as pd
 
 from resources.market_data import MarketDataResource, RawBars
 from trading_assets.config_defaults import DomainCheckedConfig, default_of
-from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
+from trading_assets.metadata import frame_metadata, markdown_table, number, png_metadata
 from trading_core.agents.zoo import TrainedPolicy
 from trading_core.data.intraday import (
     INTRADAY_RULES,
@@ -117,9 +117,7 @@ def _check_metadata(location: str, outcome) -> dict[str, dg.MetadataValue]:
     if outcome.examples:
         metadata["examples"] = dg.MetadataValue.text("\n".join(outcome.examples))
     for key, value in outcome.details.items():
-        metadata[key] = (
-            dg.MetadataValue.json(value) if isinstance(value, dict) else dg.MetadataValue.float(float(value))
-        )
+        metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict) else number(float(value))
     return metadata
 
 
@@ -390,10 +388,10 @@ def minute_backtest(
         report,
         metadata={
             "leaderboard": markdown_table(board.to_dict(orient="records")),
-            "sharpe": dg.MetadataValue.float(test.metrics.sharpe),
-            "buy_and_hold_sharpe": dg.MetadataValue.float(test.benchmark_metrics.sharpe),
+            "sharpe": number(test.metrics.sharpe),
+            "buy_and_hold_sharpe": number(test.benchmark_metrics.sharpe),
             "periods_per_year": periods,
-            "total_cost": dg.MetadataValue.float(test.total_cost),
+            "total_cost": number(test.total_cost),
             "trades": test.trades,
             "verdict": verdict,
             "equity_curve": png_metadata(png),

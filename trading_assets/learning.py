@@ -12,7 +12,7 @@ import torch
 
 from resources.mlflow_registry import MlflowRegistryResource, RegisteredVersion
 from trading_assets.config_defaults import default_of
-from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
+from trading_assets.metadata import frame_metadata, markdown_table, number, png_metadata
 from trading_core.data.leakage import spread_cutoffs, truncate_and_compare
 from trading_core.data.schema import frame_fingerprint
 from trading_core.data.splits import DatasetSplits, apply_split
@@ -137,9 +137,9 @@ def cnn_lstm_model(
         metadata={
             "model": f"{version.name} v{version.version}",
             "best_epoch": forecaster.best_epoch,
-            "validation_loss": dg.MetadataValue.float(forecaster.validation_loss),
-            "validation_directional_accuracy": dg.MetadataValue.float(forecaster.directional_accuracy),
-            "validation_information_coefficient": dg.MetadataValue.float(forecaster.information_coefficient),
+            "validation_loss": number(forecaster.validation_loss),
+            "validation_directional_accuracy": number(forecaster.directional_accuracy),
+            "validation_information_coefficient": number(forecaster.information_coefficient),
             "loss_curves": png_metadata(png),
         },
     )

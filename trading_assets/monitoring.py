@@ -8,7 +8,7 @@ import pandas as pd
 
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistryResource
 from trading_assets.config_defaults import default_of
-from trading_assets.metadata import markdown_table
+from trading_assets.metadata import markdown_table, number
 from trading_assets.regimes import MarketRegimes
 from trading_core.agents.decision_spec import DRIFT_FEATURE_PREFIXES
 from trading_core.allocators.prior import with_prior_column
@@ -211,7 +211,7 @@ def champion_monitoring(
             "champion": f"{model_registry.model_name} v{version}",
             "recent_window": window,
             "recent_is_new_data": recent_is_new,
-            "drifted_share": dg.MetadataValue.float(drifted_share),
+            "drifted_share": number(drifted_share),
             "drift": dg.MetadataValue.md(drift.to_markdown(floatfmt=".3f")),
             "decay": markdown_table([decay.as_dict()]),
             "retrain_recommended": health.retrain_recommended,

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from trading_assets.config_defaults import DomainCheckedConfig, default_of
-from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.metadata import markdown_table, number, png_metadata
 from trading_core.data.splits import DatasetSplits
 from trading_core.evaluation.plots import regime_shading_png
 from trading_core.market.measures import PERIODS_PER_YEAR
@@ -69,7 +69,7 @@ def market_regimes(
         "transition_matrix": dg.MetadataValue.md(transition.to_markdown(floatfmt=".4f")),
         "regime_changes": dg.MetadataValue.int(len(regimes.changes())),
         "converged": dg.MetadataValue.bool(model.converged),
-        "train_log_likelihood": dg.MetadataValue.float(model.log_likelihood),
+        "train_log_likelihood": number(model.log_likelihood),
         "fit_dates": f"{model.train_start.date()} .. {model.train_end.date()}",
         "regimes_plot": png_metadata(png),
     }

@@ -18,7 +18,13 @@ from resources.mlflow_registry import (
     RegisteredVersion,
 )
 from trading_assets.config_defaults import default_of
-from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.metadata import (
+    markdown_table,
+    mlflow_plot,
+    mlflow_run_link,
+    mlflow_version_link,
+    png_metadata,
+)
 from trading_assets.training import (
     MODEL_REQUIREMENTS,
     SPLIT_WINDOW,
@@ -270,7 +276,11 @@ def candidate_leaderboard(
             "allocator_pick": dg.MetadataValue.text(report.allocator_pick or "none"),
             "dagster_run_id": report.dagster_run_id,
             "trials": board.n_trials,
-            "sharpe_per_candidate": png_metadata(png),
+            "sharpe_per_candidate": mlflow_plot(
+                trained_agent.run_id, "evaluation/leaderboard.png", "Sharpe per candidate"
+            ),
+            "sharpe_per_candidate_embedded": png_metadata(png),
+            "mlflow_run": mlflow_run_link(trained_agent.run_id),
         },
     )
 
@@ -447,5 +457,7 @@ def registered_model(
             "candidate": report.pick,
             "seed": seed,
             "dagster_run_id": dagster_run_id,
+            "mlflow_run": mlflow_run_link(version.run_id),
+            "mlflow_model_version": mlflow_version_link(version.name, version.version),
         },
     )

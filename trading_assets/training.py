@@ -23,6 +23,7 @@ from resources.mlflow_registry import (
 from trading_assets.config_defaults import DomainCheckedConfig, default_of, name_of
 from trading_assets.learning import RegisteredForecaster
 from trading_assets.metadata import markdown_table, png_metadata
+from trading_assets.metadata import number as metadata_number
 from trading_core.agents.decision_spec import DecisionSpec, feature_deciles
 from trading_core.agents.ensemble import EnsembleConfig, WeightedEnsemblePolicy
 from trading_core.agents.pyfunc import (
@@ -30,6 +31,7 @@ from trading_core.agents.pyfunc import (
     ENSEMBLE_ARTIFACT_KEY,
     EnsemblePolicyModel,
     log_agent_model,
+    observation_names,
 )
 from trading_core.agents.training import (
     CANDIDATE_SEED,
@@ -298,7 +300,28 @@ def example_at(market: MarketArrays, env_spec: EnvSpec) -> pd.DataFrame:
     observation = observation_at(
         market, 0, np.array([env_spec.initial_amount]), np.zeros((1, market.n_assets))
     )
-    return pd.DataFrame(observation).rename(columns=lambda i: f"obs_{i}")
+    return pd.DataFrame(observation, columns=observation_names(market.tickers, market.feature_names))
+
+
+def candidate_run_name(algorithm: str, seed: int, splits: DatasetSplits, start_mode: str = "scratch") -> str:
+    """A run name that says what the run trained: ``ppo seed 42 · train 2000-01-03..2009-12-31``."""
+    split = splits.split
+    warm = " · warm start" if start_mode == "warm_start" else ""
+    return f"{algorithm} seed {seed} · train {split.train_start.date()}..{split.train_end.date()}{warm}"
+
+
+# MLflow's dataset contexts of the three periods.
+DATASET_CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
+
+
+def log_datasets(splits: DatasetSplits) -> None:
+    """Log the train, validation and test feature frames as the active run's MLflow datasets, each with the
+    project's SHA-256 of the frame (its digest holds the first 32 hex digits; MLflow keeps 36 characters)."""
+    for period, context in DATASET_CONTEXTS.items():
+        frame = getattr(splits, period)
+        sha256 = frame_fingerprint(frame)
+        dataset = mlflow.data.from_pandas(frame, name=f"features_{period}", digest=sha256[:32])
+        mlflow.log_input(dataset, context=context, tags={"sha256": sha256, "rows": str(len(frame))})
 
 
 def _warm_started(
@@ -426,6 +449,8 @@ def trained_agent(
             **({"warm_started_from": warm_started_from} if warm_started_from else {}),
         }
     )
+    mlflow.set_tag("mlflow.runName", candidate_run_name("ppo", config.seed, dataset_splits, decision.mode))
+    log_datasets(dataset_splits)
     tracking.log_metrics(
         {
             "training_seconds": training_seconds,
@@ -463,7 +488,7 @@ def trained_agent(
         metadata={
             "mlflow_run_id": run_id,
             "model_uri": model_info.model_uri,
-            "training_seconds": dg.MetadataValue.float(round(training_seconds, 1)),
+            "training_seconds": metadata_number(round(training_seconds, 1)),
             "total_timesteps": (config.warm_start_timesteps if warm_started_from else config.total_timesteps),
             "start_mode": decision.mode,
             "start_mode_reason": decision.reason,
@@ -773,8 +798,8 @@ def agent_ensemble(
                 ]
             ),
             "rolling_choices": markdown_table(choices.to_dict(orient="records")),
-            "weighted_sharpe": dg.MetadataValue.float(weighted.metrics.sharpe),
-            "rolling_sharpe": dg.MetadataValue.float(compute_metrics(rolling_equity).sharpe),
+            "weighted_sharpe": metadata_number(weighted.metrics.sharpe),
+            "rolling_sharpe": metadata_number(compute_metrics(rolling_equity).sharpe),
             "equity_curves": png_metadata(png),
         },
     )

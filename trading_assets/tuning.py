@@ -7,7 +7,7 @@ import pandas as pd
 
 from resources.mlflow_registry import MlflowRegistryResource
 from trading_assets.config_defaults import default_of
-from trading_assets.metadata import png_metadata
+from trading_assets.metadata import number, png_metadata
 from trading_assets.training import TrainedAgent
 from trading_core.data.splits import DatasetSplits
 from trading_core.evaluation.plots import grouped_bars_png
@@ -82,7 +82,7 @@ def tuned_hyperparameters(
         metadata={
             "trials": dg.MetadataValue.md(result.trials.to_markdown(floatfmt=".4g")),
             "best_params": dg.MetadataValue.json(result.best_params),
-            "best_validation_sharpe": dg.MetadataValue.float(result.best_validation_sharpe),
+            "best_validation_sharpe": number(result.best_validation_sharpe),
             "validation_sharpe_per_trial": png_metadata(png),
         },
     )

@@ -9,7 +9,7 @@ from pydantic import model_validator
 
 from resources.market_data import RawBars
 from trading_assets.config_defaults import default_of
-from trading_assets.metadata import frame_metadata, markdown_table, png_metadata
+from trading_assets.metadata import frame_metadata, markdown_table, number, png_metadata
 from trading_core.data.validation import (
     RULES,
     DataValidationError,
@@ -102,11 +102,7 @@ def validated_daily_bars(
         if outcome.examples:
             metadata["examples"] = dg.MetadataValue.text("\n".join(outcome.examples))
         for key, value in outcome.details.items():
-            metadata[key] = (
-                dg.MetadataValue.json(value)
-                if isinstance(value, dict)
-                else dg.MetadataValue.float(float(value))
-            )
+            metadata[key] = dg.MetadataValue.json(value) if isinstance(value, dict) else number(float(value))
         yield dg.AssetCheckResult(
             check_name=outcome.name,
             passed=outcome.passed,

@@ -10,6 +10,7 @@ raw observations. A ``decision_spec`` artifact, when logged, tells live trading 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -26,6 +27,16 @@ def _decision_spec(context):
 
     path = (context.artifacts or {}).get(DECISION_SPEC_KEY)
     return DecisionSpec.load(path) if path else None
+
+
+def observation_names(tickers: Sequence[str], feature_names: Sequence[str]) -> list[str]:
+    """Column names of FinRL's observation layout (:func:`trading_core.envs.fast.observation_from`): ``cash``,
+    ``close_<tic>`` and ``holdings_<tic>`` per asset, then ``<feature>_<tic>`` feature by feature.
+
+    A model's signature and input example carry them; models logged earlier name them ``obs_0 .. obs_N``, and
+    both load and predict alike, since the wrapper reads observations by position."""
+    per_asset = [f"{field}_{tic}" for field in ("close", "holdings", *feature_names) for tic in tickers]
+    return ["cash", *per_asset]
 
 
 def policy_artifacts(policy, folder: str | Path) -> dict[str, str]:

@@ -3,24 +3,105 @@
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+BENCHMARK_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.2}
 
 
-def equity_curve_png(curves: dict[str, pd.Series], title: str, ylabel: str = "portfolio value") -> bytes:
-    """Line chart of several curves (equity, prices) on one date axis."""
-    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+def _date_axis(axis: Axes) -> None:
+    """Dates on the x-axis that read without rotation (year once, then months or days)."""
+    locator = mdates.AutoDateLocator(maxticks=8)
+    axis.xaxis.set_major_locator(locator)
+    axis.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
+def _plot_curves(axis: Axes, curves: dict[str, pd.Series], benchmark: str | None) -> None:
+    """Each curve on its own index, a date axis when they are dated (epochs or bar counts stay numbers); the
+    ``benchmark`` curve dashed grey so the agent stands out against it."""
     for label, curve in curves.items():
-        axis.plot(curve.index, curve.to_numpy(), label=label, linewidth=1.4)
+        style = BENCHMARK_STYLE if label == benchmark else {"linewidth": 1.4}
+        axis.plot(curve.index, curve.to_numpy(), label=label, **style)
+    if curves and all(isinstance(curve.index, pd.DatetimeIndex) for curve in curves.values()):
+        _date_axis(axis)
+    axis.grid(alpha=0.3)
+
+
+def equity_curve_figure(
+    curves: dict[str, pd.Series],
+    title: str,
+    ylabel: str = "portfolio value",
+    benchmark: str | None = None,
+) -> Figure:
+    """Line chart of several curves (equity, prices) on one axis, a date axis when each is indexed by date.
+
+    :param benchmark: the label of the curve drawn as the benchmark (dashed grey)
+    """
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    _plot_curves(axis, curves, benchmark)
     axis.set_title(title)
     axis.set_ylabel(ylabel)
-    axis.grid(alpha=0.3)
     axis.legend()
-    figure.autofmt_xdate()
+    return figure
+
+
+def equity_curve_png(
+    curves: dict[str, pd.Series],
+    title: str,
+    ylabel: str = "portfolio value",
+    benchmark: str | None = None,
+) -> bytes:
+    """:func:`equity_curve_figure` as PNG bytes."""
+    return _png(equity_curve_figure(curves, title, ylabel, benchmark))
+
+
+def scenario_panels_figure(
+    panels: dict[str, dict[str, pd.Series]],
+    title: str,
+    ylabel: str = "growth of 1",
+    benchmark: str | None = None,
+    columns: int = 2,
+) -> Figure:
+    """One panel per scenario, each on its own dates (scenarios span different periods) with its benchmark.
+
+    :param panels: per scenario title, its curves by label, each indexed by date
+    """
+    rows = max(math.ceil(len(panels) / columns), 1)
+    figure, axes = plt.subplots(rows, columns, figsize=(11, 2.8 * rows), dpi=100, squeeze=False)
+    for axis, (name, curves) in zip(axes.flat, panels.items(), strict=False):
+        _plot_curves(axis, curves, benchmark)
+        axis.set_title(name, fontsize=10)
+        axis.set_ylabel(ylabel)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0))
+    figure.suptitle(title, y=1.03)
+    figure.tight_layout()
+    return figure
+
+
+def scenario_panels_png(
+    panels: dict[str, dict[str, pd.Series]],
+    title: str,
+    ylabel: str = "growth of 1",
+    benchmark: str | None = None,
+) -> bytes:
+    """:func:`scenario_panels_figure` as PNG bytes."""
+    return _png(scenario_panels_figure(panels, title, ylabel, benchmark))
+
+
+def _png(figure: Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed (pyplot keeps every open figure alive)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", bbox_inches="tight")
     plt.close(figure)

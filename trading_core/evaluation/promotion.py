@@ -334,6 +334,39 @@ class GateRecord:
         return records
 
 
+def binding_problems(
+    version: str,
+    run_id: str,
+    registered_by: str | None,
+    records: Sequence[GateRecord],
+    required: Sequence[str],
+) -> list[str]:
+    """Why the records do not bind ``version`` to run ``run_id``: another run registered it, a required step left
+    no record, or a record names another version or run. Empty when every record is of that version and run.
+
+    :param registered_by: the run that registered the version (``None``: unknown)
+    :param records: the gate records read (several per step allowed, e.g. the step's output and the registry's)
+    :param required: the steps whose records the promotion needs
+    """
+    problems = []
+    if registered_by != run_id:
+        problems.append(
+            f"version {version} was registered by run {registered_by or 'unknown'}, not this run {run_id}"
+        )
+    for step in required:
+        if not any(record.step == step for record in records):
+            problems.append(f"no {step} gate record for version {version}")
+    for record in records:
+        if record.version != version:
+            problems.append(f"the {record.step} gate record is of version {record.version}, not {version}")
+        elif record.run_id != run_id:
+            problems.append(
+                f"the {record.step} gate record of version {version} is from run {record.run_id}, not this run {run_id}"
+            )
+    # One problem per line, in the order found: a step read twice (output and registry) is named once.
+    return list(dict.fromkeys(problems))
+
+
 def promotion_refusal(
     version: str,
     run_id: str,
@@ -344,28 +377,50 @@ def promotion_refusal(
     """Why run ``run_id`` may not promote ``version``, or ``None`` when it may.
 
     It may when it registered the version itself and every required step left a passing record of that version
-    from that run; every record read must name both, so one stale or foreign record refuses the promotion.
-
-    :param registered_by: the run that registered the version (``None``: unknown)
-    :param records: the gate records read (several per step allowed, e.g. the step's output and the registry's)
-    :param required: the steps whose records the promotion needs
+    from that run; every record read must name both, so one stale or foreign record refuses the promotion
+    (:func:`binding_problems`), and so does a bound record of a failed step.
     """
-    reasons = []
-    if registered_by != run_id:
-        reasons.append(
-            f"version {version} was registered by run {registered_by or 'unknown'}, not this run {run_id}"
-        )
-    for step in required:
-        if not any(record.step == step for record in records):
-            reasons.append(f"no {step} gate record for version {version}")
-    for record in records:
-        if record.version != version:
-            reasons.append(f"the {record.step} gate record is of version {record.version}, not {version}")
-        elif record.run_id != run_id:
-            reasons.append(
-                f"the {record.step} gate record of version {version} is from run {record.run_id}, not this run {run_id}"
-            )
-        elif not record.passed:
-            reasons.append(f"{record.step} failed {', '.join(record.failed)}")
-    # One reason per problem, in the order found: a step read twice (output and registry) is named once.
+    reasons = binding_problems(version, run_id, registered_by, records, required)
+    reasons += [
+        f"{record.step} failed {', '.join(record.failed)}"
+        for record in records
+        if record.version == version and record.run_id == run_id and not record.passed
+    ]
     return "; ".join(dict.fromkeys(reasons)) or None
+
+
+def failed_criteria(step: str, gate: Sequence[GateResult]) -> list[str]:
+    """Each criterion a gate step failed, as one line with its figure and threshold."""
+    return [f"{step} {result.name}: {result.description}" for result in gate if not result.passed]
+
+
+# How the pipeline chooses the one version it gates (trading_core.evaluation.leaderboard.Leaderboard.pick).
+SELECTION_RULE = (
+    "Only the registered candidate is gated and can be promoted: validation picks it among the RL agents (the "
+    "trained recipe and every zoo agent) by the 25th percentile over seeds of the validation Sharpe, then the "
+    "median. Test figures never choose, so a zoo agent that passes the gate on test is promoted only if "
+    "validation picked it. Ensembles fit their weights and choices on validation, so they have no unseen "
+    "validation figures to be picked on: they are registered apart with alias challenger and never promoted."
+)
+
+
+def promotion_note(
+    candidate: str, kind: str, pick: str | None, validation_p25: float, pick_validation_p25: float
+) -> str:
+    """Why a candidate was or was not the one gated for promotion (:data:`SELECTION_RULE`).
+
+    :param kind: the candidate's leaderboard kind (``agent``, ``ensemble``, ...)
+    :param pick: the candidate validation picked to register
+    :param validation_p25: the candidate's 25th-percentile validation Sharpe over seeds
+    :param pick_validation_p25: the pick's
+    """
+    if candidate == pick:
+        return "registered as validation's pick: promoted only when its own gate steps pass"
+    if kind == "ensemble":
+        return "not registrable: fit on validation, so it has no unseen validation figures; challenger only"
+    if pick is None:
+        return "not registered: validation picked no candidate"
+    return (
+        f"not registered: validation picked {pick} (p25 validation Sharpe {pick_validation_p25:.2f} vs "
+        f"{validation_p25:.2f})"
+    )

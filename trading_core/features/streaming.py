@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -610,6 +611,63 @@ class _LatestVix(_Stateful):
         return self.current
 
 
+@dataclass(frozen=True)
+class FeatureWindow:
+    """Feature rows of the last dates as arrays: what :meth:`StreamingFeatures.latest_frame` lays out as a frame,
+    without building one (a live decision reads it in microseconds).
+
+    :param dates_ns: ``(dates,)`` int64 nanoseconds since the epoch (UTC), oldest first
+    :param tickers: the row order of each date, sorted
+    :param columns: the names of the last axis of ``rows``
+    :param rows: ``(dates, tickers, columns)`` float64; NaN where a frame given to :meth:`from_frame` lacks the
+        (date, ticker) row (a stream's rows are always complete)
+    """
+
+    dates_ns: np.ndarray
+    tickers: tuple[str, ...]
+    columns: tuple[str, ...]
+    rows: np.ndarray
+
+    @property
+    def n_dates(self) -> int:
+        return len(self.dates_ns)
+
+    def last(self, n_dates: int) -> FeatureWindow:
+        """The last ``n_dates`` dates (all of them when fewer), as views."""
+        start = max(self.n_dates - n_dates, 0)
+        return FeatureWindow(self.dates_ns[start:], self.tickers, self.columns, self.rows[start:])
+
+    @classmethod
+    def from_frame(
+        cls, frame: pd.DataFrame, columns: Sequence[str], tickers: Sequence[str] | None = None
+    ) -> FeatureWindow:
+        """A long features frame as a window over its dates.
+
+        :param frame: ``date, tic`` and ``columns``, at most one row per (date, tic)
+        :param columns: the columns to keep, in order
+        :param tickers: the universe, sorted (default the frame's tickers); rows of other tickers are ignored
+        :raises ValueError: a column is missing, or a (date, tic) holds more than one row
+        """
+        missing = [c for c in ("date", "tic", *columns) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"features frame lacks columns {missing}")
+        universe = tuple(sorted(frame["tic"].unique())) if tickers is None else tuple(tickers)
+        ticker_index = pd.Index(universe).get_indexer(frame["tic"])
+        keep = ticker_index >= 0
+        # ``.values`` keeps timezone-aware dates as UTC datetime64 (``to_numpy`` would box each into a Timestamp).
+        stamps = frame["date"].values.astype("datetime64[ns]").view(np.int64)[keep]
+        dates_ns, row = np.unique(stamps, return_inverse=True)
+        column = ticker_index[keep]
+        if len(np.unique(row * len(universe) + column)) != len(row):
+            raise ValueError("features frame holds more than one row for some (date, tic)")
+        values = np.empty((len(frame), len(columns)))
+        for position, name in enumerate(columns):  # column by column: a sub-frame's copy costs more
+            values[:, position] = frame[name].to_numpy(dtype=np.float64)
+        rows = np.full((len(dates_ns), len(universe), len(columns)), np.nan)
+        rows[row, column] = values[keep]
+        return cls(dates_ns, universe, tuple(columns), rows)
+
+
 class StreamingFeatures:
     """Incremental twin of :func:`trading_core.features.batch.build_features` for the live loop.
 
@@ -765,10 +823,22 @@ class StreamingFeatures:
 
         :param window: number of dates, at most ``keep_dates``
         """
+        return self._frame(*self._recent_rows(window))
+
+    def latest_window(self, window: int) -> FeatureWindow:
+        """:meth:`latest_frame` as arrays, read-only views of the stream's rows (no copy, no DataFrame): valid until
+        the next :meth:`update`, which may overwrite them.
+
+        :param window: number of dates, at most ``keep_dates``
+        """
+        dates, rows = self._recent_rows(window)
+        dates.flags.writeable = rows.flags.writeable = False  # the stream's state: readers must not change it
+        return FeatureWindow(dates, self._tickers, self._value_columns, rows)
+
+    def _recent_rows(self, window: int) -> tuple[np.ndarray, np.ndarray]:
         if not 1 <= window <= self._recent.capacity:
             raise ValueError(f"window must be between 1 and keep_dates={self._recent.capacity}, got {window}")
-        dates, rows = self._recent.last(window)
-        return self._frame(dates, rows)
+        return self._recent.last(window)
 
     def snapshot(self) -> dict[str, Any]:
         """The whole state as a dict of builtins, numpy arrays and timestamps, which

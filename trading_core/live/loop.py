@@ -949,7 +949,7 @@ class LiveTradingLoop:
             return None
         if not role.engine.needs_history:
             return values, self.features.value_columns
-        return role.engine.feature_matrix(self.features.latest_frame(role.engine.history_dates))
+        return role.engine.feature_matrix(self.features.latest_window(role.engine.history_dates))
 
     def _orders(self, decisions) -> list[tuple[OrderRequest, float]]:
         for role, decision, book in decisions:

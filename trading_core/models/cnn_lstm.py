@@ -27,6 +27,7 @@ training mean and standard deviation while fitting; forecasts are reported in re
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -348,13 +349,26 @@ def _input_name(column: str) -> str:
 
 
 def _scale_free(column: str, values: np.ndarray, close: np.ndarray) -> np.ndarray:
-    if column in PRICE_LEVEL_FEATURES or column.endswith(PRICE_LEVEL_SUFFIXES):
+    kind = _scale_free_kind(column)
+    if kind == "level":
         return values / close - 1.0
-    if column in PRICE_DIFFERENCE_FEATURES:
+    if kind == "difference":
         return values / close
-    if column in LOG1P_FEATURES:
+    if kind == "log1p":
         return np.log1p(np.maximum(values, 0.0))
     return values
+
+
+def _scale_free_kind(column: str) -> str:
+    """Which transform makes a feature column scale-free (:func:`_scale_free`; the live path applies each
+    transform to every column of its kind at once)."""
+    if column in PRICE_LEVEL_FEATURES or column.endswith(PRICE_LEVEL_SUFFIXES):
+        return "level"
+    if column in PRICE_DIFFERENCE_FEATURES:
+        return "difference"
+    if column in LOG1P_FEATURES:
+        return "log1p"
+    return "raw"
 
 
 def _previous(grid: np.ndarray) -> np.ndarray:
@@ -684,14 +698,12 @@ class LatestForecast:
     :param tics: tickers with a full window at that date, sorted
     :param values: ``(tics, outputs)`` float64, columns in :attr:`TrainedForecaster.output_columns` order
     :param columns: the output column names
-    :param rows: position in the frame of each ticker's row at that date (to join the outputs without a merge)
     """
 
     date: Any
     tics: np.ndarray
     values: np.ndarray
     columns: list[str]
-    rows: np.ndarray
 
     def frame(self) -> pd.DataFrame:
         """As :func:`learned_features`'s rows of the last date."""
@@ -703,9 +715,77 @@ class LatestForecast:
         return out
 
 
-def _latest_grid(features: pd.DataFrame, columns: list[str], n_dates: int):
-    """(last date, sorted tickers, ``{column: (dates, tickers) grid}``, each ticker's row position at the last
-    date or -1) over the last ``n_dates`` dates only, ``None`` when the frame holds fewer dates."""
+@dataclass(frozen=True)
+class _InputPlan:
+    """How a panel of raw columns becomes the model's standardized inputs, prepared once per forecaster: the
+    normalisation as arrays and, per way of making a feature scale-free, the feature positions it applies to."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    level: np.ndarray  # level / close - 1
+    difference: np.ndarray  # value / close
+    log1p: np.ndarray  # log1p(max(value, 0))
+    raw: np.ndarray  # as is
+
+    @classmethod
+    def of(cls, forecaster: TrainedForecaster) -> _InputPlan:
+        kinds: dict[str, list[int]] = {"level": [], "difference": [], "log1p": [], "raw": []}
+        for position, column in enumerate(forecaster.feature_columns):
+            kinds[_scale_free_kind(column)].append(position)
+        norm = forecaster.normalization
+        return cls(
+            mean=np.asarray(norm.mean),
+            std=np.asarray(norm.std),
+            **{kind: np.array(positions, dtype=np.intp) for kind, positions in kinds.items()},
+        )
+
+
+def _standardized_windows(plan: _InputPlan, panel: np.ndarray) -> np.ndarray:
+    """``(tickers, window, inputs)`` standardized inputs of the panel's last ``window`` dates, the arithmetic of
+    :func:`_panel` and :func:`_samples` (NaN where an input is undefined).
+
+    :param panel: ``(window + 1, tickers, 4 + features)``: high, low, close, volume, then the forecaster's feature
+        columns in order; its first date only gives the second one its previous close and volume
+    """
+    high, low, close, volume = (panel[..., i] for i in range(4))
+    today, features = close[1:], panel[1:, :, 4:]
+    log_volume = np.log1p(np.maximum(volume, 0.0))
+    inputs = np.empty((*today.shape, len(BASE_INPUTS) + features.shape[-1]))
+    scaled = inputs[..., len(BASE_INPUTS) :]  # a view: the assignments below fill ``inputs``
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inputs[..., 0] = np.log(today / close[:-1])
+        inputs[..., 1] = (high[1:] - low[1:]) / today
+        inputs[..., 2] = log_volume[1:] - log_volume[:-1]
+        scaled[..., plan.level] = features[..., plan.level] / today[..., None] - 1.0
+        scaled[..., plan.difference] = features[..., plan.difference] / today[..., None]
+        scaled[..., plan.log1p] = np.log1p(np.maximum(features[..., plan.log1p], 0.0))
+        scaled[..., plan.raw] = features[..., plan.raw]
+    inputs[~np.isfinite(inputs)] = np.nan
+    standardized = np.clip((inputs - plan.mean) / plan.std, -INPUT_CLIP, INPUT_CLIP)
+    return standardized.transpose(1, 0, 2)
+
+
+def _output_values(
+    norm: InputNormalization, mean: np.ndarray, logvar: np.ndarray, embedding: np.ndarray
+) -> np.ndarray:
+    """The model's standardized outputs in return units, ``(samples, outputs)``, as :func:`learned_features`."""
+    return np.column_stack(
+        [
+            norm.target_mean + norm.target_std * mean.astype(np.float64),
+            logvar.astype(np.float64) + 2.0 * math.log(norm.target_std),
+            embedding.astype(np.float64),
+        ]
+    )
+
+
+def _model_columns(forecaster: TrainedForecaster) -> list[str]:
+    """The raw columns a panel for :func:`_standardized_windows` holds, in order."""
+    return ["high", "low", "close", "volume", *forecaster.feature_columns]
+
+
+def _latest_panel(features: pd.DataFrame, columns: list[str], n_dates: int):
+    """(last date, sorted tickers, ``(n_dates, tickers, columns)`` panel, NaN where a row is missing) over the
+    last ``n_dates`` dates only, ``None`` when the frame holds fewer dates."""
     missing = [c for c in ("date", "tic", *columns) if c not in features]
     if missing:
         raise ValueError(f"features frame lacks columns {missing}")
@@ -715,70 +795,103 @@ def _latest_grid(features: pd.DataFrame, columns: list[str], n_dates: int):
     if len(dates) < n_dates:
         return None
     keep = all_dates >= dates[-n_dates]
-    tic_values = features["tic"].to_numpy()[keep]
-    tics, col = np.unique(tic_values, return_inverse=True)
+    tics, col = np.unique(features["tic"].to_numpy()[keep], return_inverse=True)
     row = np.searchsorted(dates[-n_dates:], all_dates[keep])
     if len(np.unique(row * len(tics) + col)) != len(row):
         raise ValueError("features frame holds more than one row for some (date, tic)")
-    grids = {}
-    for c in columns:
-        grid = np.full((n_dates, len(tics)), np.nan)
-        grid[row, col] = features[c].to_numpy(dtype=np.float64)[keep]
-        grids[c] = grid
-    last_rows = np.full(len(tics), -1)
-    at_last = row == n_dates - 1
-    last_rows[col[at_last]] = np.flatnonzero(keep)[at_last]
-    return features["date"].max(), tics, grids, last_rows
-
-
-def _latest_windows(forecaster: TrainedForecaster, grids: dict[str, np.ndarray]) -> np.ndarray:
-    """``(tickers, window, inputs)`` standardized inputs of the last ``window`` dates, as :func:`_panel` and
-    :func:`_samples` compute them (the grids hold one more date, for the first input's previous close)."""
-    close, volume = grids["close"], grids["volume"]
-    log_volume = np.log1p(np.maximum(volume, 0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inputs = [
-            np.log(close[1:] / close[:-1]),
-            ((grids["high"] - grids["low"]) / close)[1:],
-            log_volume[1:] - log_volume[:-1],
-            *(_scale_free(c, grids[c], close)[1:] for c in forecaster.feature_columns),
-        ]
-    stacked = np.stack(inputs, axis=-1)
-    stacked[~np.isfinite(stacked)] = np.nan
-    norm = forecaster.normalization
-    standardized = np.clip((stacked - np.asarray(norm.mean)) / np.asarray(norm.std), -INPUT_CLIP, INPUT_CLIP)
-    return standardized.transpose(1, 0, 2)
+    panel = np.full((n_dates, len(tics), len(columns)), np.nan)
+    panel[row, col] = features.loc[:, columns].to_numpy(dtype=np.float64)[keep]
+    return features["date"].max(), tics, panel
 
 
 def latest_learned_features(forecaster: TrainedForecaster, features: pd.DataFrame) -> LatestForecast | None:
     """The forecaster's outputs at the frame's last date only: :func:`learned_features`'s rows of that date
-    (within float rounding), from the last ``window + 1`` dates alone and one model call, for live decisions.
+    (within float rounding), from the last ``window + 1`` dates alone and one model call.
 
     :param forecaster: a trained forecaster
     :param features: long features frame holding OHLCV and the forecaster's feature columns
     :return: ``None`` while the frame holds fewer than ``window + 1`` dates (the first input needs the
         previous close); tickers without a complete window are left out, as the batch leaves them out
     """
-    window = forecaster.config.window
-    columns = ["high", "low", "close", "volume", *forecaster.feature_columns]
-    grid = _latest_grid(features, columns, window + 1)
-    if grid is None:
+    latest = _latest_panel(features, _model_columns(forecaster), forecaster.config.window + 1)
+    if latest is None:
         return None
-    last_date, tics, grids, last_rows = grid
-    windows = _latest_windows(forecaster, grids)
+    last_date, tics, panel = latest
+    windows = _standardized_windows(_InputPlan.of(forecaster), panel)
     complete = np.isfinite(windows).all(axis=(1, 2))
     mean, logvar, embedding = _predict(
         forecaster.module, np.ascontiguousarray(windows[complete], dtype=np.float32)
     )
-    norm = forecaster.normalization
-    values = np.column_stack(
-        [
-            norm.target_mean + norm.target_std * mean.astype(np.float64),
-            logvar.astype(np.float64) + 2.0 * math.log(norm.target_std),
-            embedding.astype(np.float64),
-        ]
-    )
-    return LatestForecast(last_date, tics[complete], values, forecaster.output_columns, last_rows[complete])
+    values = _output_values(forecaster.normalization, mean, logvar, embedding)
+    return LatestForecast(last_date, tics[complete], values, forecaster.output_columns)
+
+
+class LiveForecaster:
+    """A trained forecaster prepared once for one forecast per bar from arrays (the live engine's): no frame, the
+    normalisation and the input layout precomputed, the network a private copy in eval mode without gradients
+    (nothing toggles its mode per call, and training the original elsewhere cannot switch its dropout on), one
+    ``inference_mode`` call on a reused input buffer.
+
+    :param forecaster: a trained forecaster
+    """
+
+    def __init__(self, forecaster: TrainedForecaster) -> None:
+        self.forecaster = forecaster
+        self.n_dates = forecaster.config.window + 1
+        self._plan = _InputPlan.of(forecaster)
+        self._module = copy.deepcopy(forecaster.module).eval().requires_grad_(False)
+        self._positions: dict[tuple[str, ...], np.ndarray] = {}
+        self._buffer = np.empty((0, forecaster.config.window, len(forecaster.input_columns)), np.float32)
+        self._tensor = torch.from_numpy(self._buffer)
+
+    @property
+    def output_columns(self) -> list[str]:
+        return self.forecaster.output_columns
+
+    @property
+    def read_columns(self) -> list[str]:
+        """The feature columns a forecast reads: high, low, close, volume and the model's features."""
+        return _model_columns(self.forecaster)
+
+    def forecast(self, rows: np.ndarray, columns: tuple[str, ...]) -> np.ndarray | None:
+        """The outputs at the last date, ``(tickers, outputs)`` float64 in :attr:`output_columns` order: what
+        :func:`latest_learned_features` gives for the same rows.
+
+        :param rows: ``(dates, tickers, columns)`` feature rows, oldest date first, tickers sorted
+        :param columns: the names of the last axis of ``rows``
+        :return: ``None`` while fewer than ``window + 1`` dates exist, or when a ticker's window is incomplete
+            (the batch gives it no output, so the bar cannot be decided)
+        """
+        if len(rows) < self.n_dates:
+            return None
+        panel = rows[-self.n_dates :][..., self._panel_positions(columns)]
+        windows = _standardized_windows(self._plan, panel)
+        if not np.isfinite(windows).all():
+            return None
+        inputs = self._inputs(windows)
+        # One thread, as _predict: the bits of the result do not depend on the core count.
+        with torch.inference_mode(), single_torch_thread():
+            mean, logvar, embedding = self._module(inputs)
+        return _output_values(self.forecaster.normalization, mean.numpy(), logvar.numpy(), embedding.numpy())
+
+    def _panel_positions(self, columns: tuple[str, ...]) -> np.ndarray:
+        positions = self._positions.get(columns)
+        if positions is None:
+            index = {name: i for i, name in enumerate(columns)}
+            needed = _model_columns(self.forecaster)
+            missing = [c for c in needed if c not in index]
+            if missing:
+                raise ValueError(f"features lack columns the forecaster reads: {missing}")
+            positions = self._positions[columns] = np.array([index[c] for c in needed], dtype=np.intp)
+        return positions
+
+    def _inputs(self, windows: np.ndarray) -> torch.Tensor:
+        """The windows as float32 in the reused buffer, and the tensor sharing its memory."""
+        if self._buffer.shape != windows.shape:
+            self._buffer = np.empty(windows.shape, np.float32)
+            self._tensor = torch.from_numpy(self._buffer)
+        np.copyto(self._buffer, windows, casting="same_kind")
+        return self._tensor
 
 
 def add_learned_features(features: pd.DataFrame, learned: pd.DataFrame) -> pd.DataFrame:

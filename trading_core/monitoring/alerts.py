@@ -46,6 +46,10 @@ Severity = Literal["info", "warning", "critical"]
 
 _LOGGER = logging.getLogger(__name__)
 
+# A resolved alert's message: this prefix, "was " and the message of the alert it clears (which reads as a breach
+# on its own); stored alerts are told by the prefix.
+RESOLVED_PREFIX = "resolved: "
+
 _LOG_LEVELS: dict[str, int] = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.ERROR}
 
 
@@ -494,7 +498,9 @@ class AlertEvaluator:
                     del self._active[rule.name]
                     message = self._alerted.pop(rule.name, None)
                     if message is not None and self.notify_resolved:
-                        alerts.append(Alert(rule.name, "info", f"resolved: {message}", raised_at, True))
+                        alerts.append(
+                            Alert(rule.name, "info", f"{RESOLVED_PREFIX}was {message}", raised_at, True)
+                        )
                 continue
             self._active[rule.name] = breach
             last = self._last_fired.get((rule.name, breach.kind))

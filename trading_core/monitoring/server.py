@@ -54,6 +54,10 @@ class StatusPayload(TypedDict, total=False):
     loop_alive: bool
     session_id: str
     model_version: str
+    model: str  # "<name> v<k> (<alias>)"; the dashboard shows "v<model_version>" without it
+    shadow: str  # "shadow: <name> v<k> (<alias>)" or "no shadow: <why>"
+    session_status: str  # running, finished, stopped or killed: an ended session shows its final state
+    stop_reason: str
     broker: str
     trading_state: str
     kill_switch: bool
