@@ -34,9 +34,10 @@ STEP_END_EVENTS = ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED")
 # Dagster's message for a step it does not run because a step it depends on failed.
 UPSTREAM_FAILED = re.compile(r"^Dependencies for step \S+ failed: \[(.*)\]")
 # A message counting "done/total" (epochs, timesteps, Ray tasks) is one of a sequence: the console shows it as
-# the sequence starts, passes half way and ends; the Dagster UI keeps every one.
+# the sequence starts, passes half way and ends; the Dagster UI keeps every line.
 PROGRESS_COUNT = re.compile(r"(\d+)/(\d+)")
 PROGRESS_STAGES = 2
+SHORT_COUNT = 4  # a count this short (3 Ray tasks) takes seconds a step: only its end is shown
 MESSAGE_INDENT = " " * 13  # the width of a step line's "[ 7/23 01:23] " prefix
 
 
@@ -130,12 +131,16 @@ class ProgressHandler(logging.Handler):
         return f"{MESSAGE_INDENT}{source}: {level}{message}"
 
     def _progress_shown(self, source: str, message: str) -> bool:
-        """Whether a message is shown: any but a progress count that stays in the quarter last shown."""
+        """Whether a message is shown: any but a progress count that stays in the stage last shown, or a short
+        count before its end."""
         count = PROGRESS_COUNT.search(message)
         if count is None or int(count.group(2)) <= 0:
             return True
+        done, total = int(count.group(1)), int(count.group(2))
+        if total <= SHORT_COUNT:
+            return done >= total
         key = (source, message[: count.start()])
-        stage = min(PROGRESS_STAGES, int(count.group(1)) * PROGRESS_STAGES // int(count.group(2)))
+        stage = min(PROGRESS_STAGES, done * PROGRESS_STAGES // total)
         if self.progress_stages.get(key) == stage:
             return False
         self.progress_stages[key] = stage  # a lower stage starts a new sequence

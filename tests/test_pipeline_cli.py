@@ -466,6 +466,8 @@ def test_the_console_prints_one_line_per_step_its_messages_and_no_plumbing_or_tr
         context.log.debug("plumbing nobody reads")
         for epoch in range(1, 9):
             context.log.info(f"epoch {epoch}/8: loss {1 / epoch:.2f}")
+        for task in range(1, 4):
+            context.log.info(f"fan-out: {task}/3 tasks done")
         return 3
 
     @dg.asset
@@ -489,12 +491,13 @@ def test_the_console_prints_one_line_per_step_its_messages_and_no_plumbing_or_tr
         "[3/3 00:00] mo",
     ]
     assert lines[0] == "             bars: loaded 3 bars …"  # a message's first line, under its step's number
-    # A progress count shows as it starts, half way and at its end.
+    # A progress count shows as it starts, half way and at its end; a short one only at its end.
     assert [line.split(":")[1].strip() for line in lines[1:4]] == [f"epoch {n}/8" for n in (1, 4, 8)]
-    assert lines[4].startswith("[1/3 00:00] bars done in ") and lines[4].endswith(" s")
-    assert lines[5] == "[2/3 00:00] features FAILED: ValueError: no close column"
-    assert lines[6] == "[3/3 00:00] model not run: it needs features, which failed"
-    assert len(lines) == 7  # no DEBUG event, no traceback, no run start or end
+    assert lines[4] == "             bars: fan-out: 3/3 tasks done"
+    assert lines[5].startswith("[1/3 00:00] bars done in ") and lines[5].endswith(" s")
+    assert lines[6] == "[2/3 00:00] features FAILED: ValueError: no close column"
+    assert lines[7] == "[3/3 00:00] model not run: it needs features, which failed"
+    assert len(lines) == 8  # no DEBUG event, no traceback, no run start or end
 
 
 def test_a_gate_rejection_is_a_verdict_line_not_a_failure():
