@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from trading_core.data.calendar import EXCHANGE, exchange_dates
+from trading_core.data.calendar import EXCHANGE, exchange_dates, infer_bar_length
 from trading_core.data.calendar import exchange_calendar as get_calendar
 
 # What the loop did with an arrival: traded it, skipped it (a bar at or before the last traded one), or
@@ -104,11 +104,10 @@ def infer_feed_bar_length(bar_times: pd.Series) -> pd.Timedelta | None:
 
     :param bar_times: the feed's bar ends (UTC), any order, repeats allowed
     """
-    ends = pd.Series(pd.DatetimeIndex(pd.to_datetime(bar_times, utc=True).unique()).sort_values())
-    steps = ends.diff()
-    same_day = exchange_dates(ends).diff().eq(pd.Timedelta(0))
-    steps = steps[same_day & steps.gt(pd.Timedelta(0))]
-    return None if steps.empty else pd.Timedelta(steps.mode().iloc[0])
+    try:
+        return infer_bar_length(pd.Series(pd.to_datetime(bar_times, utc=True)))
+    except ValueError:  # no two bars inside one session
+        return None
 
 
 def flag_arrivals(arrivals: pd.DataFrame) -> pd.DataFrame:
